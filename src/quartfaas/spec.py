@@ -163,8 +163,11 @@ class StageSpec(_Frozen):
     min_replicas: int = Field(1, ge=0, le=4096, description="fewest replicas (0: scale to zero)")
     max_replicas: int = Field(4, ge=1, le=4096, description="most replicas")
     timeout_s: float | None = Field(
-        None, gt=0, le=86_400, description="time a request may spend in this stage "
-        "(default: the remaining share of the end-to-end budget, budget*(N-i)/N)"
+        None,
+        gt=0,
+        le=86_400,
+        description="time a request may spend in this stage "
+        "(default: the remaining share of the end-to-end budget, budget*(N-i)/N)",
     )
     image: str | None = Field(None, description="image name reported by /system/functions")
     labels: dict[str, str] = Field(default_factory=dict, description="extra function labels")
@@ -326,9 +329,7 @@ class PipelineSpec(_Frozen):
                 )
             expect = end
         if expect != total:
-            raise ValueError(
-                f"stages cover layers [0, {expect}) but the model has {total} layers"
-            )
+            raise ValueError(f"stages cover layers [0, {expect}) but the model has {total} layers")
 
     # -- derived values -------------------------------------------------------------
 
@@ -365,6 +366,7 @@ class PipelineSpec(_Frozen):
 
     def with_base_dir(self, base: Path) -> PipelineSpec:
         """Resolve relative paths (weights_dir, stage weights) against ``base``."""
+
         def absolute(p: Path) -> Path:
             return p if p.is_absolute() else (base / p).resolve()
 
@@ -372,9 +374,7 @@ class PipelineSpec(_Frozen):
             s.model_copy(update={"weights": absolute(s.weights)}) if s.weights else s
             for s in self.stages
         )
-        return self.model_copy(
-            update={"weights_dir": absolute(self.weights_dir), "stages": stages}
-        )
+        return self.model_copy(update={"weights_dir": absolute(self.weights_dir), "stages": stages})
 
 
 def even_split(total_layers: int, num_stages: int) -> list[tuple[int, int]]:
@@ -434,7 +434,8 @@ def format_validation_error(exc: ValidationError, source: str = "spec") -> str:
 def parse_spec(data: Any, *, source: str = "spec", base_dir: Path | None = None) -> PipelineSpec:
     """Validate a mapping (e.g. parsed YAML) into a ``PipelineSpec``."""
     if not isinstance(data, Mapping):
-        raise SpecError(f"invalid {source}: the top level must be a mapping, got {type(data).__name__}")
+        kind = type(data).__name__
+        raise SpecError(f"invalid {source}: the top level must be a mapping, got {kind}")
     try:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
