@@ -1,0 +1,384 @@
+"""The local backend: stage replicas as worker processes on this machine.
+
+It implements ``backends.base.Backend`` (non-blocking declarations; readiness observed
+later) on the gateway's event loop, and tells a ``ReplicaListener`` (the runtime, which
+feeds the dispatcher) when a replica becomes ready, must be drained, or is gone.
+
+How a replica process is made is a ``Launcher``'s business: ``ColdLauncher`` (here)
+starts ``python -m quartfaas.dataplane.worker``; the parameter cache's fork launcher
+(``dataplane/forkserver.py``) forks one from a stage template holding the weights.
+
+Faults: a replica that exits while serving is marked FAILED, the listener retries its
+in-flight requests elsewhere, and a replacement is started at once. A replica not ready
+within ``replica_start_timeout_s`` is killed and reported with the tail of its log; its
+stage backs off (1 s, 2 s, ... 30 s) before the next launch so a broken stage does not
+spin. Every process gets a *lifeline* fd whose write end only this process holds: if
+the gateway dies, workers see EOF and exit (no orphans).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from quartfaas.backends.base import CpuLever, ReplicaInfo, ReplicaState, StartTier
+from quartfaas.errors import BackendError, ReplicaStartTimeout
+from quartfaas.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaListener(Protocol):
+    """What the runtime does when replicas change (the dispatcher's membership)."""
+
+    def replica_starting(self, info: ReplicaInfo) -> None: ...
+
+    def replica_ready(self, info: ReplicaInfo) -> None: ...
+
+    def replica_start_failed(self, info: ReplicaInfo) -> None: ...
+
+    def replica_gone(self, info: ReplicaInfo) -> None: ...
+
+    async def drain_replica(self, info: ReplicaInfo, timeout_s: float) -> bool: ...
+
+
+class Launched(Protocol):
+    """A replica process, however it was made."""
+
+    pid: int
+
+    def events(self) -> AsyncIterator[dict[str, object]]: ...
+
+    async def wait(self) -> int: ...
+
+    def signal(self, sig: int) -> None: ...
+
+
+class Launcher(Protocol):
+    async def launch(self, stage: str, replica_id: str) -> tuple[Launched, StartTier]: ...
+
+    async def close(self) -> None: ...
+
+
+def read_tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class _EventPipe:
+    """JSON-lines events from a child over a pipe (listening / loaded / ready / failed)."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_inheritable(self.write_fd, True)
+
+    async def lines(self) -> AsyncIterator[dict[str, object]]:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(self.read_fd, "rb", 0)
+        )
+        try:
+            while line := await reader.readline():
+                with contextlib.suppress(json.JSONDecodeError):
+                    event = json.loads(line)
+                    if isinstance(event, dict):
+                        yield event
+        finally:
+            transport.close()
+
+
+@dataclass
+class _ColdProcess:
+    proc: asyncio.subprocess.Process
+    pipe: _EventPipe
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def events(self) -> AsyncIterator[dict[str, object]]:
+        return self.pipe.lines()
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+
+
+class ColdLauncher:
+    """Start a fresh worker process that loads its stage's weights from disk."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def launch(self, stage: str, replica_id: str) -> tuple[Launched, StartTier]:
+        pipe = _EventPipe()
+        cmd = [
+            sys.executable, "-m", "quartfaas.dataplane.worker",
+            "--spec-json", str(self.rt.spec_json), "--stage", stage,
+            "--replica-id", replica_id, "--event-fd", str(pipe.write_fd),
+            "--lifeline-fd", str(self.rt.lifeline_read),
+        ]  # fmt: skip
+        log_path = self.rt.log_path(replica_id)
+        with open(log_path, "ab") as logf:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                pass_fds=(pipe.write_fd, self.rt.lifeline_read),
+                start_new_session=True,  # Ctrl-C reaches the gateway, which stops workers
+                env={**os.environ, **self.rt.worker_env},
+            )
+        os.close(pipe.write_fd)
+        tier = StartTier.NONE if self.rt.spec.model.kind == "synthetic" else StartTier.COLD
+        return _ColdProcess(proc, pipe), tier
+
+    async def close(self) -> None:
+        return None
+
+
+class Runtime:
+    """Files and fds shared by all replicas of one gateway (spec JSON, logs, lifeline)."""
+
+    def __init__(self, spec: PipelineSpec, base_dir: Path | None = None) -> None:
+        self.spec = spec
+        self.dir = Path(tempfile.mkdtemp(prefix=f"quartfaas-{spec.name}-", dir=base_dir))
+        self.spec_json = self.dir / "spec.json"
+        self.spec_json.write_text(spec.model_dump_json())
+        self.lifeline_read, self.lifeline_write = os.pipe()
+        os.set_inheritable(self.lifeline_read, True)
+        self.worker_env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+
+    def log_path(self, replica_id: str) -> Path:
+        return self.dir / f"{replica_id}.log"
+
+    def close(self) -> None:
+        for fd in (self.lifeline_read, self.lifeline_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@dataclass
+class _Replica:
+    info: ReplicaInfo
+    launched: Launched | None = None
+    task: asyncio.Task[None] | None = None
+    stopping: bool = False
+
+
+class LocalBackend:
+    """Replicas as local processes; all methods are called on the gateway's event loop."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        listener: ReplicaListener,
+        *,
+        runtime: Runtime | None = None,
+        launcher: Launcher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        set_cpu: Callable[[ReplicaInfo, float], CpuLever] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.listener = listener
+        self.runtime = runtime or Runtime(spec)
+        self.launcher: Launcher = launcher or ColdLauncher(self.runtime)
+        self.clock = clock
+        self._set_cpu = set_cpu
+        self._replicas: dict[str, _Replica] = {}
+        self._ids = itertools.count(1)
+        self._backoff_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self.closed = False
+
+    # -- Backend protocol -----------------------------------------------------------
+
+    def start_replica(self, stage: str) -> ReplicaInfo:
+        if self.closed:
+            raise BackendError("the backend is shut down")
+        idx = self.spec.stage_index(stage)  # KeyError for an unknown stage
+        rid = f"{stage}-{next(self._ids)}"
+        info = ReplicaInfo(
+            replica_id=rid,
+            stage=stage,
+            state=ReplicaState.STARTING,
+            requested_at=self.clock(),
+            cpu=self.spec.stages[idx].cpu,
+        )
+        rep = _Replica(info)
+        self._replicas[rid] = rep
+        self.listener.replica_starting(info)
+        rep.task = asyncio.get_running_loop().create_task(self._run(rep), name=f"replica {rid}")
+        return info
+
+    def stop_replica(self, replica_id: str, *, drain: bool = True) -> None:
+        rep = self._replicas.get(replica_id)
+        if rep is None or rep.stopping:
+            return
+        rep.stopping = True
+        was_ready = rep.info.state is ReplicaState.READY
+        self._set(rep, state=ReplicaState.DRAINING)
+        asyncio.get_running_loop().create_task(self._stop(rep, drain and was_ready))
+
+    def list_replicas(self, stage: str | None = None) -> list[ReplicaInfo]:
+        return [
+            r.info
+            for r in self._replicas.values()
+            if (stage is None or r.info.stage == stage) and r.info.state is not ReplicaState.STOPPED
+        ]
+
+    def set_cpu(self, replica_id: str, cpus: float) -> CpuLever:
+        rep = self._replicas.get(replica_id)
+        if rep is None:
+            raise BackendError(f"no replica {replica_id}")
+        if self._set_cpu is None:
+            raise BackendError("no CPU lever is configured for the local backend")
+        lever = self._set_cpu(rep.info, cpus)
+        self._set(rep, cpu=cpus)
+        return lever
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def _set(self, rep: _Replica, **changes: object) -> None:
+        rep.info = replace(rep.info, **changes)  # type: ignore[arg-type]
+
+    async def _run(self, rep: _Replica) -> None:
+        stage = rep.info.stage
+        timeout = self.spec.gateway.replica_start_timeout_s
+        wait_s = self._backoff_until.get(stage, 0.0) - self.clock()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)  # a stage whose starts keep failing backs off
+        if rep.stopping:
+            self._finish(rep, ReplicaState.STOPPED)
+            return
+        try:
+            launched, tier = await self.launcher.launch(stage, rep.info.replica_id)
+        except Exception as exc:  # launch itself failed (fork refused, no memory, ...)
+            self._start_failed(rep, f"could not launch: {exc}")
+            return
+        rep.launched = launched
+        self._set(rep, pid=launched.pid, tier=tier)
+        if rep.stopping:  # stopped while launching: _stop() left the process to us
+            launched.signal(signal.SIGTERM)
+            await launched.wait()
+            self._finish(rep, ReplicaState.STOPPED)
+            return
+        try:
+            port = await asyncio.wait_for(self._await_ready(rep, launched), timeout)
+        except (TimeoutError, ReplicaStartTimeout) as exc:
+            if rep.stopping:
+                return  # _stop() signalled it and finishes the bookkeeping
+            launched.signal(signal.SIGKILL)
+            tail = read_tail(self.runtime.log_path(rep.info.replica_id))
+            why = str(exc) or f"not ready within {timeout:.0f} s (replica_start_timeout_s)"
+            self._start_failed(rep, why + (f"; log tail:\n{tail}" if tail else ""))
+            await launched.wait()
+            return
+        now = self.clock()
+        self._failures[stage] = 0
+        self._set(
+            rep,
+            state=ReplicaState.READY,
+            address=f"http://127.0.0.1:{port}",
+            ready_at=now,
+        )
+        if not rep.stopping:
+            self.listener.replica_ready(rep.info)
+        code = await launched.wait()
+        if rep.stopping:
+            return  # _stop() finishes the bookkeeping
+        # Exited while serving: a crash. Retry its requests elsewhere, replace it.
+        tail = read_tail(self.runtime.log_path(rep.info.replica_id), 4)
+        log.warning("replica %s exited with code %s while serving", rep.info.replica_id, code)
+        self._finish(rep, ReplicaState.FAILED, f"exited with code {code}: {tail}")
+        self.start_replica(stage)
+
+    async def _await_ready(self, rep: _Replica, launched: Launched) -> int:
+        port: int | None = None
+        async for event in launched.events():
+            kind = event.get("event")
+            if kind == "listening":
+                port = int(str(event["port"]))
+            elif kind == "failed":
+                raise ReplicaStartTimeout(f"worker failed to load: {event.get('message')}")
+            elif kind == "ready" and port is not None:
+                return port
+        code = await launched.wait()
+        raise ReplicaStartTimeout(f"worker exited with code {code} before it was ready")
+
+    def _start_failed(self, rep: _Replica, message: str) -> None:
+        stage = rep.info.stage
+        n = self._failures.get(stage, 0) + 1
+        self._failures[stage] = n
+        self._backoff_until[stage] = self.clock() + min(30.0, 2.0 ** (n - 1))
+        msg = f"replica {rep.info.replica_id} of stage {stage} failed to start: {message}"
+        log.error("%s", msg)
+        self._set(rep, state=ReplicaState.FAILED, message=msg)
+        self.listener.replica_start_failed(rep.info)
+        self._replicas.pop(rep.info.replica_id, None)
+
+    def _finish(self, rep: _Replica, state: ReplicaState, message: str = "") -> None:
+        if rep.info.state in (ReplicaState.STOPPED, ReplicaState.FAILED):
+            return  # already finished (a stop racing a crash or a failed start)
+        self._set(rep, state=state, message=message)
+        self.listener.replica_gone(rep.info)
+        self._replicas.pop(rep.info.replica_id, None)
+
+    async def _stop(self, rep: _Replica, drain: bool) -> None:
+        if drain:
+            drained = await self.listener.drain_replica(rep.info, self.spec.gateway.drain_timeout_s)
+            if not drained:
+                log.warning("replica %s did not drain in time", rep.info.replica_id)
+        if rep.launched is None:
+            return  # still launching: _run() sees `stopping` and stops the process
+
+        rep.launched.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(rep.launched.wait(), 10.0)
+        except TimeoutError:
+            rep.launched.signal(signal.SIGKILL)
+            await rep.launched.wait()
+        self._finish(rep, ReplicaState.STOPPED)
+
+    async def close(self) -> None:
+        """Stop every replica (no drain: the gateway has stopped taking requests)."""
+        self.closed = True
+        reps = list(self._replicas.values())
+        for rep in reps:
+            rep.stopping = True
+            if rep.launched is not None:
+                rep.launched.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10.0
+        for rep in reps:
+            if rep.launched is not None:
+                try:
+                    await asyncio.wait_for(
+                        rep.launched.wait(), max(0.1, deadline - time.monotonic())
+                    )
+                except TimeoutError:
+                    rep.launched.signal(signal.SIGKILL)
+                    await rep.launched.wait()
+            if rep.task is not None and not rep.task.done():
+                rep.task.cancel()
+        self._replicas.clear()
+        await self.launcher.close()
+        self.runtime.close()

@@ -1,0 +1,153 @@
+"""The embedded runtime: gateway + local backend (+ controller) in one process.
+
+``EmbeddedRuntime`` wires a ``Gateway`` (HTTP API and dispatch), a ``LocalBackend``
+(worker processes) and, when enabled, the control loop, on one asyncio event loop. It
+starts each stage's ``min_replicas``, waits (with a deadline) until the pipeline can
+serve, and shuts everything down cleanly: stop taking requests, let in-flight requests
+finish for a grace period, stop the workers, leave no processes behind.
+
+``quartfaas serve`` runs one until Ctrl-C; tests and benchmarks use ``async with``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from quartfaas.backends.base import ReplicaState, reconcile
+from quartfaas.backends.local import Launcher, LocalBackend, Runtime
+from quartfaas.clock import Clock, MonotonicClock
+from quartfaas.dataplane.gateway import Gateway
+from quartfaas.errors import BackendError
+from quartfaas.spec import PipelineSpec
+
+log = logging.getLogger("quartfaas.runtime")
+
+
+class EmbeddedRuntime:
+    """Gateway, replicas and controller of one pipeline on this machine."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+        launcher_factory: Callable[[Runtime], Launcher] | None = None,
+        controller: bool | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
+        self.spec = spec
+        self.host = host or spec.gateway.host
+        self.port = spec.gateway.port if port is None else port
+        self.clock = clock or MonotonicClock()
+        self.environ = dict(os.environ if environ is None else environ)
+        self.gateway = Gateway(spec, clock=self.clock, environ=self.environ)
+        self.files = Runtime(spec, base_dir)
+        launcher = launcher_factory(self.files) if launcher_factory else None
+        self.backend = LocalBackend(
+            spec, self.gateway, runtime=self.files, launcher=launcher, clock=self.clock.now
+        )
+        self.gateway.backend = self.backend
+        self.gateway.on_failed_replica = self._replica_failed
+        self.controller_enabled = spec.controller.enabled if controller is None else controller
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop = asyncio.Event()
+        self.url = ""
+
+    async def __aenter__(self) -> EmbeddedRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def start(self, *, wait_ready: bool = True) -> str:
+        await self.gateway.start()
+        self._runner = web.AppRunner(self.gateway.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        port = sockets[0].getsockname()[1] if sockets else self.port
+        self.url = f"http://{self.host}:{port}"
+        for stage in self.spec.stages:
+            reconcile(self.backend, stage.name, stage.min_replicas)
+        if wait_ready:
+            try:
+                await self.wait_ready()
+            except BaseException:
+                await self.stop()
+                raise
+        return self.url
+
+    async def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Until every stage has min_replicas ready; a start failure raises at once."""
+        timeout_s = timeout_s or self.spec.gateway.replica_start_timeout_s + 5.0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            missing = []
+            for stage in self.spec.stages:
+                pool = self.gateway.pools[stage.name]
+                if pool.ready_replicas < stage.min_replicas:
+                    if pool.last_start_error:
+                        raise BackendError(pool.last_start_error)
+                    missing.append(f"{stage.name} ({pool.ready_replicas}/{stage.min_replicas})")
+            if not missing:
+                return
+            if loop.time() > deadline:
+                raise BackendError(f"stages not ready after {timeout_s:.0f} s: {missing}")
+            await asyncio.sleep(0.01)
+
+    def _replica_failed(self, replica_id: str, why: str) -> None:
+        """A replica failed a request: if its process still lives, kill it (replaced)."""
+        for info in self.backend.list_replicas():
+            if info.replica_id == replica_id and info.state is ReplicaState.READY and info.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(info.pid, signal.SIGKILL)
+
+    def add_task(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._runner is not None:
+            # Stop accepting, give in-flight requests a grace period, then stop workers.
+            await self._runner.shutdown()
+            await asyncio.sleep(0)
+            await self._runner.cleanup()
+            self._runner = None
+        await self.backend.close()
+        await self.gateway.close()
+        self.files.close()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGINT/SIGTERM, then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await self.stop()
