@@ -58,3 +58,27 @@ def worker_pids(marker: str) -> list[int]:
         if marker in cmd and state != "Z":
             pids.append(int(entry.name))
     return pids
+
+
+def tiny_bert_spec(
+    weights_dir: Path, *, name: str = "tiny", stages: int = 3, **top: Any
+) -> PipelineSpec:
+    """A few-MB BERT-style pipeline with weights in ``weights_dir`` (call make_weights)."""
+    data: dict[str, Any] = {
+        "name": name,
+        "model": {
+            "kind": "bert",
+            "layers": 4,
+            "hidden_size": 64,
+            "heads": 4,
+            "vocab_size": 1000,
+            "max_seq_len": 32,
+            "seed": 7,
+        },
+        "weights_dir": str(weights_dir),
+        "gateway": {"port": 0, "replica_start_timeout_s": 60},
+        "controller": {"enabled": False},
+        "stages": [{"name": f"{name}-s{i}", "max_concurrency": 2} for i in range(stages)],
+    }
+    data.update(top)
+    return parse_spec(data)

@@ -277,7 +277,8 @@ def test_stop_leaves_no_worker_processes() -> None:
     async def main() -> None:
         async with EmbeddedRuntime(spec) as rt:
             marker.append(str(rt.files.dir))
-            assert len(worker_pids(marker[0])) == 4
+            # 4 replicas, plus stage templates and their pre-forked children
+            assert len(worker_pids(marker[0])) >= 4
 
     asyncio.run(main())
     assert worker_pids(marker[0]) == []

@@ -69,6 +69,14 @@ class Launched(Protocol):
 class Launcher(Protocol):
     async def launch(self, stage: str, replica_id: str) -> tuple[Launched, StartTier]: ...
 
+    def released(self, stage: str, replica_id: str) -> None:
+        """A replica this launcher made is gone (its cache entry may be unpinned)."""
+        ...
+
+    async def prewarm(self, stage: str) -> None:
+        """Get ready to start ``stage`` fast (e.g. load its template) without a replica."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -152,6 +160,12 @@ class ColdLauncher:
         tier = StartTier.NONE if self.rt.spec.model.kind == "synthetic" else StartTier.COLD
         return _ColdProcess(proc, pipe), tier
 
+    def released(self, stage: str, replica_id: str) -> None:
+        return None
+
+    async def prewarm(self, stage: str) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -197,6 +211,8 @@ class LocalBackend:
         launcher: Launcher | None = None,
         clock: Callable[[], float] = time.monotonic,
         set_cpu: Callable[[ReplicaInfo, float], CpuLever] | None = None,
+        on_ready: Callable[[ReplicaInfo], None] | None = None,
+        on_exit: Callable[[ReplicaInfo], None] | None = None,
     ) -> None:
         self.spec = spec
         self.listener = listener
@@ -204,6 +220,8 @@ class LocalBackend:
         self.launcher: Launcher = launcher or ColdLauncher(self.runtime)
         self.clock = clock
         self._set_cpu = set_cpu
+        self._on_ready = on_ready
+        self._on_exit = on_exit
         self._replicas: dict[str, _Replica] = {}
         self._ids = itertools.count(1)
         self._backoff_until: dict[str, float] = {}
@@ -292,6 +310,7 @@ class LocalBackend:
             why = str(exc) or f"not ready within {timeout:.0f} s (replica_start_timeout_s)"
             self._start_failed(rep, why + (f"; log tail:\n{tail}" if tail else ""))
             await launched.wait()
+            self.launcher.released(stage, rep.info.replica_id)
             return
         now = self.clock()
         self._failures[stage] = 0
@@ -301,6 +320,8 @@ class LocalBackend:
             address=f"http://127.0.0.1:{port}",
             ready_at=now,
         )
+        if self._on_ready is not None:
+            self._on_ready(rep.info)  # e.g. put the process in its CPU group
         if not rep.stopping:
             self.listener.replica_ready(rep.info)
         code = await launched.wait()
@@ -342,6 +363,10 @@ class LocalBackend:
         self._set(rep, state=state, message=message)
         self.listener.replica_gone(rep.info)
         self._replicas.pop(rep.info.replica_id, None)
+        if rep.launched is not None:
+            self.launcher.released(rep.info.stage, rep.info.replica_id)
+            if self._on_exit is not None:
+                self._on_exit(rep.info)
 
     async def _stop(self, rep: _Replica, drain: bool) -> None:
         if drain:

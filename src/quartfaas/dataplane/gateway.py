@@ -297,7 +297,8 @@ class Gateway:
             if any(not x.strip() for x in inputs):
                 raise BadRequest('"inputs" texts must not be empty')
             try:
-                ids, mask = self.tokenizer()(inputs)
+                batch = self.tokenizer().encode(inputs)
+                ids, mask = batch.input_ids, batch.attention_mask
             except QuartfaasError as exc:
                 raise BadRequest(str(exc)) from None
         elif all(isinstance(x, list) for x in inputs):

@@ -6,6 +6,14 @@ starts each stage's ``min_replicas``, waits (with a deadline) until the pipeline
 serve, and shuts everything down cleanly: stop taking requests, let in-flight requests
 finish for a grace period, stop the workers, leave no processes behind.
 
+With ``cache.enabled`` replicas start through the parameter cache
+(``dataplane/param_cache.py``: fork from a stage template); otherwise each replica is a
+fresh process. Stages with ``min_replicas: 0`` get their template loaded at start, so a
+first request forks a replica at once; an idle reaper takes them back to zero after
+``cache.idle_to_zero_s`` without arrivals. Replicas are put in their own CPU group with
+the stage's ``cpu`` quota where a cgroup lever exists (``backends/cpu.py``), which is also
+how the CPU compensator resizes them in place.
+
 ``quartfaas serve`` runs one until Ctrl-C; tests and benchmarks use ``async with``.
 """
 
@@ -22,7 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
-from quartfaas.backends.base import ReplicaState, reconcile
+from quartfaas.backends.base import ReplicaInfo, ReplicaState, reconcile
+from quartfaas.backends.cpu import CpuActuator
 from quartfaas.backends.local import Launcher, LocalBackend, Runtime
 from quartfaas.clock import Clock, MonotonicClock
 from quartfaas.dataplane.gateway import Gateway
@@ -54,9 +63,24 @@ class EmbeddedRuntime:
         self.environ = dict(os.environ if environ is None else environ)
         self.gateway = Gateway(spec, clock=self.clock, environ=self.environ)
         self.files = Runtime(spec, base_dir)
-        launcher = launcher_factory(self.files) if launcher_factory else None
+        if launcher_factory is not None:
+            launcher: Launcher | None = launcher_factory(self.files)
+        elif spec.cache.enabled:
+            from quartfaas.dataplane.param_cache import ParamCacheLauncher
+
+            launcher = ParamCacheLauncher(self.files, clock=self.clock.now)
+        else:
+            launcher = None
+        self.cpu = CpuActuator.detect(environ=self.environ)
         self.backend = LocalBackend(
-            spec, self.gateway, runtime=self.files, launcher=launcher, clock=self.clock.now
+            spec,
+            self.gateway,
+            runtime=self.files,
+            launcher=launcher,
+            clock=self.clock.now,
+            set_cpu=self.cpu.set_cpu,
+            on_ready=self._replica_ready,
+            on_exit=self._replica_exit,
         )
         self.gateway.backend = self.backend
         self.gateway.on_failed_replica = self._replica_failed
@@ -64,6 +88,7 @@ class EmbeddedRuntime:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
+        self._started_at = self.clock.now()
         self.url = ""
 
     async def __aenter__(self) -> EmbeddedRuntime:
@@ -84,7 +109,11 @@ class EmbeddedRuntime:
         port = sockets[0].getsockname()[1] if sockets else self.port
         self.url = f"http://{self.host}:{port}"
         for stage in self.spec.stages:
+            if stage.min_replicas == 0:
+                await self.backend.launcher.prewarm(stage.name)
             reconcile(self.backend, stage.name, stage.min_replicas)
+        if any(s.min_replicas == 0 for s in self.spec.stages):
+            self.add_task(self._idle_reaper(), "idle-reaper")
         if wait_ready:
             try:
                 await self.wait_ready()
@@ -111,6 +140,36 @@ class EmbeddedRuntime:
             if loop.time() > deadline:
                 raise BackendError(f"stages not ready after {timeout_s:.0f} s: {missing}")
             await asyncio.sleep(0.01)
+
+    def _replica_ready(self, info: ReplicaInfo) -> None:
+        """Give a new replica its stage's CPU share in place (where a cgroup lever exists)."""
+        if self.cpu.cgroup is None or info.pid is None:
+            return
+        stage = self.spec.stages[self.spec.stage_index(info.stage)]
+        done = self.cpu.apply(info.replica_id, stage.cpu, pid=info.pid)
+        if not done.ok:
+            log.warning("replica %s: no CPU quota: %s", info.replica_id, "; ".join(done.notes))
+
+    def _replica_exit(self, info: ReplicaInfo) -> None:
+        if self.cpu.cgroup is not None:
+            self.cpu.release(info.replica_id)
+
+    async def _idle_reaper(self) -> None:
+        """Stages that may scale to zero go there after ``idle_to_zero_s`` without arrivals."""
+        idle_s = self.spec.cache.idle_to_zero_s
+        while True:
+            await asyncio.sleep(min(1.0, idle_s / 4))
+            now = self.clock.now()
+            for stage in self.spec.stages:
+                if stage.min_replicas > 0:
+                    continue
+                pool = self.gateway.pools[stage.name]
+                last = self.gateway.metrics.stages[stage.name].last_at or self._started_at
+                if pool.inflight or pool.queue_len or now - last < idle_s:
+                    continue
+                if self.backend.list_replicas(stage.name):
+                    log.info("stage %s idle for %.0f s: scaling to zero", stage.name, idle_s)
+                    reconcile(self.backend, stage.name, 0)
 
     def _replica_failed(self, replica_id: str, why: str) -> None:
         """A replica failed a request: if its process still lives, kill it (replaced)."""

@@ -163,14 +163,11 @@ def build_runner(
         return SyntheticRunner(spec, index)
     import torch
 
-    from quartfaas.models import load_stage_model
+    from quartfaas.models import build_stage
 
     threads = default_threads(spec, index)
     torch.set_num_threads(threads)
-    model = load_stage_model(spec, index, mode=weights_mode, verify=verify)
-    device = spec.stages[index].device
-    if device != "cpu":
-        model = model.to(device)
+    model = build_stage(spec, index, weights=weights_mode, verify=verify)  # type: ignore[arg-type]
     runner = TorchRunner(model, spec, index, threads)
     runner.warmup()
     return runner

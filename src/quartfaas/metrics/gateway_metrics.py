@@ -121,12 +121,14 @@ class StageMetrics:
         self.service_s = ValueWindow(window_s)
         self.latency_s = ValueWindow(window_s)
         self.invocations = 0
+        self.last_at: float | None = None
         self.finished: dict[int, int] = {}
         self.rejected = 0
         self.errors = 0
 
     def arrival(self, t: float) -> None:
         self.invocations += 1
+        self.last_at = t
         self.arrivals.append(t)
 
     def done(self, t: float, latency_s: float, service_s: float | None = None) -> None:

@@ -1,0 +1,441 @@
+"""The hierarchical parameter cache, gateway side: stage templates that fork replicas.
+
+``ParamCacheLauncher`` is the local backend's ``Launcher`` when the cache is enabled.
+Starting a replica tries, in order:
+
+1. **fork / prefork** — a live template of the stage holds its weights in host memory;
+   it hands over a warmed pre-forked child (``prefork``) or forks one (``fork``);
+2. **mmap** — no live template, but the stage's weights are in the tmpfs copy under
+   ``cache.shm_dir``: a new template maps them zero-copy (no disk read), then forks;
+3. **cold** — the weights are read from disk (and copied to tmpfs, checksum verified in
+   the same pass) before the template starts.
+
+Which tier served each start is recorded on the replica (``ReplicaInfo.tier``) and
+exported by the gateway (``quartfaas_replica_start_seconds{stage,tier}``, hit/miss
+counters). The tmpfs copy, not the on-disk file, is the host-memory cache: idle page
+cache is reclaimed on these machines, tmpfs and live process memory are not.
+
+A ``KeysManager`` (``control/keys_manager.py``) keeps the cached stages under
+``memory_threshold_frac`` of host memory: admitting a stage evicts least-recently-used
+unpinned stages first (their templates stop, their tmpfs copies are removed); a stage
+with live replicas is pinned. A start that cannot fit, or that would exceed the memory
+the host has available now, is refused with the numbers (``InsufficientMemory``), not
+left to the OOM killer. A template that dies is restarted (mmap tier); replicas it had
+forked keep serving, and new starts wait for the restarted template.
+
+Template process: ``dataplane/forkserver.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quartfaas.backends.base import StartTier
+from quartfaas.backends.local import Launched, Runtime, _EventPipe
+from quartfaas.control.keys_manager import KeysManager, gib
+from quartfaas.dataplane.forkserver import recv_msg, send_msg
+from quartfaas.errors import BackendError, InsufficientMemory, WeightsError
+
+log = logging.getLogger("quartfaas.param_cache")
+
+_COPY_CHUNK = 8 * 1024 * 1024
+
+
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes."""
+    out: dict[str, int] = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts:
+                out[key] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
+    return out
+
+
+def pss_bytes(pid: int) -> int | None:
+    """Proportional set size of a process (shared pages split among their users)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def set_child_subreaper() -> bool:
+    """Orphaned replicas (their template died) are re-parented to us, so we can reap them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def copy_verified(src: Path, dst: Path, sha256: str | None) -> None:
+    """Copy ``src`` to ``dst`` (atomically), hashing in the same pass; a mismatch fails."""
+    tmp = dst.with_suffix(dst.suffix + ".part")
+    h = hashlib.sha256()
+    try:
+        with open(src, "rb", buffering=0) as fin, open(tmp, "wb") as fout:
+            buf = bytearray(_COPY_CHUNK)
+            view = memoryview(buf)
+            while n := fin.readinto(buf):
+                h.update(view[:n])
+                fout.write(view[:n])
+    except FileNotFoundError:
+        tmp.unlink(missing_ok=True)
+        raise WeightsError(
+            f"weights file {str(src)!r} does not exist; "
+            "run `quartfaas make-weights SPEC` to (re)generate it"
+        ) from None
+    if sha256 is not None and h.hexdigest() != sha256:
+        tmp.unlink(missing_ok=True)
+        raise WeightsError(
+            f"weights file {str(src)!r} fails its checksum (sha256 {h.hexdigest()[:12]}..., "
+            f"manifest says {sha256[:12]}...): it is corrupt or truncated; "
+            "run `quartfaas make-weights SPEC --force` to regenerate it"
+        )
+    os.replace(tmp, dst)
+
+
+@dataclass
+class ForkedReplica:
+    """A replica forked by a template: watched through a pidfd (it is not our child)."""
+
+    pid: int
+    pipe: _EventPipe
+    template: Template
+    pidfd: int = -1
+    exited: asyncio.Future[int] | None = None
+
+    def __post_init__(self) -> None:
+        self.pidfd = os.pidfd_open(self.pid)
+
+    def events(self) -> AsyncIterator[dict[str, object]]:
+        return self.pipe.lines()
+
+    async def wait(self) -> int:
+        if self.exited is None:
+            loop = asyncio.get_running_loop()
+            self.exited = loop.create_future()
+            fut = self.exited
+
+            def gone() -> None:
+                loop.remove_reader(self.pidfd)
+                if not fut.done():
+                    fut.set_result(0)
+
+            loop.add_reader(self.pidfd, gone)
+        await asyncio.shield(self.exited)
+        code = self._reap()
+        if code is None:  # the template reaps and reports; give its message a moment
+            report = self.template.exit_codes.setdefault(
+                self.pid, asyncio.get_running_loop().create_future()
+            )
+            with contextlib.suppress(TimeoutError):
+                code = await asyncio.wait_for(asyncio.shield(report), 1.0)
+        with contextlib.suppress(OSError):
+            os.close(self.pidfd)
+        self.pidfd = -1
+        return -1 if code is None else code
+
+    def _reap(self) -> int | None:
+        """If the template died we inherited this process (subreaper): reap it ourselves."""
+        try:
+            res = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        except (ChildProcessError, OSError):
+            return None
+        if res is None:
+            return None
+        return res.si_status if res.si_code == os.CLD_EXITED else -res.si_status
+
+    def signal(self, sig: int) -> None:
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self.pidfd, sig)
+
+
+@dataclass
+class Template:
+    """The gateway's handle on one stage template process."""
+
+    stage: str
+    proc: asyncio.subprocess.Process
+    sock: socket.socket
+    weights: Path | None
+    tier: StartTier  # how this template got its weights (mmap or cold)
+    ready: asyncio.Future[dict[str, Any]]
+    spawns: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    exit_codes: dict[int, asyncio.Future[int]] = field(default_factory=dict)
+    first_used: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    def dispatch(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op in ("ready", "failed"):
+            if not self.ready.done():
+                self.ready.set_result(msg)
+        elif op in ("spawned", "error"):
+            fut = self.spawns.pop(str(msg.get("replica_id")), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif op == "exited":
+            pid, code = int(msg["pid"]), int(msg["code"])
+            fut = self.exit_codes.setdefault(pid, asyncio.get_running_loop().create_future())
+            if not fut.done():
+                fut.set_result(code)
+
+    def fail_pending(self, why: str) -> None:
+        if not self.ready.done():
+            self.ready.set_result({"op": "failed", "message": why})
+        for rid, fut in list(self.spawns.items()):
+            if not fut.done():
+                fut.set_result({"op": "error", "replica_id": rid, "message": why})
+        self.spawns.clear()
+
+
+class ParamCacheLauncher:
+    """Starts replicas through the cache tiers; owns the templates and the KeysManager."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        keys: KeysManager | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        python: str = sys.executable,
+    ) -> None:
+        self.rt = runtime
+        self.spec = runtime.spec
+        cache = self.spec.cache
+        host_mem = meminfo().get("MemTotal", 0)
+        self.keys = keys if keys is not None else KeysManager(host_mem, cache.memory_threshold_frac)
+        self.clock = clock
+        self.python = python
+        self.shm_dir = Path(cache.shm_dir) / f"{self.spec.name}-{os.getpid()}"
+        self.templates: dict[str, Template] = {}
+        self._starting: dict[str, asyncio.Task[Template]] = {}
+        self._closing = False
+        self._live: dict[str, int] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._evicted: set[str] = set()
+        set_child_subreaper()
+
+    # -- Launcher protocol ----------------------------------------------------------
+
+    async def launch(self, stage: str, replica_id: str) -> tuple[Launched, StartTier]:
+        template, fresh = await self._template(stage)
+        pipe = _EventPipe()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        template.spawns[replica_id] = fut
+        try:
+            send_msg(template.sock, {"op": "spawn", "replica_id": replica_id}, [pipe.write_fd])
+        except OSError as exc:
+            template.spawns.pop(replica_id, None)
+            raise BackendError(f"template of stage {stage} is not reachable: {exc}") from None
+        finally:
+            os.close(pipe.write_fd)
+        reply = await asyncio.wait_for(fut, self.spec.gateway.replica_start_timeout_s)
+        if reply.get("op") != "spawned":
+            raise BackendError(f"template of stage {stage} could not fork: {reply.get('message')}")
+        if fresh and not template.first_used:
+            tier = template.tier  # this start paid for loading the template
+        else:
+            tier = StartTier.PREFORK if reply.get("tier") == "prefork" else StartTier.FORK
+        template.first_used = True
+        self.keys.lookup(stage, self.clock())
+        self.keys.pin(stage)
+        self._live[replica_id] = 1
+        return ForkedReplica(int(reply["pid"]), pipe, template), tier
+
+    def released(self, stage: str, replica_id: str) -> None:
+        if self._live.pop(replica_id, None) is not None:
+            self.keys.unpin(stage)
+
+    async def prewarm(self, stage: str) -> None:
+        """Start a stage's template now (stages that may scale from zero)."""
+        await self._template(stage)
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._starting.values():
+            task.cancel()
+        for t in list(self.templates.values()):
+            await self._stop_template(t)
+        self.templates.clear()
+        shutil.rmtree(self.shm_dir, ignore_errors=True)
+
+    # -- templates ------------------------------------------------------------------
+
+    async def _template(self, stage: str) -> tuple[Template, bool]:
+        t = self.templates.get(stage)
+        if t is not None and t.alive:
+            return t, False
+        task = self._starting.get(stage)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._start_template(stage))
+            self._starting[stage] = task
+            task.add_done_callback(lambda _: self._starting.pop(stage, None))
+        t = await asyncio.shield(task)
+        return t, True
+
+    def _shm_path(self, stage: str) -> Path:
+        return self.shm_dir / f"{stage}.safetensors"
+
+    def _cache_weights(self, stage: str) -> tuple[Path | None, StartTier]:
+        """Make sure the stage's weights are in tmpfs; returns the path and the tier."""
+        index = self.spec.stage_index(stage)
+        self._evicted.discard(stage)
+        if self.spec.model.kind == "synthetic":
+            return None, StartTier.COLD
+        src = Path(self.spec.stage_weights_path(index))
+        dst = self._shm_path(stage)
+        from quartfaas.models.weights import find_manifest_entry
+
+        expected = find_manifest_entry(src) if src.is_file() else None
+        size = expected.bytes if expected else (src.stat().st_size if src.is_file() else 0)
+        if dst.is_file() and dst.stat().st_size == size and stage in self.keys:
+            return dst, StartTier.MMAP
+        admission = self.keys.admit(stage, size, self.clock())
+        if not admission.admitted:
+            raise InsufficientMemory(
+                f"stage {stage} ({gib(size)}) cannot be cached: {admission.reason}"
+            )
+        for victim in admission.evicted:
+            self._evict(victim)
+        avail = meminfo().get("MemAvailable", 0)
+        if size > avail:
+            self.keys.evict(stage)
+            raise InsufficientMemory(
+                f"stage {stage} needs {gib(size)} of host memory but only {gib(avail)} is "
+                "available now; stop other replicas or lower cache.memory_threshold_frac"
+            )
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            copy_verified(src, dst, expected.sha256 if expected else None)
+        except WeightsError:
+            self.keys.evict(stage)
+            raise
+        return dst, StartTier.COLD
+
+    def _evict(self, stage: str) -> None:
+        log.info("evicting stage %s from the parameter cache", stage)
+        self._evicted.add(stage)
+        t = self.templates.pop(stage, None)
+        if t is not None:
+            t.proc.send_signal(signal.SIGTERM)
+        self._shm_path(stage).unlink(missing_ok=True)
+
+    async def _start_template(self, stage: str) -> Template:
+        if self._closing:
+            raise BackendError("the backend is shutting down")
+        weights, tier = await asyncio.to_thread(self._cache_weights, stage)
+        parent, child = socket.socketpair()
+        os.set_inheritable(child.fileno(), True)
+        cmd = [
+            self.python, "-m", "quartfaas.dataplane.forkserver",
+            "--spec-json", str(self.rt.spec_json), "--stage", stage,
+            "--control-fd", str(child.fileno()), "--lifeline-fd", str(self.rt.lifeline_read),
+            "--prefork", str(self.spec.cache.prefork),
+        ]  # fmt: skip
+        if weights is not None:
+            cmd += ["--weights", str(weights)]
+        log_path = self.rt.log_path(f"template-{stage}")
+        with open(log_path, "ab") as logf:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
+                pass_fds=(child.fileno(), self.rt.lifeline_read),
+                start_new_session=True,
+                env={**os.environ, **self.rt.worker_env},
+            )  # fmt: skip
+        child.close()
+        parent.setblocking(False)
+        loop = asyncio.get_running_loop()
+        t = Template(stage, proc, parent, weights, tier, loop.create_future())
+        loop.add_reader(parent.fileno(), self._on_message, t)
+        self._watchers.add(loop.create_task(self._watch(t)))
+        msg = await asyncio.wait_for(
+            asyncio.shield(t.ready), self.spec.gateway.replica_start_timeout_s
+        )
+        if msg.get("op") != "ready":
+            from quartfaas.backends.local import read_tail
+
+            tail = read_tail(log_path, 6)
+            raise BackendError(
+                f"template of stage {stage} failed to start: {msg.get('message')}"
+                + (f"; log tail:\n{tail}" if tail else "")
+            )
+        self.templates[stage] = t
+        log.info("template of stage %s ready (%s tier, load %.3f s)", stage, tier.value,
+                 float(msg.get("load_s", 0.0)))  # fmt: skip
+        return t
+
+    def _on_message(self, t: Template) -> None:
+        try:
+            msg, fds = recv_msg(t.sock)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, json.JSONDecodeError):
+            msg, fds = None, []
+        for fd in fds:
+            os.close(fd)
+        if msg is None:
+            asyncio.get_running_loop().remove_reader(t.sock.fileno())
+            return
+        t.dispatch(msg)
+
+    async def _watch(self, t: Template) -> None:
+        try:
+            await self._watch_once(t)
+        finally:
+            self._watchers.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _watch_once(self, t: Template) -> None:
+        code = await t.proc.wait()
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(t.sock.fileno())
+        t.sock.close()
+        t.fail_pending(f"template exited with code {code}")
+        if self.templates.get(t.stage) is t:
+            del self.templates[t.stage]
+            if not self._closing and t.stage not in self._evicted:
+                # Restart from the tmpfs copy (mmap tier); starts meanwhile wait for it.
+                log.warning("template of stage %s died (code %s); restarting", t.stage, code)
+                with contextlib.suppress(Exception):
+                    await self._template(t.stage)
+
+    async def _stop_template(self, t: Template) -> None:
+        with contextlib.suppress(OSError):
+            send_msg(t.sock, {"op": "exit"})
+        try:
+            await asyncio.wait_for(t.proc.wait(), 5.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                t.proc.kill()
+            await t.proc.wait()
+
+    def template_pids(self) -> dict[str, int]:
+        return {s: t.proc.pid for s, t in self.templates.items() if t.alive}
