@@ -1,0 +1,587 @@
+"""Snapshots from PromQL, plus a Prometheus server for tests and development.
+
+``PrometheusCollector`` is the second live collector (``metrics/collector.py`` has the
+protocol and the in-process one): it asks a Prometheus server that scrapes the gateway's
+``/metrics`` (series listed in ``metrics/gateway_metrics.py``) and builds the same
+``control.snapshot.PipelineSnapshot``. Four instant queries per tick, issued together and
+each vectorised over all stages (``by (function_name)`` / ``by (stage)``); several
+aggregations share one query by tagging each part with a ``qf`` label
+(``label_replace(a, "qf", "x", "", "") or label_replace(b, "qf", "y", "", "")``).
+
+What each field comes from (``W`` = ``window_s``):
+
+- ``arrival_rate``: ``rate(gateway_function_invocation_started[W])``; ``arrivals`` is
+  ``rate * W`` (Prometheus' extrapolated ``increase``), rounded;
+- ``departure_rate``, ``rejected``, ``errors``: ``rate(gateway_function_invocation_total[W])``
+  by code (200 / 429 / anything else), the counts as ``rate * W``; ``departure_cv`` is
+  not exported and stays ``None``;
+- ``arrival_cv``: the ``quartfaas_stage_arrival_cv`` gauge (the *gateway's* window);
+- ``service_mean_s``: ``rate(quartfaas_stage_service_seconds_sum[W]) / rate(..._count[W])``;
+- ``service_scv``: from the histogram buckets as grouped data: each bucket's mass sits at
+  its midpoint (the first bucket's lower edge is 0, the ``+Inf`` bucket's mass at the last
+  finite bound) and SCV = Var/mean² of that grouped distribution. The resolution is the
+  bucket width: spread inside one bucket is invisible (a constant service time reads 0)
+  and the ``+Inf`` bucket is underestimated. Sheppard's correction is not applied
+  because the bucket widths differ;
+- latency p50/p95/p99: ``histogram_quantile(q, sum by (le, function_name)
+  (rate(gateway_functions_seconds_bucket{code="200"}[W])))`` (linear inside a bucket), the
+  mean from ``_sum``/``_count``; end to end from ``function_name=<pipeline>``;
+- queue length, in-flight, ready and starting replicas: the ``quartfaas_stage_*`` gauges.
+  Draining replicas are not exported (0); CPU per replica is the spec's.
+
+Staleness and faults are values, never exceptions out of ``collect``: unreachable, an HTTP
+or PromQL error, a timeout (``timeout_s`` for the whole tick) or missing gauges give
+``data_age_s=None``; otherwise ``data_age_s`` is the age of the latest ready-replicas
+sample of the stalest stage (``timestamp()``, Prometheus' clock on both sides) and an
+age above ``stale_after_s`` adds a ``stale`` note (policies hold on ``data_age_s > stale_after_s``).
+A no-data snapshot keeps the replica counts of the last good one, so a ``hold`` decision
+reads "hold at 3", not "hold at 0". ``note`` starts with a kind (``unreachable``,
+``timeout``, ``http-error``, ``query-error``, ``bad-response``, ``no-samples``, ``stale``).
+
+``PrometheusServer`` starts Debian's ``/usr/bin/prometheus`` on loopback with a generated
+config (``prometheus_config``) for integration tests and local runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, StageSnapshot
+from quartfaas.errors import QuartfaasError
+from quartfaas.spec import PipelineSpec
+
+_READY = "quartfaas_stage_ready_replicas"
+_GAUGES = (
+    _READY,
+    "quartfaas_stage_starting_replicas",
+    "quartfaas_stage_queue_length",
+    "quartfaas_stage_inflight",
+)
+_CV = "quartfaas_stage_arrival_cv"
+_QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+
+Sample = tuple[dict[str, str], float, float]  # labels, eval/sample time, value
+
+
+def _duration(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _tagged(parts: Mapping[str, str]) -> str:
+    """One query for several aggregations: each result carries ``qf=<part name>``."""
+    return " or ".join(f'label_replace({q}, "qf", "{tag}", "", "")' for tag, q in parts.items())
+
+
+def _num(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _int(gauges: Mapping[str, float], name: str) -> int:
+    v = gauges.get(name)
+    return int(v) if v is not None and math.isfinite(v) else 0
+
+
+def grouped_scv(buckets: Sequence[tuple[float, float]]) -> float | None:
+    """SCV of a histogram from cumulative ``(upper bound, count or rate)`` pairs.
+
+    Grouped-data estimate (see the module docstring): each bucket's mass at its midpoint,
+    the ``+Inf`` bucket's at the last finite bound. ``None`` with no mass or a zero mean.
+    """
+    prev_le, prev_cum = 0.0, 0.0
+    points: list[tuple[float, float]] = []  # (bucket representative, mass)
+    for le, cum in sorted(buckets):
+        p = max(cum - prev_cum, 0.0)  # cumulative counts; rounding can make a step negative
+        points.append((prev_le if math.isinf(le) else (prev_le + le) / 2.0, p))
+        prev_cum = max(cum, prev_cum)
+        if not math.isinf(le):
+            prev_le = le
+    mass = sum(p for _, p in points)
+    if mass <= 0.0:
+        return None
+    mean = sum(x * p for x, p in points) / mass
+    if mean <= 0.0:
+        return None
+    # Two passes (deviations from the mean): exact 0 for mass in one bucket.
+    var = sum(p * (x - mean) ** 2 for x, p in points) / mass
+    return var / (mean * mean)
+
+
+class _NoData(Exception):
+    """Internal: why this tick has no data (becomes the snapshot's note)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.note = f"{kind}: {detail}"
+
+
+class PrometheusCollector:
+    """``collect(now)`` via PromQL against ``base_url`` (e.g. ``http://127.0.0.1:9090``)."""
+
+    source = "prometheus"
+
+    def __init__(
+        self,
+        base_url: str,
+        spec: PipelineSpec,
+        *,
+        window_s: float | None = None,
+        timeout_s: float = 2.0,
+        stale_after_s: float | None = None,
+        client: httpx.AsyncClient | None = None,
+        job: str | None = None,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s ({timeout_s}) must be > 0")
+        self.base_url = base_url.rstrip("/")
+        self.spec = spec
+        self.window_s = spec.controller.window_s if window_s is None else window_s
+        if self.window_s <= 0:
+            raise ValueError(f"window_s ({self.window_s}) must be > 0")
+        self.timeout_s = timeout_s
+        self.stale_after_s = (
+            spec.controller.stale_after_s if stale_after_s is None else stale_after_s
+        )
+        self._client = client
+        self._own_client = client is None
+        self._names = [s.name for s in spec.stages]
+        self._last_good: PipelineSnapshot | None = None
+        self.queries = self._build_queries(job)
+
+    # -- queries --------------------------------------------------------------------
+
+    def _build_queries(self, job: str | None) -> dict[str, str]:
+        w = _duration(self.window_s)
+        extra = f',job="{job}"' if job else ""
+        st = f'stage=~"{"|".join(self._names)}"{extra}'
+        fn = f'function_name=~"{"|".join([self.spec.name, *self._names])}"{extra}'
+        ok = f'code="200",{fn}'
+        lat_buckets = (
+            f"sum by (le, function_name) (rate(gateway_functions_seconds_bucket{{{ok}}}[{w}]))"
+        )
+        gauges = "|".join([*_GAUGES, _CV])
+        return {
+            "rates": _tagged(
+                {
+                    "arr": f"sum by (function_name) "
+                    f"(rate(gateway_function_invocation_started{{{fn}}}[{w}]))",
+                    "fin": f"sum by (function_name, code) "
+                    f"(rate(gateway_function_invocation_total{{{fn}}}[{w}]))",
+                    "ssum": f"sum by (stage) "
+                    f"(rate(quartfaas_stage_service_seconds_sum{{{st}}}[{w}]))",
+                    "scnt": f"sum by (stage) "
+                    f"(rate(quartfaas_stage_service_seconds_count{{{st}}}[{w}]))",
+                    "lsum": f"sum by (function_name) "
+                    f"(rate(gateway_functions_seconds_sum{{{ok}}}[{w}]))",
+                    "lcnt": f"sum by (function_name) "
+                    f"(rate(gateway_functions_seconds_count{{{ok}}}[{w}]))",
+                }
+            ),
+            "quantiles": _tagged(
+                {tag: f"histogram_quantile({q}, {lat_buckets})" for tag, q in _QUANTILES.items()}
+            ),
+            "service_buckets": (
+                f"sum by (le, stage) (rate(quartfaas_stage_service_seconds_bucket{{{st}}}[{w}]))"
+            ),
+            "gauges": f'{{__name__=~"{gauges}",{st}}} or '
+            + _tagged({"ts": f"timestamp(quartfaas_stage_ready_replicas{{{st}}})"}),
+        }
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout_s)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._own_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _query(self, promql: str) -> list[Sample]:
+        try:
+            resp = await self._http().post(
+                f"{self.base_url}/api/v1/query",
+                data={"query": promql},
+                timeout=self.timeout_s,
+            )
+        except httpx.TimeoutException:
+            raise _NoData(
+                "timeout",
+                f"Prometheus at {self.base_url} did not answer within timeout_s {self.timeout_s:g}",
+            ) from None
+        except httpx.TransportError as exc:
+            raise _NoData(
+                "unreachable", f"Prometheus at {self.base_url}: {type(exc).__name__}: {exc}"
+            ) from None
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise _NoData(
+                "http-error" if resp.status_code != 200 else "bad-response",
+                f"HTTP {resp.status_code} from {self.base_url}: {resp.text[:200]!r}",
+            )
+        if body.get("status") != "success":
+            kind = "query-error" if resp.status_code in (200, 400, 422) else "http-error"
+            raise _NoData(
+                kind,
+                f"HTTP {resp.status_code}: {body.get('errorType', '?')}: "
+                f"{str(body.get('error', ''))[:300]}",
+            )
+        return _samples(body, self.base_url)
+
+    # -- collect --------------------------------------------------------------------
+
+    async def collect(self, now: float) -> PipelineSnapshot:
+        """The snapshot at ``now``; problems become ``data_age_s=None`` and a ``note``."""
+        try:
+            names = list(self.queries)
+            async with asyncio.timeout(self.timeout_s):
+                # return_exceptions: every query finishes before we look (no orphan tasks).
+                results = await asyncio.gather(
+                    *(self._query(self.queries[n]) for n in names), return_exceptions=True
+                )
+            answers: dict[str, list[Sample]] = {}
+            for name, result in zip(names, results, strict=True):
+                if isinstance(result, BaseException):
+                    raise result
+                answers[name] = result
+            snap = self._build(now, answers)
+        except (KeyError, TypeError, ValueError) as exc:  # a malformed answer: no data
+            return self._no_data(now, f"bad-response: from {self.base_url}: {exc!r}")
+        except _NoData as why:
+            return self._no_data(now, why.note)
+        except TimeoutError:
+            return self._no_data(
+                now,
+                f"timeout: Prometheus at {self.base_url} did not "
+                f"answer within timeout_s {self.timeout_s:g}",
+            )
+        self._last_good = snap
+        return snap
+
+    def _no_data(self, now: float, note: str) -> PipelineSnapshot:
+        if self._last_good is not None:
+            ago = now - self._last_good.now
+            stages = tuple(
+                replace(
+                    _bare(s), ready_replicas=s.ready_replicas, starting_replicas=s.starting_replicas
+                )
+                for s in self._last_good.stages
+            )
+            note += f" (replica counts are the last known, from {ago:.1f}s ago)"
+        else:
+            stages = tuple(self._spec_stage(i) for i in range(len(self._names)))
+        return PipelineSnapshot(
+            now=now,
+            pipeline=self.spec.name,
+            slo_p99_s=self.spec.slo.p99_ms / 1000.0,
+            stages=stages,
+            window_s=self.window_s,
+            data_age_s=None,
+            source=self.source,
+            note=note,
+        )
+
+    def _spec_stage(self, i: int) -> StageSnapshot:
+        s = self.spec.stages[i]
+        return StageSnapshot(
+            name=s.name,
+            index=i,
+            min_replicas=s.min_replicas,
+            max_replicas=s.max_replicas,
+            max_concurrency=s.max_concurrency,
+            cpu_per_replica=s.cpu,
+        )
+
+    def _build(self, now: float, res: dict[str, list[Sample]]) -> PipelineSnapshot:
+        w = self.window_s
+        tags: dict[tuple[str, str, str], float] = {}  # (qf, function or stage, code) -> value
+        for labels, _, v in res["rates"] + res["quantiles"]:
+            name = labels.get("function_name") or labels.get("stage", "")
+            tags[labels.get("qf", ""), name, labels.get("code", "")] = v
+        gauges: dict[str, dict[str, float]] = {}
+        sample_ts, eval_ts = [], 0.0
+        for labels, t, v in res["gauges"]:
+            if labels.get("qf") == "ts":
+                sample_ts.append(v)
+                eval_ts = max(eval_ts, t)
+            elif "__name__" in labels:
+                gauges.setdefault(labels.get("stage", ""), {})[labels["__name__"]] = v
+        missing = [n for n in self._names if _READY not in gauges.get(n, {})]
+        if missing:
+            raise _NoData(
+                "no-samples",
+                f"Prometheus at {self.base_url} has no current {_READY} for stages {missing} "
+                "(gateway not scraped yet, target down, or another pipeline?)",
+            )
+        # Prometheus' clock on both sides: eval time minus the oldest stage's scrape time.
+        age = max(eval_ts - min(sample_ts), 0.0) if sample_ts else 0.0
+        buckets: dict[str, list[tuple[float, float]]] = {}
+        for labels, _, v in res["service_buckets"]:
+            buckets.setdefault(labels.get("stage", ""), []).append((float(labels["le"]), v))
+
+        def get(tag: str, name: str, code: str = "") -> float | None:
+            v = tags.get((tag, name, code))
+            return None if v is None else _num(v)
+
+        def latency(name: str) -> LatencyStats:
+            cnt, tot = get("lcnt", name), get("lsum", name)
+            if not cnt or tot is None:
+                return LatencyStats()
+            p50, p95, p99 = (get(tag, name) for tag in _QUANTILES)
+            return LatencyStats(round(cnt * w), tot / cnt, p50, p95, p99)
+
+        stages = []
+        for i, name in enumerate(self._names):
+            g = gauges[name]
+            arr = get("arr", name)
+            codes = {c: v for (tag, n, c), v in tags.items() if tag == "fin" and n == name}
+            scnt, ssum = get("scnt", name), get("ssum", name)
+            stages.append(
+                replace(
+                    self._spec_stage(i),
+                    ready_replicas=_int(g, _READY),
+                    starting_replicas=_int(g, "quartfaas_stage_starting_replicas"),
+                    queue_len=_int(g, "quartfaas_stage_queue_length"),
+                    in_flight=_int(g, "quartfaas_stage_inflight"),
+                    arrival_rate=arr,
+                    arrival_cv=_num(g.get(_CV, math.nan)),
+                    departure_rate=codes.get("200", 0.0) if codes or arr is not None else None,
+                    departure_cv=None,  # not exported by the gateway
+                    service_mean_s=ssum / scnt if scnt and ssum is not None else None,
+                    service_scv=grouped_scv(buckets[name]) if name in buckets else None,
+                    latency=latency(name),
+                    arrivals=round(arr * w) if arr else 0,
+                    rejected=round(codes.get("429", 0.0) * w),
+                    errors=round(sum(v for c, v in codes.items() if c not in ("200", "429")) * w),
+                )
+            )
+        note = ""
+        if age > self.stale_after_s:
+            note = (
+                f"stale: the latest gauge samples are {age:.1f}s old "
+                f"(> stale_after_s {self.stale_after_s:g})"
+            )
+        return PipelineSnapshot(
+            now=now,
+            pipeline=self.spec.name,
+            slo_p99_s=self.spec.slo.p99_ms / 1000.0,
+            stages=tuple(stages),
+            e2e=latency(self.spec.name),
+            window_s=w,
+            data_age_s=age,
+            source=self.source,
+            note=note,
+        )
+
+
+def _bare(s: StageSnapshot) -> StageSnapshot:
+    """A stage with its configuration only (no measurements)."""
+    return StageSnapshot(
+        name=s.name,
+        index=s.index,
+        min_replicas=s.min_replicas,
+        max_replicas=s.max_replicas,
+        max_concurrency=s.max_concurrency,
+        cpu_per_replica=s.cpu_per_replica,
+    )
+
+
+def _samples(body: dict[str, Any], where: str) -> list[Sample]:
+    """``[(labels, time, value)]`` of an instant-vector answer; NaN/Inf kept as floats."""
+    try:
+        data = body["data"]
+        if data["resultType"] != "vector":
+            raise _NoData("bad-response", f"{where} answered a {data['resultType']}, not a vector")
+        return [
+            (dict(r["metric"]), float(r["value"][0]), float(r["value"][1])) for r in data["result"]
+        ]
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise _NoData("bad-response", f"unexpected answer from {where}: {exc!r}") from None
+
+
+# ---------------------------------------------------------------------------- server
+
+
+class PrometheusError(QuartfaasError):
+    """A Prometheus server could not be started or answered nonsense (dev/test helper)."""
+
+
+class PrometheusNotFound(PrometheusError):
+    """The ``prometheus`` binary is not installed where it was looked for."""
+
+
+def prometheus_config(
+    targets: Sequence[str],
+    scrape_interval_s: float = 1.0,
+    *,
+    job: str = "quartfaas",
+    metrics_path: str = "/metrics",
+    scrape_timeout_s: float | None = None,
+) -> str:
+    """A minimal ``prometheus.yml`` scraping ``targets`` (``host:port``) every interval."""
+    if not targets:
+        raise ValueError("prometheus_config needs at least one target (host:port)")
+    if scrape_interval_s <= 0:
+        raise ValueError(f"scrape_interval_s ({scrape_interval_s}) must be > 0")
+    # Prometheus refuses a scrape timeout longer than the interval (its default is 10 s).
+    timeout = min(scrape_interval_s, 10.0) if scrape_timeout_s is None else scrape_timeout_s
+    if timeout > scrape_interval_s:
+        raise ValueError(
+            f"scrape_timeout_s ({timeout}) must be <= scrape_interval_s ({scrape_interval_s})"
+        )
+    config = {
+        "global": {
+            "scrape_interval": _duration(scrape_interval_s),
+            "scrape_timeout": _duration(timeout),
+            "evaluation_interval": _duration(scrape_interval_s),
+        },
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "metrics_path": metrics_path,
+                "static_configs": [{"targets": list(targets)}],
+            }
+        ],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class PrometheusServer:
+    """``/usr/bin/prometheus`` on loopback with a temp data dir: ``async with`` it.
+
+    Readiness is ``GET /-/ready`` polled until ``ready_timeout_s``; a port lost to a race
+    is retried with another. ``stop()`` (also on context exit) sends SIGTERM, then SIGKILL
+    after ``grace_s``, and removes the data dir. Only the process it started is signalled.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[str],
+        *,
+        scrape_interval_s: float = 1.0,
+        binary: str | None = None,
+        host: str = "127.0.0.1",
+        job: str = "quartfaas",
+        ready_timeout_s: float = 30.0,
+        grace_s: float = 3.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        found = shutil.which(binary or "prometheus") or (
+            "/usr/bin/prometheus"
+            if binary is None and os.access("/usr/bin/prometheus", os.X_OK)
+            else None
+        )
+        if found is None:
+            raise PrometheusNotFound(
+                f"prometheus binary {binary or 'prometheus'!r} not found: install Debian's "
+                "'prometheus' package (apt-get install prometheus) or pass binary=<path>"
+            )
+        self.binary = found
+        self.config = prometheus_config(targets, scrape_interval_s, job=job)
+        self.host = host
+        self.ready_timeout_s = ready_timeout_s
+        self.grace_s = grace_s
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dir: Path | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> PrometheusServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    def _launch(self, port: int) -> subprocess.Popen[bytes]:
+        assert self.dir is not None
+        cfg = self.dir / "prometheus.yml"
+        cfg.write_text(self.config, encoding="utf-8")
+        log = (self.dir / "prometheus.log").open("ab")
+        try:
+            return subprocess.Popen(
+                [
+                    self.binary,
+                    f"--config.file={cfg}",
+                    f"--storage.tsdb.path={self.dir / 'data'}",
+                    f"--web.listen-address={self.host}:{port}",
+                    *self.extra_args,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in a test terminal is the test's, not its
+            )
+        finally:
+            log.close()
+
+    def log_tail(self, chars: int = 1500) -> str:
+        if self.dir is None or not (self.dir / "prometheus.log").exists():
+            return ""
+        return (self.dir / "prometheus.log").read_text(errors="replace")[-chars:]
+
+    async def start(self) -> str:
+        """Start and wait until ready; returns the base URL."""
+        self.dir = Path(tempfile.mkdtemp(prefix="quartfaas-prom-"))
+        deadline = time.monotonic() + self.ready_timeout_s
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            for _ in range(3):
+                port = _free_port(self.host)
+                self.proc = self._launch(port)
+                self.url = f"http://{self.host}:{port}"
+                while self.proc.poll() is None:
+                    if time.monotonic() > deadline:
+                        await self.stop()
+                        raise PrometheusError(
+                            f"prometheus at {self.url} not ready within "
+                            f"{self.ready_timeout_s:g}s; log tail:\n{self.log_tail()}"
+                        )
+                    try:
+                        if (await client.get(f"{self.url}/-/ready")).status_code == 200:
+                            return self.url
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.05)
+                if "address already in use" not in self.log_tail():
+                    break  # a real failure, not a lost port race
+        code = self.proc.returncode if self.proc else None
+        tail = self.log_tail()
+        await self.stop()
+        raise PrometheusError(f"prometheus exited with code {code}; log tail:\n{tail}")
+
+    async def stop(self) -> None:
+        """SIGTERM, SIGKILL after ``grace_s``, reap, remove the data dir. Idempotent."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            end = time.monotonic() + self.grace_s
+            while proc.poll() is None and time.monotonic() < end:
+                await asyncio.sleep(0.05)
+            if proc.poll() is None:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
