@@ -1,0 +1,187 @@
+"""The simulator's placement seam: which GPU a new replica goes to.
+
+``backends/sim.py`` asks a ``Placer`` for one GPU per ``start_replica`` call, passing a
+frozen ``ClusterView``: every GPU (free memory, the anti-affinity keys of its tenants, the
+server's free CPU, whether the stage's weights are in that server's host-memory cache),
+each server's cache (``control/keys_manager.CacheView``) and the live replicas.
+
+- ``FirstFitPlacer`` (default): the first GPU in server order that fits, with the
+  prototype's anti-affinity (reference section 1.4): replicas with the same key never
+  share a GPU; the key is the model for ``-me-`` pipelines and the stage otherwise.
+- ``CacheFirstPlacer``: the same, preferring servers that cache the stage (fork start).
+- ``ControlPlacer``: any ``control/placement.py`` placer (Quart's cache-aware solver or a
+  baseline) asked for one start. It applies that module's own hard rules (GPU memory,
+  CPU, one replica per stage per GPU, cache room) and its *soft* pipeline spreading, so
+  the model-level anti-affinity above does not bind it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from quartfaas.control.keys_manager import GIB, CacheView
+from quartfaas.control.placement import GPU, PlacementRequest, Replica, ServerState, StageReq
+from quartfaas.control.placement import Placer as PlanPlacer
+from quartfaas.sim.cluster import GpuType
+from quartfaas.sim.pipelines import SimPipeline
+
+
+@dataclass(frozen=True, slots=True)
+class GpuView:
+    """One GPU at decision time."""
+
+    server: str
+    server_index: int
+    gpu_index: int
+    gpu: GpuType
+    free_gib: float
+    tenants: frozenset[str]  # anti-affinity keys of the replicas on this GPU
+    server_free_cpus: float
+    cached: bool  # the requested stage's weights are in this server's host cache
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedReplica:
+    replica_id: str
+    stage: str
+    server_index: int
+    gpu_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerView:
+    name: str
+    host_memory_gib: float
+    free_cpus: float
+    cache: CacheView
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """The cluster at decision time, as the backend sees it."""
+
+    gpus: tuple[GpuView, ...]
+    servers: tuple[ServerView, ...]
+    replicas: tuple[PlacedReplica, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceRequest:
+    stage: str
+    affinity_key: str  # replicas with the same non-empty key never share a GPU
+    gpu_memory_gib: float
+    cpus: float
+
+
+def fits(request: PlaceRequest, view: GpuView) -> bool:
+    """Hard constraints: GPU memory, server CPU, anti-affinity."""
+    if view.free_gib + 1e-9 < request.gpu_memory_gib:
+        return False
+    if view.server_free_cpus + 1e-9 < request.cpus:
+        return False
+    return not (request.affinity_key and request.affinity_key in view.tenants)
+
+
+@runtime_checkable
+class Placer(Protocol):
+    name: str
+
+    def place(self, request: PlaceRequest, cluster: ClusterView) -> GpuView | None:
+        """The GPU for one new replica, or None when none fits."""
+        ...
+
+
+class FirstFitPlacer:
+    """The first GPU, in server then GPU order, that satisfies the hard constraints."""
+
+    name = "first-fit"
+
+    def place(self, request: PlaceRequest, cluster: ClusterView) -> GpuView | None:
+        for view in cluster.gpus:
+            if fits(request, view):
+                return view
+        return None
+
+
+class CacheFirstPlacer:
+    """First fit among servers caching the stage (fork start), then among the rest."""
+
+    name = "cache-first"
+
+    def place(self, request: PlaceRequest, cluster: ClusterView) -> GpuView | None:
+        ok = [v for v in cluster.gpus if fits(request, v)]
+        for view in ok:
+            if view.cached:
+                return view
+        return ok[0] if ok else None
+
+
+class ControlPlacer:
+    """A ``control/placement.py`` placer (e.g. ``get_placer("quart")``) asked for one start."""
+
+    def __init__(self, placer: PlanPlacer, pipeline: SimPipeline) -> None:
+        self.inner = placer
+        self.name = f"control:{placer.name}"
+        self.stages = tuple(
+            StageReq(
+                key=s.name,
+                size_bytes=int(s.size_gib * GIB),
+                pipeline=pipeline.name,
+                cpu_cores=s.cpus,
+                gpu_memory_bytes=int(s.gpu_memory_gib * GIB),
+            )
+            for s in pipeline.stages
+        )
+        self.last_reason = ""
+
+    def place(self, request: PlaceRequest, cluster: ClusterView) -> GpuView | None:
+        servers = []
+        for j, sv in enumerate(cluster.servers):
+            gpus = tuple(
+                GPU(
+                    f"gpu{g.gpu_index}",
+                    int(g.gpu.memory_gib * GIB),
+                    max(0, int(g.free_gib * GIB)),
+                    g.gpu.speed,
+                )
+                for g in cluster.gpus
+                if g.server_index == j
+            )
+            host = int(sv.host_memory_gib * GIB)
+            servers.append(
+                ServerState(sv.name, gpus, sv.cache, host - sv.cache.used_bytes, sv.free_cpus)
+            )
+        live = tuple(
+            Replica(
+                r.stage, cluster.servers[r.server_index].name, f"gpu{r.gpu_index}", r.replica_id
+            )
+            for r in cluster.replicas
+        )
+        plan = self.inner.place(
+            PlacementRequest(tuple(servers), self.stages, live, start={request.stage: 1})
+        )
+        if not plan.placements:
+            self.last_reason = "; ".join(i.reason for i in plan.infeasible)
+            return None
+        chosen = plan.placements[0]
+        self.last_reason = chosen.reason
+        for view in cluster.gpus:
+            if view.server == chosen.server and f"gpu{view.gpu_index}" == chosen.gpu:
+                return view
+        raise ValueError(f"placer {self.inner.name} chose unknown {chosen.server}/{chosen.gpu}")
+
+
+def explain_no_fit(request: PlaceRequest, cluster: ClusterView) -> str:
+    """Why no GPU fits, with the numbers (for errors)."""
+    gpus = cluster.gpus
+    mem_ok = [v for v in gpus if v.free_gib + 1e-9 >= request.gpu_memory_gib]
+    cpu_ok = [v for v in mem_ok if v.server_free_cpus + 1e-9 >= request.cpus]
+    aff_ok = [v for v in cpu_ok if not (request.affinity_key and request.affinity_key in v.tenants)]
+    most = max((v.free_gib for v in gpus), default=0.0)
+    return (
+        f"stage {request.stage!r} needs {request.gpu_memory_gib:.2f} GiB of GPU memory and "
+        f"{request.cpus:g} CPUs: {len(mem_ok)} of {len(gpus)} GPUs have the memory "
+        f"(most free: {most:.2f} GiB), {len(cpu_ok)} of those have the CPUs, "
+        f"{len(aff_ok)} of those are free of anti-affinity key {request.affinity_key!r}"
+    )
