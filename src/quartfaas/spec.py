@@ -252,6 +252,14 @@ class CacheSpec(_Frozen):
     prefork: int = Field(
         1, ge=0, le=64, description="warmed children each template keeps forked in advance"
     )
+    prefork_refill_delay_s: float = Field(
+        1.0,
+        ge=0,
+        le=600,
+        description="wait after handing over a pre-forked child before "
+        "forking and warming its replacement (so its warm-up does not compete with the "
+        "new replica's first requests)",
+    )
     idle_to_zero_s: float = Field(
         300.0, gt=0, le=86_400, description="a min_replicas=0 stage idle this long goes to 0"
     )
@@ -267,7 +275,8 @@ class PipelineSpec(_Frozen):
     model: ModelSpec = Field(description="the model the stages are cut from")
     stages: tuple[StageSpec, ...] = Field(min_length=1, description="stages, in order")
     weights_dir: Path = Field(
-        Path("weights"), description="directory of stage safetensors (relative: to the spec)"
+        Path("weights"),
+        description="directory of stage safetensors (relative: to the spec's folder; ~ expands)",
     )
     slo: SLOSpec = Field(default_factory=SLOSpec, description="end-to-end latency objective")
     gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="gateway settings")
@@ -368,6 +377,7 @@ class PipelineSpec(_Frozen):
         """Resolve relative paths (weights_dir, stage weights) against ``base``."""
 
         def absolute(p: Path) -> Path:
+            p = p.expanduser()
             return p if p.is_absolute() else (base / p).resolve()
 
         stages = tuple(

@@ -288,11 +288,20 @@ class LocalBackend:
         if rep.stopping:
             self._finish(rep, ReplicaState.STOPPED)
             return
+        t_launch = self.clock()
         try:
-            launched, tier = await self.launcher.launch(stage, rep.info.replica_id)
+            launched, tier = await asyncio.wait_for(
+                self.launcher.launch(stage, rep.info.replica_id), timeout
+            )
+        except TimeoutError:
+            self._start_failed(
+                rep, f"not launched within {timeout:.0f} s (replica_start_timeout_s)"
+            )
+            return
         except Exception as exc:  # launch itself failed (fork refused, no memory, ...)
             self._start_failed(rep, f"could not launch: {exc}")
             return
+        timeout = max(0.1, timeout - (self.clock() - t_launch))
         rep.launched = launched
         self._set(rep, pid=launched.pid, tier=tier)
         if rep.stopping:  # stopped while launching: _stop() left the process to us

@@ -95,7 +95,8 @@ class Template:
         self.idle: dict[int, socket.socket] = {}  # pid -> channel to an idle child
         self.warm: set[int] = set()
         self.replicas: set[int] = set()
-        self.channels_to_close: list[socket.socket] = []
+        self.refill_delay_s = float(spec.cache.prefork_refill_delay_s)
+        self.refill_at = 0.0
 
     # -- forking --------------------------------------------------------------------
 
@@ -129,11 +130,13 @@ class Template:
 
             torch.set_num_threads(self.stage.threads or max(1, int(self.stage.cpu)))
         runner = self.make_runner()
+        warm = getattr(runner, "warmup", None)
+        if warm is not None:
+            # Readiness means warm: map the pages and start this process's OpenMP pool
+            # before the first request (a pre-forked child does it before it is needed).
+            warm()
         if activate is None:
             assert channel is not None
-            warm = getattr(runner, "warmup", None)
-            if warm is not None:
-                warm()  # map the pages and start the OpenMP pool before any request
             send_msg(channel, {"op": "warm", "pid": os.getpid()})
             msg, fds = recv_msg(channel)
             if msg is None or msg.get("op") != "activate" or not fds:
@@ -159,6 +162,8 @@ class Template:
         return 0
 
     def top_up(self) -> None:
+        if time.monotonic() < self.refill_at:
+            return
         while len(self.idle) < self.prefork:
             pid, channel = self._fork(None)
             assert channel is not None
@@ -175,6 +180,7 @@ class Template:
                 continue  # it died meanwhile; the reaper reports it
             channel.close()
             self.replicas.add(pid)
+            self.refill_at = time.monotonic() + self.refill_delay_s
             return pid, "prefork"
         pid, _ = self._fork((replica_id, event_fd))
         self.replicas.add(pid)
@@ -223,7 +229,10 @@ class Template:
             watch: list[Any] = [self.control, wake_r, *self.idle.values()]
             if self.lifeline_fd is not None:
                 watch.append(self.lifeline_fd)
-            readable, _, _ = select.select(watch, [], [], 1.0)
+            wait_s = 1.0
+            if len(self.idle) < self.prefork:
+                wait_s = min(wait_s, max(0.0, self.refill_at - time.monotonic()))
+            readable, _, _ = select.select(watch, [], [], wait_s)
             if wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
@@ -253,7 +262,7 @@ class Template:
                     finally:
                         for fd in fds:
                             os.close(fd)
-                    self.top_up()
+            self.top_up()
         for pid, channel in self.idle.items():
             channel.close()
             with contextlib.suppress(ProcessLookupError):

@@ -38,6 +38,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from quartfaas.backends.base import StartTier
-from quartfaas.backends.local import Launched, Runtime, _EventPipe
+from quartfaas.backends.local import Launched, Runtime, _EventPipe, read_tail
 from quartfaas.control.keys_manager import KeysManager, gib
 from quartfaas.dataplane.forkserver import recv_msg, send_msg
 from quartfaas.errors import BackendError, InsufficientMemory, WeightsError
@@ -91,6 +92,8 @@ def set_child_subreaper() -> bool:
 
 def copy_verified(src: Path, dst: Path, sha256: str | None) -> None:
     """Copy ``src`` to ``dst`` (atomically), hashing in the same pass; a mismatch fails."""
+    if src.exists() and not stat.S_ISREG(src.stat().st_mode):
+        raise WeightsError(f"weights file {str(src)!r} is not a regular file")
     tmp = dst.with_suffix(dst.suffix + ".part")
     h = hashlib.sha256()
     try:
@@ -377,12 +380,14 @@ class ParamCacheLauncher:
         t = Template(stage, proc, parent, weights, tier, loop.create_future())
         loop.add_reader(parent.fileno(), self._on_message, t)
         self._watchers.add(loop.create_task(self._watch(t)))
-        msg = await asyncio.wait_for(
-            asyncio.shield(t.ready), self.spec.gateway.replica_start_timeout_s
-        )
+        timeout = self.spec.gateway.replica_start_timeout_s
+        try:
+            msg = await asyncio.wait_for(asyncio.shield(t.ready), timeout)
+        except TimeoutError:
+            msg = {"op": "failed", "message": f"not ready within {timeout:.0f} s"}
         if msg.get("op") != "ready":
-            from quartfaas.backends.local import read_tail
-
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
             tail = read_tail(log_path, 6)
             raise BackendError(
                 f"template of stage {stage} failed to start: {msg.get('message')}"

@@ -124,7 +124,7 @@ class TorchRunner:
         self.model.validate_inputs(inputs)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.forward(inputs)
+            out = self.model.forward(inputs, validate=False)
         service = time.perf_counter() - t0
         return framing.encode_torch(out), service
 
