@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -237,6 +238,169 @@ def check_spec(spec: SpecArg) -> None:
             f"{s.min_replicas}..{s.max_replicas}", str(s.max_concurrency), str(s.cpu),
         )  # fmt: skip
     out.print(table)
+
+
+@app.command()
+def run(
+    spec: Annotated[
+        str, typer.Argument(help="spec file or bundled example name (default: demo)")
+    ] = "demo",
+    workload: Annotated[
+        str | None,
+        typer.Option(
+            help="e.g. 'trace:azure-code,rate=5' or 'mmpp:rate=20,cv=4' "
+            "(default: a bursty 150 s slice of the Azure code trace)"
+        ),
+    ] = None,
+    duration: Annotated[float | None, typer.Option(help="seconds (synthetic workloads)")] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="quart (default), static, knative, hpa, ... or none")
+    ] = None,
+    smoother: Annotated[bool | None, typer.Option("--smoother/--no-smoother")] = None,
+    compensator: Annotated[bool | None, typer.Option("--compensator/--no-compensator")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="report directory")] = None,
+    seed: Annotated[int, typer.Option(help="seed of synthetic workloads")] = 0,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """The main job: serve a pipeline with its controller, replay a workload, write a report."""
+    import time as _time
+
+    from quartfaas.jobs.run import DEFAULT_WORKLOAD, RunConfig, example_spec, run_job
+    from quartfaas.workload.synthetic import Workload
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    with _friendly():
+        pipeline = _load(example_spec(spec))
+        wl = Workload.parse(workload or DEFAULT_WORKLOAD, seed=seed)
+        where = out_dir or Path("runs") / _time.strftime(f"{pipeline.name}-%Y%m%d-%H%M%S")
+        cfg = RunConfig(
+            spec=pipeline, workload=wl, out_dir=where, duration_s=duration, policy=policy,
+            smoother=smoother, compensator=compensator, progress=progress,
+        )  # fmt: skip
+        report = run_job(cfg, log=lambda m: console.print(m, highlight=False))
+    summary = report["load"]
+    table = Table("metric", "value", title=f"{report['pipeline']} / {report['policy']}")
+    for key, label in (("latency_p50_s", "p50"), ("latency_p95_s", "p95"),
+                       ("latency_p99_s", "p99")):  # fmt: skip
+        v = summary.get(key)
+        table.add_row(f"latency {label}", "-" if v is None else f"{float(v) * 1000:.1f} ms")
+    table.add_row("SLO (p99)", f"{report['slo_p99_ms']:.0f} ms")
+    table.add_row("SLO attainment", f"{float(summary.get('slo_attainment') or 0) * 100:.1f} %")
+    table.add_row("requests sent / ok", f"{summary.get('sent')} / {summary.get('ok')}")
+    table.add_row("errors", json.dumps(summary.get("errors", {})))
+    for stage, rs in report["replica_seconds"].items():
+        table.add_row(f"replica-s {stage}", f"{rs:.0f} (max {report['max_replicas'][stage]})")
+    table.add_row("start tiers", json.dumps(report["start_tiers"]))
+    out.print(table)
+    console.print(
+        f"report: {cfg.out_dir}/ (summary.json, requests.csv, decisions.jsonl, timeline.csv, "
+        "latency.png, replicas.png, queues.png)"
+    )
+
+
+@app.command()
+def load(
+    name: Annotated[str, typer.Argument(help="function to load (usually the pipeline)")],
+    workload: Annotated[str, typer.Option(help="e.g. 'poisson:rate=10', 'trace:azure-conv'")],
+    duration: Annotated[float | None, typer.Option(help="seconds (synthetic workloads)")] = None,
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+    slo_ms: Annotated[float | None, typer.Option(help="SLO for the attainment figure")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="per-request CSV")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_words: Annotated[int, typer.Option(help="cap on words per request text")] = 30,
+    timeout_s: Annotated[float, typer.Option("--timeout")] = 30.0,
+) -> None:
+    """Open-loop load from a trace or a synthetic process; prints latency and SLO attainment."""
+    from dataclasses import asdict
+
+    from quartfaas.workload.loadgen import function_url, inputs_for, run_load
+    from quartfaas.workload.synthetic import Workload
+
+    with _friendly():
+        trace = Workload.parse(workload, seed=seed).trace(duration)
+        inputs = inputs_for(trace.prompt_tokens, len(trace.arrivals_s), max_len=max_words)
+        res = run_load(
+            function_url(gateway, name), trace.arrivals_s, inputs,
+            slo_s=None if slo_ms is None else slo_ms / 1000.0, csv_path=csv_out,
+            timeout_s=timeout_s, progress=True,
+        )  # fmt: skip
+    out.print_json(json.dumps(asdict(res.summary), default=str))
+
+
+@app.command()
+def control(
+    spec: SpecArg,
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+    prometheus: Annotated[
+        str, typer.Option(help="Prometheus base URL (it scrapes the gateway)")
+    ] = "http://127.0.0.1:9090",
+    decision_log: Annotated[Path | None, typer.Option(help="JSONL decision log")] = None,
+    user: UserOpt = "admin",
+    password: PasswordOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the controller alone against a remote gateway and its Prometheus."""
+    _setup_logging(verbose)
+    with _friendly():
+        pipeline = _load(spec)
+        from quartfaas.backends.gateway import GatewayBackend
+        from quartfaas.clock import MonotonicClock
+        from quartfaas.control.loop import ControlLoop, run_live
+        from quartfaas.control.registry import make_policy
+        from quartfaas.control.sinks import HoldLogger, JsonlDecisionLog
+        from quartfaas.metrics.prometheus import PrometheusCollector
+
+        cfg = pipeline.controller
+        backend = GatewayBackend(gateway, auth=_auth(user, password))
+        sinks: list[Any] = [HoldLogger()]
+        if decision_log is not None:
+            sinks.append(JsonlDecisionLog(decision_log))
+        loop = ControlLoop(make_policy(cfg.policy, cfg), backend, sinks)
+        collector = PrometheusCollector(prometheus, pipeline)
+
+        async def controller() -> None:
+            stop = asyncio.Event()
+            ev = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                ev.add_signal_handler(sig, stop.set)
+            console.print(f"controlling {pipeline.name} at {gateway} from {prometheus}")
+            try:
+                await run_live(loop, collector.collect, MonotonicClock(), cfg.interval_s, stop)
+            finally:
+                await collector.aclose()
+                backend.close()
+
+        _run_async(controller)
+
+
+bench_app = typer.Typer(help="Benchmarks (figures for the README and the issues).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("scaleup")
+def bench_scaleup(
+    spec: Annotated[str, typer.Argument(help="spec or example name")] = "bert-1g",
+    repeats: Annotated[int, typer.Option()] = 5,
+    seq_len: Annotated[int, typer.Option()] = 16,
+) -> None:
+    """Replica start time per cache tier, first request, PSS, scale from zero."""
+    from quartfaas.bench.scaleup import report, run_scaleup
+    from quartfaas.jobs.run import example_spec
+
+    with _friendly():
+        pipeline = _load(example_spec(spec))
+        res = asyncio.run(
+            run_scaleup(pipeline, repeats=repeats, seq_len=seq_len, log=console.print)
+        )
+    text, ok = report(res)
+    out.print(text, highlight=False)
+    if not ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -112,8 +112,23 @@ def plan_reconcile(replicas: Sequence[ReplicaInfo], desired: int) -> ReconcilePl
     return ReconcilePlan(start=0, stop=tuple(r.replica_id for r in victims))
 
 
+@runtime_checkable
+class CountScalable(Protocol):
+    """A backend that sets a replica *count* in one call (e.g. a remote gateway's API)."""
+
+    def scale_to(self, stage: str, replicas: int) -> ReconcilePlan: ...
+
+
 def reconcile(backend: Backend, stage: str, desired: int) -> ReconcilePlan:
     """Apply ``plan_reconcile`` for one stage through ``backend``."""
+    if isinstance(backend, CountScalable):
+        live = [
+            r for r in backend.list_replicas(stage)
+            if r.state in (ReplicaState.STARTING, ReplicaState.READY)
+        ]  # fmt: skip
+        if len(live) == desired:
+            return ReconcilePlan(start=0, stop=())
+        return backend.scale_to(stage, desired)
     plan = plan_reconcile(backend.list_replicas(stage), desired)
     for _ in range(plan.start):
         backend.start_replica(stage)

@@ -34,6 +34,7 @@ from quartfaas.backends.base import ReplicaInfo, ReplicaState, reconcile
 from quartfaas.backends.cpu import CpuActuator
 from quartfaas.backends.local import Launcher, LocalBackend, Runtime
 from quartfaas.clock import Clock, MonotonicClock
+from quartfaas.control.loop import ControlLoop, run_live
 from quartfaas.dataplane.gateway import Gateway
 from quartfaas.errors import BackendError
 from quartfaas.spec import PipelineSpec
@@ -55,6 +56,7 @@ class EmbeddedRuntime:
         launcher_factory: Callable[[Runtime], Launcher] | None = None,
         controller: bool | None = None,
         base_dir: Path | None = None,
+        decision_log: Path | None = None,
     ) -> None:
         self.spec = spec
         self.host = host or spec.gateway.host
@@ -85,6 +87,8 @@ class EmbeddedRuntime:
         self.gateway.backend = self.backend
         self.gateway.on_failed_replica = self._replica_failed
         self.controller_enabled = spec.controller.enabled if controller is None else controller
+        self.decision_log = decision_log
+        self.loop: ControlLoop | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
@@ -120,7 +124,28 @@ class EmbeddedRuntime:
             except BaseException:
                 await self.stop()
                 raise
+        if self.controller_enabled:
+            self.start_controller()
         return self.url
+
+    def start_controller(self) -> ControlLoop:
+        """The control loop on this event loop: in-process snapshots, this backend."""
+        from quartfaas.control.registry import make_policy
+        from quartfaas.control.sinks import DecisionMetrics, HoldLogger, JsonlDecisionLog
+        from quartfaas.metrics.collector import InProcessCollector
+
+        cfg = self.spec.controller
+        sinks: list[Any] = [DecisionMetrics(self.gateway.metrics.registry), HoldLogger()]
+        if self.decision_log is not None:
+            sinks.append(JsonlDecisionLog(self.decision_log))
+        self.loop = ControlLoop(make_policy(cfg.policy, cfg), self.backend, sinks)
+        collector = InProcessCollector(self.gateway)
+        self.add_task(
+            run_live(self.loop, collector.collect, self.clock, cfg.interval_s, self._stop),
+            "controller",
+        )
+        log.info("controller: policy %s every %.1f s", cfg.policy, cfg.interval_s)
+        return self.loop
 
     async def wait_ready(self, timeout_s: float | None = None) -> None:
         """Until every stage has min_replicas ready; a start failure raises at once."""

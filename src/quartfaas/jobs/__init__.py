@@ -1,0 +1,1 @@
+"""Jobs that combine the runtime, the workload and a report (``quartfaas run``)."""
