@@ -22,6 +22,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from quartfaas.dataplane.httpclient import EndpointClient
 from quartfaas.errors import NoReplicas, QueueFull, StageTimeout
 
 
@@ -36,6 +37,10 @@ class Endpoint:
     draining: bool = False
     failed: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    client: EndpointClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = EndpointClient(self.url)
 
     @property
     def routable(self) -> bool:
@@ -95,6 +100,7 @@ class StagePool:
         if ep is not None:
             ep.failed = True
             ep.idle.set()
+            ep.client.close()
         self.fail_waiters_if_hopeless()
         return ep
 
@@ -121,6 +127,7 @@ class StagePool:
             return False
         finally:
             self.endpoints.pop(replica_id, None)
+            ep.client.close()
             self.fail_waiters_if_hopeless()
 
     def fail_waiters_if_hopeless(self) -> None:

@@ -25,9 +25,10 @@ A pool of ``prefork`` children is kept forked in advance and warmed (each ran a 
 pass with its own thread count, so its pages are mapped and its OpenMP pool is up):
 activating one takes creation off the request path entirely.
 
-Control protocol (JSON lines over a Unix socketpair with the gateway; fds ride along with
-SCM_RIGHTS): gateway -> template ``{"op": "spawn", "replica_id": ...}`` + the replica's
-event fd; ``{"op": "exit"}``. Template -> gateway ``{"op": "ready", ...}``,
+Control protocol: one JSON object per message over a ``SOCK_SEQPACKET`` Unix socketpair
+with the gateway (a stream would merge messages); fds ride along with SCM_RIGHTS.
+Gateway -> template ``{"op": "spawn", "replica_id": ...}`` + the replica's event fd;
+``{"op": "exit"}``. Template -> gateway ``{"op": "ready", ...}``,
 ``{"op": "spawned", "replica_id", "pid", "tier"}``, ``{"op": "exited", "pid", "code"}``,
 ``{"op": "error", "replica_id", "message"}``. Gateway side: ``dataplane/param_cache.py``.
 """
@@ -52,8 +53,13 @@ from typing import Any
 MAX_FDS = 4
 
 
+def message_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair that keeps message boundaries (a stream would merge messages)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
 def send_msg(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = (json.dumps(msg) + "\n").encode()
+    data = json.dumps(msg).encode()
     if fds:
         sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
     else:
@@ -61,7 +67,7 @@ def send_msg(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = N
 
 
 def recv_msg(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message (messages are small and sent whole); ``None`` on EOF."""
+    """One message (a SOCK_SEQPACKET read returns exactly one); ``None`` on EOF."""
     fds = array.array("i")
     data, ancdata, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
     for level, kind, payload in ancdata:
@@ -69,7 +75,7 @@ def recv_msg(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
     if not data:
         return None, list(fds)
-    return json.loads(data.decode().strip().splitlines()[0]), list(fds)
+    return json.loads(data), list(fds)
 
 
 class Template:
@@ -102,7 +108,7 @@ class Template:
 
     def _fork(self, activate: tuple[str, int] | None) -> tuple[int, socket.socket | None]:
         """Fork a child: a replica now (``activate`` = (replica_id, event_fd)) or idle."""
-        parent_end, child_end = socket.socketpair() if activate is None else (None, None)
+        parent_end, child_end = message_pair() if activate is None else (None, None)
         pid = os.fork()
         if pid == 0:  # child: never returns into the template's loop
             code = 1

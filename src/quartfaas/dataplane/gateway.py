@@ -34,7 +34,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import numpy as np
 from aiohttp import web
 from prometheus_client import generate_latest
@@ -44,6 +43,7 @@ from quartfaas.backends.base import Backend, ReplicaInfo, ReplicaState, reconcil
 from quartfaas.clock import Clock, MonotonicClock
 from quartfaas.dataplane import framing
 from quartfaas.dataplane.dispatch import StagePool
+from quartfaas.dataplane.httpclient import WorkerConnectionError
 from quartfaas.dataplane.worker import SERVICE_HEADER
 from quartfaas.errors import (
     BadRequest,
@@ -63,6 +63,8 @@ log = logging.getLogger("quartfaas.gateway")
 
 NAMESPACE = "quartfaas"
 MAX_BATCH = 64
+_FRAME_HEADERS = {"Content-Type": framing.CONTENT_TYPE}
+SERVICE_HEADER_LC = SERVICE_HEADER.lower()
 
 
 class Gateway:
@@ -102,7 +104,6 @@ class Gateway:
         )
         self._auth = self._load_auth(environ)
         self._tokenizer: Any = None
-        self._session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
         self.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.on_failed_replica: Any = None  # set by the runtime: (replica_id, why) -> None
@@ -129,12 +130,12 @@ class Gateway:
         return self._tokenizer
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return None
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for pool in self.pools.values():
+            for ep in pool.endpoints.values():
+                ep.client.close()
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -210,7 +211,6 @@ class Gateway:
         A replica that fails at the connection level (crashed) is taken out of rotation
         and the request is retried once on another replica of the stage.
         """
-        assert self._session is not None
         loop = asyncio.get_running_loop()
         timeout_s = self.timeouts[pool.name]
         start = loop.time()
@@ -220,31 +220,23 @@ class Gateway:
             ep = await pool.acquire(deadline)
             queued = loop.time() - start
             try:
-                async with self._session.post(
-                    ep.url,
-                    data=body,
-                    headers={"Content-Type": framing.CONTENT_TYPE},
-                    timeout=aiohttp.ClientTimeout(total=max(0.001, deadline - loop.time())),
-                ) as resp:
-                    data = await resp.read()
-                    status = resp.status
-                    service_ms = resp.headers.get(SERVICE_HEADER)
+                status, headers, data = await ep.client.post(body, _FRAME_HEADERS, deadline)
             except TimeoutError:
                 pool.release(ep)
                 raise StageTimeout(
                     f"stage {pool.name} did not answer within its timeout of {timeout_s:.2f} s"
                 ) from None
-            except aiohttp.ClientError as exc:
+            except WorkerConnectionError as exc:
                 pool.release(ep)
-                pool.mark_failed(ep, f"{type(exc).__name__}: {exc}")
+                pool.mark_failed(ep, str(exc))
                 if retried or not pool.has_prospect():
                     raise UpstreamFailed(
-                        f"stage {pool.name}: replica {ep.replica_id} failed "
-                        f"({type(exc).__name__}: {exc})"
+                        f"stage {pool.name}: replica {ep.replica_id} failed ({exc})"
                         + (" and the retry failed too" if retried else " and no other replica")
                     ) from None
                 retried = True
                 continue
+            service_ms = headers.get(SERVICE_HEADER_LC)
             pool.release(ep)
             if status == 200:
                 return data, float(service_ms or 0.0) / 1000.0, queued

@@ -49,7 +49,7 @@ from typing import Any
 from quartfaas.backends.base import StartTier
 from quartfaas.backends.local import Launched, Runtime, _EventPipe, read_tail
 from quartfaas.control.keys_manager import KeysManager, gib
-from quartfaas.dataplane.forkserver import recv_msg, send_msg
+from quartfaas.dataplane.forkserver import message_pair, recv_msg, send_msg
 from quartfaas.errors import BackendError, InsufficientMemory, WeightsError
 
 log = logging.getLogger("quartfaas.param_cache")
@@ -355,7 +355,7 @@ class ParamCacheLauncher:
         if self._closing:
             raise BackendError("the backend is shutting down")
         weights, tier = await asyncio.to_thread(self._cache_weights, stage)
-        parent, child = socket.socketpair()
+        parent, child = message_pair()
         os.set_inheritable(child.fileno(), True)
         cmd = [
             self.python, "-m", "quartfaas.dataplane.forkserver",
