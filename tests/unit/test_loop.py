@@ -74,7 +74,7 @@ class FixedPolicy:
                 self.targets.get(s.name, s.replicas),
                 "test",
                 cpu_per_replica=self.cpu,
-            )  # fmt: skip
+            )
             for s in snapshot.stages
         )
         return Decision(snapshot.now, self.name, stages), state + 1
