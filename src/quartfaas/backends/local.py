@@ -57,7 +57,8 @@ class ReplicaListener(Protocol):
 class Launched(Protocol):
     """A replica process, however it was made."""
 
-    pid: int
+    @property
+    def pid(self) -> int: ...
 
     def events(self) -> AsyncIterator[dict[str, object]]: ...
 

@@ -195,6 +195,7 @@ class Template:
     # -- loop -----------------------------------------------------------------------
 
     def reply(self, replica_id: str, *, error: str = "", pid: int = 0, tier: str = "") -> None:
+        msg: dict[str, Any]
         if error:
             msg = {"op": "error", "replica_id": replica_id, "message": error}
         else:

@@ -205,9 +205,9 @@ class Template:
                 fut.set_result(msg)
         elif op == "exited":
             pid, code = int(msg["pid"]), int(msg["code"])
-            fut = self.exit_codes.setdefault(pid, asyncio.get_running_loop().create_future())
-            if not fut.done():
-                fut.set_result(code)
+            done = self.exit_codes.setdefault(pid, asyncio.get_running_loop().create_future())
+            if not done.done():
+                done.set_result(code)
 
     def fail_pending(self, why: str) -> None:
         if not self.ready.done():
@@ -379,7 +379,9 @@ class ParamCacheLauncher:
         loop = asyncio.get_running_loop()
         t = Template(stage, proc, parent, weights, tier, loop.create_future())
         loop.add_reader(parent.fileno(), self._on_message, t)
-        self._watchers.add(loop.create_task(self._watch(t)))
+        watcher = loop.create_task(self._watch(t))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
         timeout = self.spec.gateway.replica_start_timeout_s
         try:
             msg = await asyncio.wait_for(asyncio.shield(t.ready), timeout)
@@ -413,12 +415,6 @@ class ParamCacheLauncher:
         t.dispatch(msg)
 
     async def _watch(self, t: Template) -> None:
-        try:
-            await self._watch_once(t)
-        finally:
-            self._watchers.discard(asyncio.current_task())  # type: ignore[arg-type]
-
-    async def _watch_once(self, t: Template) -> None:
         code = await t.proc.wait()
         with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(t.sock.fileno())

@@ -26,8 +26,10 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _float(x: str | None) -> float | None:
+    if x is None or x == "":
+        return None
     try:
-        return float(x) if x not in (None, "") else None
+        return float(x)
     except ValueError:
         return None
 
@@ -53,6 +55,7 @@ def write_plots(out_dir: Path, *, slo_ms: float) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     reqs = _read_csv(out_dir / "requests.csv")
     timeline = _read_csv(out_dir / "timeline.csv")
@@ -93,7 +96,7 @@ def write_plots(out_dir: Path, *, slo_ms: float) -> list[Path]:
     ax.set_xlabel("time (s)")
     ax.set_ylabel("ready replicas")
     ax.set_title("Replicas per stage")
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax2 = ax.twinx()
     if sent.size:
         bins = np.arange(0.0, float(sent.max()) + 1.0, 1.0)

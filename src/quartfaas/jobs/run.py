@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from quartfaas.backends.base import ReplicaState
 from quartfaas.dataplane.runtime import EmbeddedRuntime
@@ -50,7 +50,7 @@ class RunConfig:
     policy: str | None = None
     smoother: bool | None = None
     compensator: bool | None = None
-    input_mode: str = "text"
+    input_mode: Literal["text", "tokens"] = "text"
     request_timeout_s: float = 30.0
     progress: bool = True
 
