@@ -1,0 +1,154 @@
+"""Quart as one ``Policy``: Replica Corrector -> Pipeline Smoother -> CPU Compensator.
+
+Neighbours: composes ``corrector.ReplicaCorrector.targets`` (per-stage targets with
+reasons), ``smoother.PipelineSmoother`` fed by a ``propagation.CvPredictor`` (QNA, or the
+GAT of ``gat.py``) and ``compensator.CpuCompensator.apply`` (CPU per replica, never counts);
+``registry.py`` builds it by name (``"quart"``); ``loop.py`` and the simulator run it.
+Pure: the predictor reads only the snapshot, and the state is frozen.
+
+Switches, for ablations: ``smoother`` and ``compensator`` (default: ``ControllerConfig.
+smoother`` / ``.compensator``). Without the smoother no predictor is built (so no torch
+import) and the corrector's targets go straight to the compensator.
+
+Predictor choice: ``"qna"``; ``"gat"`` (the shipped weights, or ``weights_dir``; a
+``WeightsError`` if unusable); ``"auto"`` (default) takes the GAT only when its shipped
+``metrics.json`` shows a lower held-out CV error than QNA *and* the weights load, else QNA.
+Any object with the ``CvPredictor`` protocol may be passed instead. The choice and why is in
+``predictor_reason`` and in every decision's reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from quartfaas.control.compensator import CompensatorConfig, CompensatorState, CpuCompensator
+from quartfaas.control.config import ControllerConfig
+from quartfaas.control.corrector import CorrectorState, CorrectorTargets, ReplicaCorrector
+from quartfaas.control.cpu_demand import DemandModel
+from quartfaas.control.gat import GatPredictor, gat_beats_qna, load_metrics, shipped_dir
+from quartfaas.control.policy import Decision, StageDecision
+from quartfaas.control.propagation import CvPredictor, QnaPredictor
+from quartfaas.control.smoother import PipelineSmoother, SmootherConfig
+from quartfaas.control.snapshot import PipelineSnapshot
+from quartfaas.errors import SpecError, WeightsError
+
+PredictorChoice = Literal["auto", "qna", "gat"]
+
+
+@dataclass(frozen=True, slots=True)
+class QuartState:
+    """The composite state: the corrector's and the compensator's (None when it is off)."""
+
+    corrector: CorrectorState
+    compensator: CompensatorState | None = None
+
+
+@cache
+def _shipped_gat() -> GatPredictor:
+    # One loaded copy per process: policies are built per pipeline and per experiment.
+    gat = GatPredictor()
+    gat.load()
+    return gat
+
+
+def choose_predictor(
+    choice: PredictorChoice | CvPredictor, weights_dir: Path | str | None = None
+) -> tuple[CvPredictor, str]:
+    """The predictor for ``choice`` and a sentence saying why it was chosen."""
+    if not isinstance(choice, str):
+        return choice, f"predictor {choice.name} (given)"
+    if choice == "qna":
+        return QnaPredictor(), "predictor qna (asked for)"
+    directory = Path(weights_dir) if weights_dir is not None else shipped_dir()
+    if choice == "gat":
+        gat = _shipped_gat() if weights_dir is None else GatPredictor(directory)
+        gat.load()
+        return gat, f"predictor gat (asked for, weights {directory})"
+    if choice != "auto":
+        raise SpecError(f"predictor must be 'auto', 'qna' or 'gat', got {choice!r}")
+    metrics = load_metrics(directory)
+    if not gat_beats_qna(metrics):
+        why = "no GAT metrics" if metrics is None else "GAT does not beat QNA on held-out data"
+        return QnaPredictor(), f"predictor qna (auto: {why})"
+    assert metrics is not None
+    test = metrics["test"]
+    score = f"held-out CV MAE gat {test['gat']['mae']:.3f} < qna {test['qna']['mae']:.3f}"
+    try:
+        gat = _shipped_gat() if weights_dir is None else GatPredictor(directory)
+        gat.load()
+    except WeightsError as exc:
+        return QnaPredictor(), f"predictor qna (auto: GAT weights unusable: {exc})"
+    return gat, f"predictor gat (auto: {score})"
+
+
+class QuartPolicy:
+    """Quart's controller (``"quart"``); see the module docstring."""
+
+    name = "quart"
+
+    def __init__(
+        self,
+        config: ControllerConfig | None = None,
+        *,
+        predictor: PredictorChoice | CvPredictor = "auto",
+        smoother: bool | None = None,
+        compensator: bool | None = None,
+        smoother_config: SmootherConfig | None = None,
+        compensator_config: CompensatorConfig | None = None,
+        demand_model: DemandModel | None = None,
+        weights_dir: Path | str | None = None,
+    ) -> None:
+        self.cfg = config if config is not None else ControllerConfig.model_validate({})
+        self.smoother_on = self.cfg.smoother if smoother is None else smoother
+        self.compensator_on = self.cfg.compensator if compensator is None else compensator
+        self.corrector = ReplicaCorrector(self.cfg)
+        self.smoother = PipelineSmoother(self.cfg, smoother_config)
+        self.compensator = CpuCompensator(compensator_config, demand_model)
+        self.predictor: CvPredictor | None = None
+        self.predictor_reason = "smoother off: no predictor"
+        if self.smoother_on:
+            self.predictor, self.predictor_reason = choose_predictor(predictor, weights_dir)
+
+    def initial_state(self, snapshot: PipelineSnapshot) -> QuartState:
+        comp = self.compensator.initial_state(snapshot) if self.compensator_on else None
+        return QuartState(self.corrector.initial_state(snapshot), comp)
+
+    def _decision(self, snapshot: PipelineSnapshot, tick: CorrectorTargets, note: str) -> Decision:
+        stages = tuple(
+            StageDecision(
+                stage=t.stage,
+                current=t.current,
+                replicas=t.target,
+                reason=t.reason,
+                critical=t.critical,
+                score=t.score,
+            )
+            for t in tick.stages
+        )
+        reason = f"{tick.reason}; {note}" if note else tick.reason
+        return Decision(snapshot.now, self.name, stages, tick.hold, reason)
+
+    def decide(self, snapshot: PipelineSnapshot, state: QuartState) -> tuple[Decision, QuartState]:
+        tick, corrector_state = self.corrector.targets(snapshot, state.corrector)
+        if tick.hold:
+            return self._decision(snapshot, tick, ""), QuartState(
+                corrector_state, state.compensator
+            )
+        note = "smoother off"
+        if self.smoother_on and self.predictor is not None:
+            tick = self.smoother.smooth(snapshot, tick, self.predictor.predict(snapshot))
+            note = self.predictor_reason
+        decision = self._decision(snapshot, tick, note)
+        comp_state = state.compensator
+        if self.compensator_on:
+            budgets = {t.stage: t.budget_s for t in tick.stages if t.budget_s is not None}
+            if comp_state is None:  # the switch was off when the state was made
+                comp_state = self.compensator.initial_state(snapshot)
+            decision, comp_state = self.compensator.apply(decision, snapshot, budgets, comp_state)
+        return decision, QuartState(corrector_state, comp_state)
+
+
+__all__ = ["PredictorChoice", "QuartPolicy", "QuartState", "choose_predictor"]

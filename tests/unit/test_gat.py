@@ -1,0 +1,155 @@
+"""The shipped GAT: loads, is deterministic, really uses the CV, is small and fast."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from quartfaas.control.gat import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    GatConfig,
+    GatPredictor,
+    gat_beats_qna,
+    load_metrics,
+    path_edges,
+    shipped_dir,
+)
+from quartfaas.control.propagation import CV_FEATURE, FEATURE_NAMES, CvPredictor, features
+from quartfaas.control.snapshot import make_snapshot, make_stage
+from quartfaas.errors import WeightsError
+
+
+@pytest.fixture(scope="module")
+def gat() -> GatPredictor:
+    g = GatPredictor()
+    g.load()
+    return g
+
+
+def _snapshot(n: int = 4, cv0: float = 1.0):
+    stages = tuple(
+        make_stage(
+            f"s{i}",
+            i,
+            arrival_rate=20.0,
+            arrival_cv=cv0 if i == 0 else 1.0,
+            service_mean_s=0.05 + 0.01 * (i % 3),
+            service_scv=0.3,
+            ready_replicas=2,
+            max_concurrency=2,
+            max_replicas=8,
+        )
+        for i in range(n)
+    )
+    return make_snapshot(stages=stages, now=30.0)
+
+
+def test_shipped_files_are_small_and_consistent(gat):
+    d = shipped_dir()
+    sizes = {f: (d / f).stat().st_size for f in (MODEL_FILE, CONFIG_FILE, METRICS_FILE)}
+    assert all(0 < s < 100_000 for s in sizes.values()), sizes
+    assert gat.config.feature_names == FEATURE_NAMES
+    assert gat.config.n_features == 8 and gat.config.heads == 4 and gat.config.hidden == 16
+    metrics = load_metrics()
+    assert metrics is not None
+    for name in ("gat", "qna", "persistence"):
+        t = metrics["test"][name]
+        assert t["n"] > 1000 and t["mae"] > 0 and t["rmse"] >= t["mae"]
+    assert metrics["winner"] == ("gat" if gat_beats_qna(metrics) else "qna")
+    assert metrics["dataset"]["test"]["runs"] >= 1 and metrics["seed"] == 0
+
+
+def test_predicts_one_cv_per_stage(gat):
+    assert isinstance(gat, CvPredictor)
+    p = gat.predict(_snapshot(5))
+    assert [x.stage for x in p] == [f"s{i}" for i in range(5)]
+    assert all(0.05 <= x.cv <= 20 and x.source == "gat" and "GAT" in x.reason for x in p)
+    assert gat.predict(make_snapshot(stages=())) == ()
+
+
+def test_deterministic(gat):
+    import torch
+
+    snap = _snapshot(7, cv0=3.0)
+    threads = torch.get_num_threads()
+    first = gat.predict(snap)
+    assert torch.get_num_threads() == threads  # inference runs on one thread, then restores
+    assert all(gat.predict(snap) == first for _ in range(5))
+    other = GatPredictor()  # a fresh load gives the same answer
+    assert other.predict(snap) == first
+
+
+def test_cv_changes_the_output(gat):
+    """The prototype's defect (CV added to softmax logits, a no-op) must be absent."""
+    calm = gat.predict(_snapshot(4, cv0=1.0))
+    bursty = gat.predict(_snapshot(4, cv0=4.0))
+    assert bursty[0].cv > calm[0].cv
+    assert bursty[1].cv > calm[1].cv  # the burst propagates downstream
+
+    # Only the stage's own CV feature changes, every other input fixed: the output moves.
+    rows = features(_snapshot(4))
+    base = gat.predict_log_cv(rows)
+    for k in range(4):
+        bumped = [list(r) for r in rows]
+        bumped[k][CV_FEATURE] += math.log(4.0)
+        out = gat.predict_log_cv(bumped)
+        assert abs(out[k] - base[k]) > 1e-3
+        # ... and reaches a neighbour through the attention layers
+        nb = k + 1 if k < 3 else k - 1
+        assert abs(out[nb] - base[nb]) > 1e-6
+
+
+def test_inference_is_fast_for_64_stages(gat):
+    snap = _snapshot(64, cv0=2.0)
+    gat.predict(snap)
+    # The box is shared: judge the best of a few rounds' medians, not one noisy sample.
+    medians = []
+    for _ in range(5):
+        times = []
+        for _ in range(20):
+            t = time.perf_counter()
+            gat.predict(snap)
+            times.append(time.perf_counter() - t)
+        medians.append(statistics.median(times))
+    assert min(medians) < 0.005, f"median {min(medians) * 1e3:.2f} ms"
+
+
+def test_path_edges_both_directions_with_self_loops():
+    src, dst = path_edges(3, offset=10)
+    pairs = set(zip(src, dst, strict=True))
+    assert pairs == {(10, 10), (11, 11), (12, 12), (10, 11), (11, 10), (11, 12), (12, 11)}
+    assert path_edges(1) == ([0], [0])
+
+
+def test_config_roundtrip():
+    cfg = GatConfig(hidden=8, horizon_s=15.0)
+    assert GatConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_missing_or_mismatched_weights(tmp_path):
+    with pytest.raises(WeightsError, match="qna predictor"):
+        GatPredictor(tmp_path).load()
+    assert load_metrics(tmp_path) is None and not gat_beats_qna(None)
+    d = shipped_dir()
+    (tmp_path / MODEL_FILE).write_bytes((d / MODEL_FILE).read_bytes())
+    cfg = GatConfig(hidden=8).to_json()
+    (tmp_path / CONFIG_FILE).write_text(__import__("json").dumps(cfg))
+    with pytest.raises(WeightsError, match="does not fit"):
+        GatPredictor(tmp_path).load()
+
+
+def test_control_imports_without_torch():
+    code = (
+        "import sys, quartfaas.control.registry, quartfaas.control.quart, "
+        "quartfaas.control.gat, quartfaas.control.smoother; "
+        "print('torch' in sys.modules, 'torch_geometric' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
