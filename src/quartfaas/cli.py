@@ -403,6 +403,39 @@ def bench_scaleup(
         raise typer.Exit(1)
 
 
+@app.command("train-smoother")
+def train_smoother_cmd(
+    out_dir: Annotated[
+        Path, typer.Argument(help="where to write model.safetensors, config.json, metrics.json")
+    ],
+    seed: Annotated[int, typer.Option(help="seed of data and training")] = 0,
+    runs: Annotated[int, typer.Option(help="simulated runs in the dataset")] = 300,
+    epochs: Annotated[int, typer.Option(help="most training epochs (early stopping)")] = 300,
+) -> None:
+    """Train the smoother's GAT on simulator data; prints held-out errors vs QNA."""
+    from rich.progress import Progress
+
+    from quartfaas.sim.train_smoother import train_smoother
+
+    with _friendly(), Progress(console=console) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(phase: str, done: int, total: int, message: str) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total, description=f"{phase}")
+
+        metrics = train_smoother(out_dir, seed=seed, n_runs=runs, epochs=epochs,
+                                 progress=progress)  # fmt: skip
+    test = metrics["test"]
+    table = Table("predictor", "CV MAE", "CV RMSE", title="held-out test split")
+    for name in ("gat", "qna", "persistence"):
+        if name in test:
+            table.add_row(name, f"{test[name]['mae']:.4f}", f"{test[name]['rmse']:.4f}")
+    out.print(table)
+    out.print(f"winner: {metrics.get('winner')}; files in {out_dir}")
+
+
 def main() -> None:
     try:
         app()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Frozen(BaseModel):
@@ -63,6 +63,20 @@ class ControllerConfig(_Frozen):
     )
     smoother: bool = Field(True, description="enable the pipeline smoother")
     compensator: bool = Field(True, description="enable the CPU compensator")
+    predictor: Literal["auto", "qna", "gat"] = Field(
+        "auto",
+        description="burst predictor of the smoother (auto: the shipped GAT only if "
+        "its held-out error beats QNA's)",
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, name: str) -> str:
+        from quartfaas.control.registry import policy_names  # lazy: registry imports us
+
+        if name not in policy_names():
+            raise ValueError(f"must be one of {policy_names()}")
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> ControllerConfig:

@@ -45,6 +45,8 @@ def make_policy(name: str, config: ControllerConfig | None = None, **kw: Any) ->
                 f"unknown option(s) {', '.join(unknown)} for policy 'quart'; valid options: "
                 f"{', '.join(QUART_OPTIONS)}"
             )
+        if config is not None:
+            kw.setdefault("predictor", config.predictor)
         return QuartPolicy(config, **kw)
     if name == "quart-corrector":
         if kw:
