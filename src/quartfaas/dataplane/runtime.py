@@ -37,6 +37,7 @@ from quartfaas.clock import Clock, MonotonicClock
 from quartfaas.control.loop import ControlLoop, run_live
 from quartfaas.dataplane.gateway import Gateway
 from quartfaas.errors import BackendError
+from quartfaas.metrics.proc_cpu import ProcessCpuMeter
 from quartfaas.spec import PipelineSpec
 
 log = logging.getLogger("quartfaas.runtime")
@@ -93,6 +94,7 @@ class EmbeddedRuntime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self._started_at = self.clock.now()
+        self._cpu_meters: dict[str, ProcessCpuMeter] = {}
         self.url = ""
 
     async def __aenter__(self) -> EmbeddedRuntime:
@@ -139,7 +141,7 @@ class EmbeddedRuntime:
         if self.decision_log is not None:
             sinks.append(JsonlDecisionLog(self.decision_log))
         self.loop = ControlLoop(make_policy(cfg.policy, cfg), self.backend, sinks)
-        collector = InProcessCollector(self.gateway)
+        collector = InProcessCollector(self.gateway, cpu_utilisation=self._cpu_utilisation)
         self.add_task(
             run_live(self.loop, collector.collect, self.clock, cfg.interval_s, self._stop),
             "controller",
@@ -165,6 +167,16 @@ class EmbeddedRuntime:
             if loop.time() > deadline:
                 raise BackendError(f"stages not ready after {timeout_s:.0f} s: {missing}")
             await asyncio.sleep(0.01)
+
+    def _cpu_utilisation(self, stage: str, now: float) -> float | None:
+        """Mean over ready replicas of (cores used / CPU share) since the last tick."""
+        reps = [r for r in self.backend.list_replicas(stage) if r.state is ReplicaState.READY]
+        pids = [r.pid for r in reps if r.pid is not None]
+        used = self._cpu_meters.setdefault(stage, ProcessCpuMeter()).sample(pids, now)
+        share = max((r.cpu or 0.0 for r in reps), default=0.0)
+        if not used or share <= 0:
+            return None
+        return sum(used) / len(used) / share
 
     def _replica_ready(self, info: ReplicaInfo) -> None:
         """Give a new replica its stage's CPU share in place (where a cgroup lever exists)."""

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -184,8 +184,15 @@ class InProcessCollector:
 
     source = "in-process"
 
-    def __init__(self, gateway: GatewayView) -> None:
+    def __init__(
+        self,
+        gateway: GatewayView,
+        *,
+        cpu_utilisation: Callable[[str, float], float | None] | None = None,
+    ) -> None:
+        """``cpu_utilisation(stage, now)``: cores used per replica / its CPU share, if known."""
         self.gateway = gateway
+        self._cpu_util = cpu_utilisation
         spec = gateway.spec
         self.spec = spec
         self.window_s = spec.controller.window_s
@@ -224,6 +231,9 @@ class InProcessCollector:
                     max_concurrency=spec_stage.max_concurrency,
                     rejected=int(windowed[i, 0]),
                     errors=int(windowed[i, 1]),
+                    cpu_utilisation=(
+                        self._cpu_util(spec_stage.name, now) if self._cpu_util else None
+                    ),
                 )
             )
         return PipelineSnapshot(
@@ -265,6 +275,7 @@ def _stage(
     max_concurrency: int,
     rejected: int,
     errors: int,
+    cpu_utilisation: float | None = None,
 ) -> StageSnapshot:
     # One copy of each window per tick: rate, count and CV come from the same array.
     arr = m.arrivals.timestamps(now)
@@ -294,4 +305,5 @@ def _stage(
         rejected=rejected,
         errors=errors,
         cpu_per_replica=cpu,
+        cpu_utilisation=cpu_utilisation,
     )
