@@ -378,6 +378,14 @@ def control(
         _run_async(controller)
 
 
+def _mount_simulator() -> None:
+    from quartfaas.sim.commands import register
+
+    register(app)
+
+
+_mount_simulator()
+
 bench_app = typer.Typer(help="Benchmarks (figures for the README and the issues).")
 app.add_typer(bench_app, name="bench")
 

@@ -57,6 +57,7 @@ class ControlLoop:
         self.sinks = sinks or []
         self.state: Any = None
         self.last_decision: Decision | None = None
+        self._last_error: dict[str, str] = {}
 
     def step(self, snapshot: PipelineSnapshot) -> Decision:
         if self.state is None:
@@ -92,8 +93,16 @@ class ControlLoop:
                     if levers:
                         applied.cpu[d.stage] = ",".join(sorted(levers))
             except (QuartfaasError, OSError) as exc:
-                log.warning("applying decision for stage %s failed: %s", d.stage, exc)
                 applied.errors[d.stage] = str(exc)
+            # Warn when a stage's error starts or changes, not on every tick it repeats
+            # (the decision log and the metrics count each one).
+            err = applied.errors.get(d.stage, "")
+            if err != self._last_error.get(d.stage, ""):
+                if err:
+                    log.warning("applying decision for stage %s failed: %s", d.stage, err)
+                else:
+                    log.info("applying decisions for stage %s works again", d.stage)
+                self._last_error[d.stage] = err
         return applied
 
 

@@ -21,6 +21,9 @@ only moves forward: a tick costs O(requests in the window), in one compiled call
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
 from quartfaas.backends.sim import SimBackend
@@ -105,6 +108,7 @@ class SimCollector:
                     arrivals=int(row[0]),
                     rejected=int(row[2]),
                     cpu_per_replica=self.backend.cpus_per_replica(st.name),
+                    cpu_utilisation=_cpu_utilisation(st.cpu_frac, row, span, ready, st),
                 )
             )
         return PipelineSnapshot(
@@ -117,3 +121,15 @@ class SimCollector:
             data_age_s=0.0,
             source="sim",
         )
+
+
+def _cpu_utilisation(cpu_frac: float, row: Any, span: float, ready: int, st: Any) -> float | None:
+    """Share of a replica's CPU in use: busy share of its slots x the CPU part of the work.
+
+    A GPU-bound stage (``cpu_frac`` 0) uses none of its CPU share to speak of, so the CPU
+    compensator sees no reason to give it more.
+    """
+    if span <= 0 or ready <= 0 or math.isnan(float(row[5])):
+        return None
+    busy = float(row[3]) / span * float(row[5]) / (ready * st.max_concurrency)
+    return min(1.0, busy) * cpu_frac
