@@ -36,9 +36,12 @@ class LatencyStats:
 class StageSnapshot:
     """One stage at ``PipelineSnapshot.now``.
 
-    Rates and CVs are over the snapshot's window; counts are instantaneous.
+    Rates and CVs are over the snapshot's window; ``arrivals``, ``rejected`` and ``errors``
+    are counts within that window; queue, in-flight and replica counts are instantaneous.
     ``service_mean_s``/``service_scv`` are *measured* from completed requests (worker
     compute time, without queueing); ``latency`` is time in the stage (queue + service).
+    ``cpu_utilisation`` is cores used per replica divided by ``cpu_per_replica`` (the
+    CPU Compensator's CPU-bound signal), ``None`` where it cannot be measured.
     """
 
     name: str
@@ -84,7 +87,12 @@ class StageSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class PipelineSnapshot:
-    """A pipeline at time ``now`` (seconds on the collector's monotonic clock)."""
+    """A pipeline at time ``now`` (seconds on the collector's monotonic clock).
+
+    ``data_age_s`` is ``None`` when the collector could not read any measurement; a
+    non-empty ``note`` says the data is degraded and why (``unreachable: ...``,
+    ``stale: ...``), which the decision log and metrics report.
+    """
 
     now: float
     pipeline: str

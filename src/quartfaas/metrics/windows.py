@@ -268,9 +268,10 @@ def _scv(v: npt.NDArray[np.float64]) -> float | None:
     if not v.size:
         return None
     mean = float(v.mean())
-    if mean == 0.0:
+    square = mean * mean
+    if square == 0.0:  # a zero mean, or one so small that its square underflows
         return None
-    return float(v.var()) / (mean * mean)
+    return float(v.var()) / square
 
 
 @dataclass(frozen=True, slots=True)
