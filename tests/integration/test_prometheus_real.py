@@ -21,7 +21,8 @@ import pytest
 from helpers import synthetic_spec
 from quartfaas.dataplane.runtime import EmbeddedRuntime
 from quartfaas.metrics.collector import InProcessCollector
-from quartfaas.metrics.prometheus import PrometheusCollector, PrometheusServer
+from quartfaas.metrics.prometheus import PrometheusCollector
+from quartfaas.metrics.prometheus_server import PrometheusServer
 
 BINARY = shutil.which("prometheus") or (
     "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from quartfaas.backends.base import StartTier
 from quartfaas.errors import SimulationError, SpecError
 from quartfaas.sim import experiments as ex
+from quartfaas.sim import sweep as sweep_mod
 from quartfaas.sim.cluster import cluster_preset
 from quartfaas.sim.commands import TABLE_WIDTH, render, sim_app
 from quartfaas.sim.pipelines import pipeline_preset
@@ -196,7 +197,7 @@ def test_cli_rejects_several_placers_with_several_policies() -> None:
 
 def test_sweep_writes_csv_and_figure_with_progress(tmp_path: Path) -> None:
     events: list[ex.ProgressEvent] = []
-    res = ex.sweep(
+    res = sweep_mod.sweep(
         PIPE, SMALL, [1, 4], [20], ["quart", "static"], seed=1, duration_s=30,
         out_dir=tmp_path, progress=events.append,
     )  # fmt: skip
@@ -211,4 +212,4 @@ def test_sweep_writes_csv_and_figure_with_progress(tmp_path: Path) -> None:
     assert {e.run for e in events} == {0, 1, 2, 3} and {e.runs for e in events} == {4}
     assert events[-1].done == events[-1].total
     with pytest.raises(SpecError, match="at least one CV"):
-        ex.sweep(PIPE, SMALL, [], [20], ["quart"])
+        sweep_mod.sweep(PIPE, SMALL, [], [20], ["quart"])

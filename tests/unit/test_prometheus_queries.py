@@ -16,11 +16,10 @@ import yaml
 from helpers import synthetic_spec
 from quartfaas.control.snapshot import PipelineSnapshot
 from quartfaas.metrics.gateway_metrics import LATENCY_BUCKETS
-from quartfaas.metrics.prometheus import (
-    PrometheusCollector,
+from quartfaas.metrics.prometheus import PrometheusCollector, grouped_scv
+from quartfaas.metrics.prometheus_server import (
     PrometheusNotFound,
     PrometheusServer,
-    grouped_scv,
     prometheus_config,
 )
 from quartfaas.spec import PipelineSpec

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from quartfaas.errors import QuartfaasError, SpecError
 from quartfaas.sim import experiments as ex
+from quartfaas.sim import sweep as sweep_mod
 from quartfaas.sim.cluster import cluster_preset
 from quartfaas.sim.pipelines import pipeline_preset
 from quartfaas.sim.report import plot_latency_cdf, plot_replicas
@@ -215,7 +216,7 @@ def sweep_cmd(  # noqa: PLR0917 - typer reads options from parameters
         pipe = pipeline_preset(pipeline)
         cl = cluster_preset(cluster)
         with _progress(progress) as bar:
-            res = ex.sweep(
+            res = sweep_mod.sweep(
                 pipe, cl, _floats(cvs, "--cvs"), _floats(loads, "--loads"), policies.split(","),
                 seed=seed, duration_s=duration, slo_ms=slo_ms, placement=placement,
                 out_dir=out, progress=bar, max_visits=max_visits,
