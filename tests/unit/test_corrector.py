@@ -30,10 +30,17 @@ def lat(p99: float | None, count: int = 200) -> LatencyStats:
     return LatencyStats(count=count, mean_s=p99 / 3, p50_s=p99 / 3, p95_s=p99 / 1.5, p99_s=p99)
 
 
+SERVICE_P99 = 0.23  # exponential service of mean 50 ms: its p99 is ~4.6 means
+
+
 def stage(
     name: str = "s0", index: int = 0, p99: float | None = 0.25, **kw: object
 ) -> StageSnapshot:
-    """λ=20/s, μ=20/s (a = 1 erlang), exponential service, 3 ready replicas, max 16."""
+    """λ=20/s, μ=20/s (a = 1 erlang), exponential service, 3 ready replicas, max 16.
+
+    The wait for a replica slot is what the tail holds beyond the service time, as a
+    gateway measures it: a slow tail comes with waiting.
+    """
     base: dict[str, object] = dict(
         min_replicas=1,
         max_replicas=16,
@@ -44,6 +51,7 @@ def stage(
         service_mean_s=0.05,
         service_scv=1.0,
         latency=lat(p99),
+        wait=lat(None if p99 is None else max(0.0, p99 - SERVICE_P99)),
         in_flight=2,
     )
     base.update(kw)
@@ -65,6 +73,18 @@ def run(
 def test_is_a_policy_named_quart_corrector() -> None:
     c = ReplicaCorrector()
     assert isinstance(c, Policy) and c.name == "quart-corrector"
+
+
+def test_a_slow_tail_without_waiting_adds_no_replicas() -> None:
+    # Service time (or CPU contention on the host) makes the tail slow; nobody waits for a
+    # replica, so more replicas cannot help (and would add contention).
+    c = ReplicaCorrector(CFG)
+    s = stage(p99=1.2, wait=lat(0.004), queue_len=0)
+    n, reason, _ = run(c, snap(100.0, s), CorrectorState())
+    assert n <= 3 and "no feedback up" in reason
+    # The same tail with a queue does scale up.
+    n, _, _ = run(c, snap(100.0, stage(p99=1.2, wait=lat(0.004), queue_len=12)), CorrectorState())
+    assert n > 3
 
 
 def test_too_slow_scales_up_and_fast_enough_does_not() -> None:
@@ -168,7 +188,8 @@ def test_downscale_waits_for_the_delay_and_the_down_cooldown() -> None:
 def test_idle_stage_goes_to_min_only_after_the_delay() -> None:
     c = ReplicaCorrector(CFG)
     idle = stage(p99=None, arrival_rate=0.0, in_flight=0, ready_replicas=3, min_replicas=1)
-    r, reason, state = run(c, snap(0.0, idle), long_running(c, snap(0.0, stage())))
+    busy = stage(arrival_rate=40.0)  # 2 erlangs: 3 replicas are what it needs
+    r, reason, state = run(c, snap(0.0, idle), long_running(c, snap(0.0, busy)))
     assert r == 3 and "idle" in reason and "held: low for 0.0s" in reason
     r, _, state = run(c, snap(14.0, idle), state)
     assert r == 3

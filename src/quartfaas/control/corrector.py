@@ -21,7 +21,10 @@ Per stage and tick:
    ``ceil(λ/(μ·max_concurrency·target_utilisation))``: feedback may trim a latency-bound
    model estimate, but it cannot find the knee of the tail by overloading the stage.
    When the budget is below the service percentile itself (no count can meet it) the PID
-   aims at that percentile instead, so it does not pile up replicas that cannot help.
+   aims at that percentile instead, so it does not pile up replicas that cannot help; and
+   feedback may add replicas only where requests wait for one (a queue, or utilisation
+   at least half the target): a slow tail on idle servers is service time or CPU
+   contention, which more replicas on a shared host make worse.
 4. backlog: ``Q`` queued requests must drain within ``B`` on top of arrivals, so the stage
    needs at least ``ceil((λ + Q/B)/(μ·max_concurrency))`` replicas.
 5. dead time: while replicas are starting, feedback and backlog (which still show the load
@@ -56,6 +59,10 @@ from quartfaas.control.queueing import PlanStatus, SLOPlan, replicas_for_slo, se
 from quartfaas.control.snapshot import PipelineSnapshot, StageSnapshot
 
 NO_DATA = "no-data"
+# Below this share of the target utilisation (and with no queue) a stage's requests do not
+# wait for a replica, so feedback may not add replicas (see ``ReplicaCorrector._queueing``).
+QUEUEING_UTILISATION = 0.5
+WAIT_SHARE = 0.1  # a wait tail above this share of the stage budget is queueing
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +219,17 @@ class ReplicaCorrector:
         )
         return plan, (plan.replicas if plan.replicas is not None else s.replicas)
 
+    def _queueing(self, s: StageSnapshot, budget: float) -> bool:
+        """Evidence that requests wait for a replica: a queue now, a measured wait tail
+        beyond a tenth of the budget, or (wait not measured) busy servers."""
+        if s.queue_len > 0:
+            return True
+        wait = s.wait.quantile(self.cfg.percentile)
+        if wait is not None:
+            return wait > WAIT_SHARE * budget
+        util = s.utilisation
+        return util is None or util >= QUEUEING_UTILISATION * self.cfg.target_utilisation
+
     def _correction_bounds(
         self, s: StageSnapshot, lam: float, mu: float | None, ff: int
     ) -> tuple[float, float]:
@@ -266,6 +284,17 @@ class ReplicaCorrector:
             model = plan.replicas
             parts.append(_model_text(plan, lam, mu, scvs))
             out_min, out_max = self._correction_bounds(s, lam, mu, ff)
+            if not self._queueing(s, budget):
+                # A slow tail with idle servers and no queue comes from the service time
+                # itself (or from CPU contention on the host): more replicas cannot help and,
+                # on a shared host, more processes would slow every stage further.
+                if out_max > 0 and tail is not None and tail > budget:
+                    wait = s.wait.quantile(cfg.percentile)
+                    waited = "" if wait is None else f", wait {wait:.3g}s"
+                    parts.append(
+                        f"no feedback up: no queue (utilisation {_pct(s.utilisation)}{waited})"
+                    )
+                out_max = max(out_min, min(out_max, 0.0))
             setpoint = budget
             if plan.status is PlanStatus.INFEASIBLE and plan.service_pct_s is not None:
                 setpoint = plan.service_pct_s  # the best any replica count can do
@@ -424,3 +453,7 @@ __all__ = [
     "StageState",
     "StageTarget",
 ]
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"

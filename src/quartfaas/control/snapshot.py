@@ -39,7 +39,9 @@ class StageSnapshot:
     Rates and CVs are over the snapshot's window; ``arrivals``, ``rejected`` and ``errors``
     are counts within that window; queue, in-flight and replica counts are instantaneous.
     ``service_mean_s``/``service_scv`` are *measured* from completed requests (worker
-    compute time, without queueing); ``latency`` is time in the stage (queue + service).
+    compute time, without queueing); ``latency`` is time in the stage (queue + service);
+    ``wait`` is the part of it spent waiting for a replica slot (empty where the collector
+    cannot see it).
     ``cpu_utilisation`` is cores used per replica divided by ``cpu_per_replica`` (the
     CPU Compensator's CPU-bound signal), ``None`` where it cannot be measured.
     """
@@ -61,6 +63,7 @@ class StageSnapshot:
     service_mean_s: float | None = None
     service_scv: float | None = None
     latency: LatencyStats = field(default_factory=LatencyStats)
+    wait: LatencyStats = field(default_factory=LatencyStats)
     arrivals: int = 0
     rejected: int = 0
     errors: int = 0

@@ -264,7 +264,7 @@ class Gateway:
                 raise
             t_done = now()
             latency = t_done - t_arr
-            sm.done(t_done, latency, service_s)
+            sm.done(t_done, latency, service_s, queue_s)
             timings.append(
                 {
                     "stage": pool.name,

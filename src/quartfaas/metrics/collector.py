@@ -301,6 +301,7 @@ def _stage(
         service_mean_s=svc_mean,
         service_scv=svc_scv,
         latency=latency_stats(m.latency_s, now),
+        wait=latency_stats(m.wait_s, now),
         arrivals=int(arr.size),
         rejected=rejected,
         errors=errors,

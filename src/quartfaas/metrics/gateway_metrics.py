@@ -120,6 +120,7 @@ class StageMetrics:
         self.departures = EventWindow(window_s, start=now)
         self.service_s = ValueWindow(window_s)
         self.latency_s = ValueWindow(window_s)
+        self.wait_s = ValueWindow(window_s)
         self.invocations = 0
         self.last_at: float | None = None
         self.finished: dict[int, int] = {}
@@ -131,7 +132,13 @@ class StageMetrics:
         self.last_at = t
         self.arrivals.append(t)
 
-    def done(self, t: float, latency_s: float, service_s: float | None = None) -> None:
+    def done(
+        self,
+        t: float,
+        latency_s: float,
+        service_s: float | None = None,
+        wait_s: float | None = None,
+    ) -> None:
         self.finished[200] = self.finished.get(200, 0) + 1
         self._seconds_ok.observe(latency_s)
         self.departures.append(t)
@@ -139,6 +146,8 @@ class StageMetrics:
         if service_s is not None and self._service is not None:
             self._service.observe(service_s)
             self.service_s.append(t, service_s)
+        if wait_s is not None:
+            self.wait_s.append(t, wait_s)
 
     def failed(self, code: int, latency_s: float) -> None:
         self.finished[code] = self.finished.get(code, 0) + 1
