@@ -108,6 +108,7 @@ def serve(
                 f"[green]serving[/green] {pipeline.name} at {rt.url} "
                 f"(functions: {', '.join(rt.gateway.function_names())}); Ctrl-C stops"
             )
+            console.print(rt.cpu.report.describe(), highlight=False)
             await rt.serve_forever()
 
         _run_async(main)

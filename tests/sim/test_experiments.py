@@ -119,7 +119,7 @@ def test_ablations_run_and_no_cache_pays_the_cold_tier() -> None:
     t = _compare(2, ",".join(("quart", *ex.ABLATIONS)))
     rows = {r.name: r for r in t.rows}
     assert set(rows) == {"quart", "quart-no-smoother", "quart-no-cache", "quart-no-compensator",
-                         "quart-corrector"}  # fmt: skip
+                         "quart-no-prewarm", "quart-corrector"}  # fmt: skip
     assert all(r.values["refused"] >= 0 for r in t.rows)  # type: ignore[operator]
     no_cache = rows["quart-no-cache"]
     assert no_cache.values["starts"].startswith("cold:")  # type: ignore[union-attr]

@@ -114,6 +114,7 @@ class EmbeddedRuntime:
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else self.port
         self.url = f"http://{self.host}:{port}"
+        log.info("%s", self.cpu.report.describe())
         for stage in self.spec.stages:
             if stage.min_replicas == 0:
                 await self.backend.launcher.prewarm(stage.name)

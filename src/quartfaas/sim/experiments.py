@@ -14,7 +14,10 @@ Choices stated once, here:
   ``quart-no-compensator`` (``cfg.compensator=False``), ``quart-corrector`` (both off) and
   ``quart-no-cache``: the cluster's start delays charge a host-memory (fork) hit the cold
   tier's cost (disk or remote read), so the cache is gone while every other rule, the
-  placer included, stays the same. The compensator acts in the simulator only through a
+  placer included, stays the same; ``quart-no-prewarm`` turns off Quart's cache
+  management (``sim/cache_planner.py``: pre-warming host memory where the decision and
+  the measured burstiness say replicas will start), which every other Quart variant
+  runs after each tick. The compensator acts in the simulator only through a
   stage's ``cpu_frac``; the GPU-bound presets have none, so there it changes nothing.
 - **static** is peak provisioning: per stage ``peak_replicas`` (control/baselines) for the
   workload's highest 1-second arrival rate at 70 % utilisation, with service times on the
@@ -44,6 +47,7 @@ import numpy as np
 from quartfaas.backends.base import StartTier
 from quartfaas.control import registry
 from quartfaas.control.baselines import BASELINES, make_policy, peak_replicas
+from quartfaas.control.cache_plan import CachePlanConfig
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.placement import PLACERS, get_placer
 from quartfaas.control.policy import Policy
@@ -57,7 +61,10 @@ from quartfaas.workload.synthetic import Workload
 from quartfaas.workload.traces import NAMED_TRACES
 
 POLICIES = ("quart", "openfaas-ce", "openfaas-pro", "knative", "hpa", "ray", "uniform", "static")
-ABLATIONS = ("quart-no-smoother", "quart-no-cache", "quart-no-compensator", "quart-corrector")
+ABLATIONS = (
+    "quart-no-smoother", "quart-no-cache", "quart-no-compensator", "quart-no-prewarm",
+    "quart-corrector",
+)  # fmt: skip
 SIM_PLACERS = ("first-fit", "cache-first")  # sim/placement.py's own, model anti-affinity
 MAX_VISITS = 50_000_000
 VISITS_PER_S = 2e6  # closed-loop engine speed on one core (benchmarks/sim_speed.py)
@@ -224,6 +231,7 @@ class PolicySetup:
     cluster: ClusterSpec
     initial: dict[str, int] | None = None
     note: str = ""
+    prewarm: bool = False  # Quart's cache management (sim/cache_planner.py) after each tick
 
 
 def static_counts(
@@ -249,13 +257,18 @@ def policy_setup(
     cfg: ControllerConfig,
 ) -> PolicySetup:
     if name == "quart":
-        return PolicySetup(name, _quart(cfg), cluster)
+        return PolicySetup(name, _quart(cfg), cluster, prewarm=True)
     if name == "quart-no-smoother":
-        return PolicySetup(name, _quart(cfg.model_copy(update={"smoother": False})), cluster)
+        pol = _quart(cfg.model_copy(update={"smoother": False}))
+        return PolicySetup(name, pol, cluster, prewarm=True)
     if name == "quart-corrector":  # neither smoother nor compensator
-        return PolicySetup(name, registry.make_policy("quart-corrector", cfg), cluster)
+        pol = registry.make_policy("quart-corrector", cfg)
+        return PolicySetup(name, pol, cluster, prewarm=True)
     if name == "quart-no-compensator":
-        return PolicySetup(name, _quart(cfg.model_copy(update={"compensator": False})), cluster)
+        pol = _quart(cfg.model_copy(update={"compensator": False}))
+        return PolicySetup(name, pol, cluster, prewarm=True)
+    if name == "quart-no-prewarm":
+        return PolicySetup(name, _quart(cfg), cluster)
     if name == "quart-no-cache":
         d = cluster.delays
         delays = NoForkDelays(**{f.name: getattr(d, f.name) for f in fields(d)})
@@ -436,6 +449,7 @@ def run_one(
             placer=placer,
             initial_replicas=setup.initial,
             progress=tick if progress is not None else None,
+            cache_planning=CachePlanConfig() if setup.prewarm else None,
         )
 
 

@@ -136,22 +136,7 @@ class ControlPlacer:
         self.last_reason = ""
 
     def place(self, request: PlaceRequest, cluster: ClusterView) -> GpuView | None:
-        servers = []
-        for j, sv in enumerate(cluster.servers):
-            gpus = tuple(
-                GPU(
-                    f"gpu{g.gpu_index}",
-                    int(g.gpu.memory_gib * GIB),
-                    max(0, int(g.free_gib * GIB)),
-                    g.gpu.speed,
-                )
-                for g in cluster.gpus
-                if g.server_index == j
-            )
-            host = int(sv.host_memory_gib * GIB)
-            servers.append(
-                ServerState(sv.name, gpus, sv.cache, host - sv.cache.used_bytes, sv.free_cpus)
-            )
+        servers = server_states(cluster)
         live = tuple(
             Replica(
                 r.stage, cluster.servers[r.server_index].name, f"gpu{r.gpu_index}", r.replica_id
@@ -170,6 +155,27 @@ class ControlPlacer:
             if view.server == chosen.server and f"gpu{view.gpu_index}" == chosen.gpu:
                 return view
         raise ValueError(f"placer {self.inner.name} chose unknown {chosen.server}/{chosen.gpu}")
+
+
+def server_states(cluster: ClusterView) -> list[ServerState]:
+    """The cluster as ``control/placement.py`` and ``control/cache_plan.py`` see it."""
+    servers = []
+    for j, sv in enumerate(cluster.servers):
+        gpus = tuple(
+            GPU(
+                f"gpu{g.gpu_index}",
+                int(g.gpu.memory_gib * GIB),
+                max(0, int(g.free_gib * GIB)),
+                g.gpu.speed,
+            )
+            for g in cluster.gpus
+            if g.server_index == j
+        )
+        host = int(sv.host_memory_gib * GIB)
+        servers.append(
+            ServerState(sv.name, gpus, sv.cache, host - sv.cache.used_bytes, sv.free_cpus)
+        )
+    return servers
 
 
 def explain_no_fit(request: PlaceRequest, cluster: ClusterView) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 
 from quartfaas.backends.sim import ReplicaEvent, SimBackend
 from quartfaas.clock import FakeClock
+from quartfaas.control.cache_plan import CachePlanConfig
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.loop import Applied, ControlLoop, DecisionSink
 from quartfaas.control.policy import Action, Decision, Policy
@@ -178,6 +179,7 @@ def simulate(
     record_servers: bool = False,
     progress: ProgressFn | None = None,
     sinks: Sequence[DecisionSink] = (),
+    cache_planning: CachePlanConfig | None = None,
 ) -> SimResult:
     """Serve ``arrivals`` (sorted seconds from 0) through ``pipeline`` on ``cluster``."""
     wall0 = time.perf_counter()
@@ -214,7 +216,12 @@ def simulate(
     recorder = _Recorder(backend, [s.name for s in pipeline.stages])
     recorder.sample(0.0)
     collector = SimCollector(engine, backend, pipeline, cfg.window_s)
-    loop = ControlLoop(policy, backend, sinks=[recorder, *sinks])
+    extra: list[DecisionSink] = []
+    if cache_planning is not None:  # pre-warm host memory where demand is coming
+        from quartfaas.sim.cache_planner import CachePlanner
+
+        extra.append(CachePlanner(backend, cache_planning))
+    loop = ControlLoop(policy, backend, sinks=[recorder, *sinks, *extra])
     end_limit = (float(arr[-1]) if n else 0.0) + drain_limit_s
     tick = 0
     now = 0.0
