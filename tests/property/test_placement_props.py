@@ -31,6 +31,7 @@ from quartfaas.control.placement import (
     get_placer,
     make_server,
 )
+from quartfaas.control.placement_instances import small_instance
 from quartfaas.control.placement_search import exact
 from quartfaas.control.placement_state import Problem, Work
 
@@ -247,40 +248,7 @@ def test_exact_is_never_worse_than_greedy(req: PlacementRequest) -> None:
         assert exact.cost.total_s <= greedy.cost.total_s + 1e-6
 
 
-def random_instance(rng: random.Random) -> PlacementRequest:
-    """The benchmark's family of small instances (kept separate from it on purpose)."""
-    stages = [
-        StageReq(
-            f"s{i}",
-            int(rng.uniform(1, 6) * GIB),
-            pipeline="p" if rng.random() < 0.7 else "",
-            critical=rng.random() < 0.3,
-        )
-        for i in range(rng.randint(1, 4))
-    ]
-    servers = []
-    for j in range(rng.randint(2, 4)):
-        mem = rng.choice([8, 12, 24, 32]) * GIB
-        gpus = tuple(
-            GPU(f"g{g}", mem, int(mem * rng.uniform(0.3, 1.0)), rng.choice([0.7, 1.0, 1.4]))
-            for g in range(rng.randint(1, 3))
-        )
-        host = rng.choice([8, 16, 32]) * GIB
-        cached: dict[str, int] = {}
-        for s in stages:
-            if rng.random() < 0.3 and sum(cached.values()) + s.size_bytes <= 0.85 * host:
-                cached[s.key] = s.size_bytes
-        servers.append(make_server(f"n{j}", gpus=gpus, host_memory_bytes=host, cached=cached))
-    replicas = []
-    for s in stages:
-        if rng.random() < 0.4:
-            srv = rng.choice(servers)
-            replicas.append(Replica(s.key, srv.name, rng.choice(srv.gpus).gpu_id))
-    start: dict[str, int] = {}
-    for _ in range(rng.randint(1, 6)):
-        k = rng.choice(stages).key
-        start[k] = start.get(k, 0) + 1
-    return PlacementRequest(tuple(servers), tuple(stages), tuple(replicas), start=start)
+random_instance = small_instance  # the benchmark's family of small instances
 
 
 def test_greedy_gap_on_a_seeded_sample_is_within_the_documented_bounds() -> None:
