@@ -89,7 +89,7 @@ def read_tail(path: Path, lines: int = 8) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-class _EventPipe:
+class EventPipe:
     """JSON-lines events from a child over a pipe (listening / loaded / ready / failed)."""
 
     def __init__(self) -> None:
@@ -115,7 +115,7 @@ class _EventPipe:
 @dataclass
 class _ColdProcess:
     proc: asyncio.subprocess.Process
-    pipe: _EventPipe
+    pipe: EventPipe
 
     @property
     def pid(self) -> int:
@@ -139,7 +139,7 @@ class ColdLauncher:
         self.rt = runtime
 
     async def launch(self, stage: str, replica_id: str) -> tuple[Launched, StartTier]:
-        pipe = _EventPipe()
+        pipe = EventPipe()
         cmd = [
             sys.executable, "-m", "quartfaas.dataplane.worker",
             "--spec-json", str(self.rt.spec_json), "--stage", stage,
@@ -234,7 +234,11 @@ class LocalBackend:
     def start_replica(self, stage: str) -> ReplicaInfo:
         if self.closed:
             raise BackendError("the backend is shut down")
-        idx = self.spec.stage_index(stage)  # KeyError for an unknown stage
+        try:
+            idx = self.spec.stage_index(stage)
+        except KeyError:
+            names = [s.name for s in self.spec.stages]
+            raise BackendError(f"unknown stage {stage!r}; stages: {names}") from None
         rid = f"{stage}-{next(self._ids)}"
         info = ReplicaInfo(
             replica_id=rid,

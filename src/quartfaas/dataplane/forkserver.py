@@ -134,7 +134,7 @@ class Template:
         if self.spec.model.kind != "synthetic":
             import torch
 
-            torch.set_num_threads(self.stage.threads or max(1, int(self.stage.cpu)))
+            torch.set_num_threads(self.stage.torch_threads)
         runner = self.make_runner()
         warm = getattr(runner, "warmup", None)
         if warm is not None:
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         import prometheus_client  # noqa: F401
 
         from quartfaas.dataplane import worker  # noqa: F401
-        from quartfaas.dataplane.runners import SyntheticRunner, TorchRunner, default_threads
+        from quartfaas.dataplane.runners import SyntheticRunner, TorchRunner
         from quartfaas.spec import parse_spec
 
         with contextlib.suppress(ImportError):
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             TorchRunner(model, spec, index, 1).warmup()  # in this thread: starts no threads
 
             def make_runner() -> Any:
-                runner = TorchRunner(model, spec, index, default_threads(spec, index))
+                runner = TorchRunner(model, spec, index, spec.stages[index].torch_threads)
                 device = spec.stages[index].device
                 if device != "cpu":
                     runner.model = model.to(device)  # host memory -> device, after the fork

@@ -31,7 +31,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -104,9 +104,11 @@ class Gateway:
         )
         self._auth = self._load_auth(environ)
         self._tokenizer: Any = None
+        self._contract: Any = None
         self._ids = itertools.count(1)
         self.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.on_failed_replica: Any = None  # set by the runtime: (replica_id, why) -> None
+        # Set by the runtime: told when a replica fails a request (kill it if it lives on).
+        self.on_failed_replica: Callable[[str, str], None] | None = None
 
     # -- setup ----------------------------------------------------------------------
 
@@ -122,15 +124,20 @@ class Gateway:
             )
         return auth.username, password
 
+    def input_contract(self) -> Any:
+        """What the first stage accepts (vocabulary, sequence length); torch-free."""
+        if self._contract is None:
+            from quartfaas.models import input_contract
+
+            self._contract = input_contract(self.spec, 0)
+        return self._contract
+
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
             from quartfaas.models import tokenizer_for
 
             self._tokenizer = tokenizer_for(self.spec)
         return self._tokenizer
-
-    async def start(self) -> None:
-        return None
 
     async def close(self) -> None:
         for pool in self.pools.values():
@@ -304,16 +311,15 @@ class Gateway:
         if len(lengths) != 1:
             raise BadRequest(f"token id rows must have equal lengths, got {sorted(lengths)}")
         (length,) = lengths
-        max_len = self.spec.model.max_seq_len
+        contract = self.input_contract()
+        max_len = contract.max_seq_len
         if not 1 <= length <= max_len:
             raise BadRequest(f"token id rows have length {length}; allowed 1..{max_len}")
         if not all(isinstance(t, int) and not isinstance(t, bool) for r in rows for t in r):
             raise BadRequest("token ids must be integers")
         ids = np.asarray(rows, dtype=np.int64)
-        vocab = getattr(self.spec.model, "vocab_size", None)
-        if vocab is None and self.spec.model.kind == "minilm":
-            vocab = 30522
-        if vocab is not None and (ids.min() < 0 or ids.max() >= vocab):
+        vocab = contract.vocab_size
+        if ids.min() < 0 or ids.max() >= vocab:
             raise BadRequest(f"token ids must be in [0, {vocab}); got {ids.min()}..{ids.max()}")
         return ids, np.ones_like(ids)
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from quartfaas.backends.base import StartTier
-from quartfaas.backends.local import Launched, Runtime, _EventPipe, read_tail
+from quartfaas.backends.local import EventPipe, Launched, Runtime, read_tail
 from quartfaas.control.keys_manager import KeysManager, gib
 from quartfaas.dataplane.forkserver import message_pair, recv_msg, send_msg
 from quartfaas.errors import BackendError, InsufficientMemory, WeightsError
@@ -124,7 +124,7 @@ class ForkedReplica:
     """A replica forked by a template: watched through a pidfd (it is not our child)."""
 
     pid: int
-    pipe: _EventPipe
+    pipe: EventPipe
     template: Template
     pidfd: int = -1
     exited: asyncio.Future[int] | None = None
@@ -249,7 +249,7 @@ class ParamCacheLauncher:
 
     async def launch(self, stage: str, replica_id: str) -> tuple[Launched, StartTier]:
         template, fresh = await self._template(stage)
-        pipe = _EventPipe()
+        pipe = EventPipe()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         template.spawns[replica_id] = fut

@@ -15,7 +15,6 @@ lets a stage template load a runner once and fork replicas that only start a ser
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import threading
 import time
@@ -148,8 +147,3 @@ class TorchRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def default_threads(spec: PipelineSpec, index: int) -> int:
-    stage = spec.stages[index]
-    return stage.threads or max(1, math.floor(stage.cpu))

@@ -105,7 +105,6 @@ class EmbeddedRuntime:
         await self.stop()
 
     async def start(self, *, wait_ready: bool = True) -> str:
-        await self.gateway.start()
         self._runner = web.AppRunner(self.gateway.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)

@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from quartfaas.dataplane.runners import StageRunner, SyntheticRunner, TorchRunner, default_threads
+from quartfaas.dataplane.runners import StageRunner, SyntheticRunner, TorchRunner
 from quartfaas.errors import FramingError, ModelInputError, QuartfaasError
 from quartfaas.spec import PipelineSpec, parse_spec
 
@@ -165,7 +165,7 @@ def build_runner(
 
     from quartfaas.models import build_stage
 
-    threads = default_threads(spec, index)
+    threads = spec.stages[index].torch_threads
     torch.set_num_threads(threads)
     model = build_stage(spec, index, weights=weights_mode, verify=verify)  # type: ignore[arg-type]
     runner = TorchRunner(model, spec, index, threads)
