@@ -67,9 +67,11 @@ class StartDelays:
     """Seconds from a start call to a replica that serves, by parameter-cache tier.
 
     - FORK (host-memory hit): ``fork_s`` + size / GPU h2d bandwidth + one warm-up forward.
-      ``fork_s`` defaults to 0.2 s, the fork-and-first-forward figure for a 1 GiB stage
-      from ``shared/reference/host-facts.md``; it is to be replaced by
-      benchmarks/scaleup.py's measured figure.
+      ``fork_s`` defaults to 0.08 s, measured by ``benchmarks/scaleup.py`` on the
+      2-vCPU development machine: a replica of a 1 GiB stage forked on demand was ready
+      in 272 ms (p50), of which the warm-up forward (193 ms warm) is modelled separately.
+      (A pre-forked, warmed child was ready in 4 ms; the simulator does not model the
+      pre-forked pool, so its fork starts are conservative.)
     - COLD (miss): ``process_start_s`` (a fresh interpreter importing torch, ~0.8 s in
       host-facts) + size / source bandwidth + size / h2d + warm-up. Local disk
       0.8 GiB/s (host-facts measured 0.7-0.95 GB/s reading evicted weights); remote
@@ -79,7 +81,7 @@ class StartDelays:
     ``readiness_s`` is added to every tier (a readiness probe's period; 0 by default).
     """
 
-    fork_s: float = 0.2
+    fork_s: float = 0.08
     process_start_s: float = 0.8
     disk_gib_per_s: float = 0.8
     remote_gib_per_s: float = 1.1
