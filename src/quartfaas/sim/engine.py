@@ -1,7 +1,7 @@
 """The discrete-event engine: a pipeline of per-stage FCFS multi-server queues.
 
 The engine knows requests, stages and service slots, nothing about GPUs or policies.
-``backends/sim.py`` adds and drains replicas (groups of ``max_concurrency`` slots, each
+``sim/backend.py`` adds and drains replicas (groups of ``max_concurrency`` slots, each
 with a service-time multiplier from its GPU and CPU); ``sim/run.py`` calls ``advance(t)``
 at every control tick; ``sim/collector.py`` reads the records to build snapshots.
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quartfaas.backends.sim import ReplicaEvent, SimBackend
+from quartfaas.sim.backend import ReplicaEvent, SimBackend
 from quartfaas.clock import FakeClock
 from quartfaas.control.cache_plan import CachePlanConfig
 from quartfaas.control.config import ControllerConfig
