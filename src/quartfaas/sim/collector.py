@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from quartfaas.sim.backend import SimBackend
 from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, StageSnapshot
+from quartfaas.sim.backend import SimBackend
 from quartfaas.sim.engine import Engine
 from quartfaas.sim.pipelines import SimPipeline
 from quartfaas.sim.windowstats import E2E_FIELDS, STAGE_FIELDS, window_stats
