@@ -32,7 +32,7 @@ from typing import Any, Literal
 from quartfaas.backends.base import ReplicaState
 from quartfaas.dataplane.runtime import EmbeddedRuntime
 from quartfaas.errors import SpecError
-from quartfaas.spec import PipelineSpec, load_spec
+from quartfaas.spec import PipelineSpec
 from quartfaas.workload.synthetic import Workload
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -238,8 +238,3 @@ def _run_async_entry(cfg: RunConfig, log: Callable[[str], None]) -> dict[str, An
         return uvloop.run(_run_async(cfg, log))
     except ImportError:
         return asyncio.run(_run_async(cfg, log))
-
-
-def default_config(out_dir: Path, **kw: Any) -> RunConfig:
-    return RunConfig(spec=load_spec(DEFAULT_SPEC), workload=Workload.parse(DEFAULT_WORKLOAD),
-                     out_dir=out_dir, **kw)  # fmt: skip

@@ -37,7 +37,6 @@ Neighbours: ``tests/integration/test_fidelity.py`` (short), ``benchmarks/fidelit
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -348,11 +347,3 @@ def compare(
         lateness_p99_s=live.lateness_p99_s,
         profile=live.profile,
     )
-
-
-def run_fidelity(
-    spec: PipelineSpec, arrivals_s: np.ndarray, *, seeds: Sequence[int] = range(5)
-) -> FidelityReport:
-    """Live run then simulated replay (blocking; for scripts and tests)."""
-    live = asyncio.run(run_live(spec, np.asarray(arrivals_s, dtype=np.float64)))
-    return compare(spec, live, seeds=seeds)
