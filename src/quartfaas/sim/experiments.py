@@ -2,7 +2,7 @@
 
 Neighbours: ``sim/run.simulate`` runs one policy; ``sim/report`` gives per-run rows and
 plots; ``workload/`` builds arrivals; ``control/baselines`` and ``control/corrector`` are
-the policies; ``control/placement`` the placers; ``sim/commands.py`` is the CLI on top.
+the policies; ``control/placement`` the placers; ``cli/simulate.py`` is the CLI on top.
 
 Choices stated once, here:
 
