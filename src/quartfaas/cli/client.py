@@ -112,7 +112,8 @@ def load(
     """Open-loop load from a trace or a synthetic process; prints latency and SLO attainment."""
     from dataclasses import asdict
 
-    from quartfaas.workload.loadgen import function_url, inputs_for, run_load
+    from quartfaas.workload.loadgen import run_load
+    from quartfaas.workload.payloads import function_url, inputs_for
     from quartfaas.workload.synthetic import Workload
 
     with friendly():

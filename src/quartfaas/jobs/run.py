@@ -126,7 +126,7 @@ class Sampler:
 async def _run_async(cfg: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
     spec = prepare_spec(cfg)
     trace = cfg.workload.trace(cfg.duration_s)
-    from quartfaas.workload.loadgen import inputs_for
+    from quartfaas.workload.payloads import inputs_for
 
     max_words = max(1, spec.model.max_seq_len - 2)
     inputs = inputs_for(trace.prompt_tokens, len(trace.arrivals_s), mode=cfg.input_mode,

@@ -53,7 +53,8 @@ from quartfaas.sim.engine import Engine
 from quartfaas.sim.pipelines import SimPipeline, from_spec
 from quartfaas.sim.run import simulate
 from quartfaas.spec import PipelineSpec, parse_spec
-from quartfaas.workload.loadgen import RequestRecord, run_open_loop
+from quartfaas.workload.loadgen import run_open_loop
+from quartfaas.workload.records import RequestRecord
 
 
 @dataclass(frozen=True, slots=True)
