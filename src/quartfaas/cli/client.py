@@ -112,9 +112,9 @@ def load(
     """Open-loop load from a trace or a synthetic process; prints latency and SLO attainment."""
     from dataclasses import asdict
 
+    from quartfaas.workload import Workload
     from quartfaas.workload.loadgen import run_load
     from quartfaas.workload.payloads import function_url, inputs_for
-    from quartfaas.workload.synthetic import Workload
 
     with friendly():
         trace = Workload.parse(workload, seed=seed).trace(duration)

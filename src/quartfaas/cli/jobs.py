@@ -42,7 +42,7 @@ def run(
     import time as _time
 
     from quartfaas.jobs.run import DEFAULT_WORKLOAD, RunConfig, example_spec, run_job
-    from quartfaas.workload.synthetic import Workload
+    from quartfaas.workload import Workload
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,

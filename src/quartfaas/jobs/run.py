@@ -33,7 +33,7 @@ from quartfaas.backends.base import ReplicaState
 from quartfaas.dataplane.runtime import EmbeddedRuntime
 from quartfaas.errors import SpecError
 from quartfaas.spec import PipelineSpec
-from quartfaas.workload.synthetic import Workload
+from quartfaas.workload import Workload
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_SPEC = EXAMPLES / "demo.yaml"

@@ -42,7 +42,7 @@ from quartfaas.sim.experiments.workloads import (
 from quartfaas.sim.pipelines import SimPipeline
 from quartfaas.sim.placement import Placer
 from quartfaas.sim.run import SimResult, simulate
-from quartfaas.workload.synthetic import Workload
+from quartfaas.workload import Workload
 
 
 @dataclass(frozen=True, slots=True)

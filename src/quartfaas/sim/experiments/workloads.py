@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quartfaas.errors import SimulationError, SpecError
-from quartfaas.workload.synthetic import Workload
+from quartfaas.workload import Workload
 from quartfaas.workload.traces import NAMED_TRACES
 
 MAX_VISITS = 50_000_000
