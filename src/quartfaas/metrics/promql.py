@@ -34,6 +34,7 @@ Sample = tuple[dict[str, str], float, float]  # labels, eval/sample time, value
 
 
 def duration(seconds: float) -> str:
+    """A PromQL duration in whole milliseconds (at least 1ms)."""
     return f"{max(1, round(seconds * 1000))}ms"
 
 
