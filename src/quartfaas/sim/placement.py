@@ -1,6 +1,6 @@
 """The simulator's placement seam: which GPU a new replica goes to.
 
-``backends/sim.py`` asks a ``Placer`` for one GPU per ``start_replica`` call, passing a
+``sim/backend.py`` asks a ``Placer`` for one GPU per ``start_replica`` call, passing a
 frozen ``ClusterView``: every GPU (free memory, the anti-affinity keys of its tenants, the
 server's free CPU, whether the stage's weights are in that server's host-memory cache),
 each server's cache (``control/keys_manager.CacheView``) and the live replicas.

@@ -1,6 +1,6 @@
 """``quartfaas simulate`` and ``quartfaas sweep``: the simulator experiments on the command line.
 
-A typer sub-application; the CLI (``cli.py``) mounts it with ``app.add_typer(sim_app)``
+A typer sub-application; the CLI (``cli/__init__.py``) mounts it with ``app.add_typer(sim_app)``
 (typer adds the commands of a nameless sub-app to the parent) or calls ``register(app)``.
 Each command parses, calls one function of ``sim/experiments.py`` and prints its table with
 rich. The rich table is rendered without colour at a fixed width, so two runs with the same
@@ -122,7 +122,7 @@ def _write(table: ex.Comparison, out: Path, plots: bool = True) -> None:
 
 
 @sim_app.command("simulate")
-def simulate_cmd(  # noqa: PLR0917 - typer reads options from parameters
+def simulate_cmd(
     cluster: ClusterOpt = "paper",
     pipeline: PipelineOpt = "bert-21b-me-21",
     workload: Annotated[
@@ -193,7 +193,7 @@ def _floats(text: str, what: str) -> list[float]:
 
 
 @sim_app.command("sweep")
-def sweep_cmd(  # noqa: PLR0917 - typer reads options from parameters
+def sweep_cmd(
     cvs: Annotated[str, typer.Option("--cvs", help="inter-arrival CVs, comma list")] = "1,2,4,8",
     loads: Annotated[str, typer.Option("--loads", help="mean requests/s, comma list")] = "100,200",
     policies: Annotated[
