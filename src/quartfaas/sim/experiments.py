@@ -47,9 +47,9 @@ import numpy as np
 from quartfaas.backends.base import StartTier
 from quartfaas.control import registry
 from quartfaas.control.baselines import BASELINES, make_policy, peak_replicas
-from quartfaas.control.cache_plan import CachePlanConfig
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.placement import PLACERS, get_placer
+from quartfaas.control.placement.cache_plan import CachePlanConfig
 from quartfaas.control.policy import Policy
 from quartfaas.errors import SimulationError, SpecError
 from quartfaas.sim.cluster import ClusterSpec, GpuType, StartDelays

@@ -47,15 +47,25 @@ not cause a burst of actions.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from dataclasses import replace
 
-from quartfaas.control.budget import StageHealth, assess_stage, stage_budgets
 from quartfaas.control.config import ControllerConfig
-from quartfaas.control.guards import GuardLimits, GuardMemory, apply_guards
-from quartfaas.control.pid import PIDState, bumpless_state, pid_terms
-from quartfaas.control.policy import Decision, StageDecision
-from quartfaas.control.queueing import PlanStatus, SLOPlan, replicas_for_slo, service_percentile
+from quartfaas.control.corrector.budget import StageHealth, assess_stage, stage_budgets
+from quartfaas.control.corrector.guards import GuardLimits, GuardMemory, apply_guards
+from quartfaas.control.corrector.pid import PIDState, bumpless_state, pid_terms
+from quartfaas.control.corrector.queueing import (
+    PlanStatus,
+    SLOPlan,
+    replicas_for_slo,
+    service_percentile,
+)
+from quartfaas.control.corrector.targets import (
+    CorrectorState,
+    CorrectorTargets,
+    StageState,
+    StageTarget,
+)
+from quartfaas.control.policy import Decision
 from quartfaas.control.snapshot import PipelineSnapshot, StageSnapshot
 
 NO_DATA = "no-data"
@@ -63,54 +73,6 @@ NO_DATA = "no-data"
 # wait for a replica, so feedback may not add replicas (see ``ReplicaCorrector._queueing``).
 QUEUEING_UTILISATION = 0.5
 WAIT_SHARE = 0.1  # a wait tail above this share of the stage budget is queueing
-
-
-@dataclass(frozen=True, slots=True)
-class StageState:
-    """What the corrector remembers about one stage."""
-
-    name: str
-    pid: PIDState = field(default_factory=PIDState)
-    guard: GuardMemory = field(default_factory=GuardMemory)
-
-
-@dataclass(frozen=True, slots=True)
-class CorrectorState:
-    """The corrector's state: one ``StageState`` per stage, in snapshot stage order."""
-
-    stages: tuple[StageState, ...] = ()
-    last_now: float | None = None  # ``now`` of the tick that produced it (None: fresh)
-
-
-class StageTarget(NamedTuple):
-    """One stage's target and how it was reached (the hook for smoother/compensator).
-
-    Immutable; a NamedTuple rather than a frozen dataclass because one is built per stage
-    per tick and the 2 ms tick budget notices the difference.
-    """
-
-    stage: str
-    current: int
-    target: int
-    raw: int
-    reason: str
-    model: int | None = None  # feed-forward replicas (None: no model estimate)
-    backlog: int | None = None  # replicas needed to drain the queue within the budget
-    correction: float = 0.0  # PID output, replicas
-    budget_s: float | None = None
-    tail_s: float | None = None
-    critical: bool = False
-    score: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class CorrectorTargets:
-    """All stages' targets at ``now``; ``hold`` when the snapshot had no usable data."""
-
-    now: float
-    stages: tuple[StageTarget, ...]
-    hold: bool = False
-    reason: str = ""
 
 
 def _finite(x: float | None) -> float | None:
@@ -398,18 +360,7 @@ class ReplicaCorrector:
         self, snapshot: PipelineSnapshot, state: CorrectorState
     ) -> tuple[Decision, CorrectorState]:
         tick, nxt = self.targets(snapshot, state)
-        stages = tuple(
-            StageDecision(
-                stage=t.stage,
-                current=t.current,
-                replicas=t.target,
-                reason=t.reason,
-                critical=t.critical,
-                score=t.score,
-            )
-            for t in tick.stages
-        )
-        return Decision(snapshot.now, self.name, stages, tick.hold, tick.reason), nxt
+        return tick.decision(self.name), nxt
 
     def initial_state(self, snapshot: PipelineSnapshot) -> CorrectorState:
         """State for a (re)started corrector: bumpless PID presets, no scale-down for
@@ -445,14 +396,7 @@ class ReplicaCorrector:
         return CorrectorState(tuple(out), None)
 
 
-__all__ = [
-    "NO_DATA",
-    "CorrectorState",
-    "CorrectorTargets",
-    "ReplicaCorrector",
-    "StageState",
-    "StageTarget",
-]
+__all__ = ["NO_DATA", "ReplicaCorrector"]
 
 
 def _pct(x: float | None) -> str:
