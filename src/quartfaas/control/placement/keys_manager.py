@@ -74,10 +74,6 @@ class CacheView:
         return max(0, self.capacity_bytes - self.used_bytes)
 
     @property
-    def pinned_bytes(self) -> int:
-        return sum(e.size_bytes for e in self.entries if e.pinned)
-
-    @property
     def keys(self) -> frozenset[str]:
         return frozenset(e.key for e in self.entries)
 
