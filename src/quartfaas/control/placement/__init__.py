@@ -5,7 +5,8 @@ and the replicas to stop, from frozen inputs (``PlacementRequest``: servers' GPU
 memory, each server's host-memory cache as its ``KeysManager`` sees it, live replicas and
 stage needs). Quart's placer (``search``) minimises expected start time, using forks from
 cached weights (``keys_manager``, ``cache_plan``), plus spread; ``baselines`` holds the
-simple placers it is compared with. ``placer`` has the protocol, the registry and the model.
+simple placers it is compared with; ``placer`` holds the ``Placer`` protocol and
+``get_placer``.
 """
 
 from quartfaas.control.placement.placer import (
