@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quartfaas.control.cache_plan import CachePlanConfig
+from quartfaas.control.placement.cache_plan import CachePlanConfig
 from quartfaas.control.registry import make_policy
 from quartfaas.sim.cache_planner import burst_probability
 from quartfaas.sim.cluster import cluster_preset

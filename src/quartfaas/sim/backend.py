@@ -24,7 +24,7 @@ from typing import Literal
 
 from quartfaas.backends.base import CpuLever, ReplicaInfo, ReplicaState, StartTier
 from quartfaas.clock import Clock
-from quartfaas.control.keys_manager import GIB, KeysManager
+from quartfaas.control.placement.keys_manager import GIB, KeysManager
 from quartfaas.errors import BackendError, InsufficientMemory
 from quartfaas.sim.cluster import ClusterSpec, ServerSpec
 from quartfaas.sim.engine import Engine

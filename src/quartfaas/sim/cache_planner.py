@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quartfaas.control.cache_plan import CachePlanConfig, StageDemand, plan_cache
 from quartfaas.control.loop import Applied
+from quartfaas.control.placement.cache_plan import CachePlanConfig, StageDemand, plan_cache
 from quartfaas.control.policy import Decision
 from quartfaas.control.snapshot import PipelineSnapshot
 from quartfaas.sim.backend import GIB, SimBackend

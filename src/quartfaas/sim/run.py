@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quartfaas.clock import FakeClock
-from quartfaas.control.cache_plan import CachePlanConfig
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.loop import Applied, ControlLoop, DecisionSink
+from quartfaas.control.placement.cache_plan import CachePlanConfig
 from quartfaas.control.policy import Action, Decision, Policy
 from quartfaas.control.snapshot import PipelineSnapshot
 from quartfaas.errors import InsufficientMemory, SimulationError

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from quartfaas.control.cache_plan import CachePlanConfig
 from quartfaas.control.config import ControllerConfig
+from quartfaas.control.placement.cache_plan import CachePlanConfig
 from quartfaas.errors import SpecError
 from quartfaas.sim.cluster import ClusterSpec
 from quartfaas.sim.experiments.setups import (

@@ -1,7 +1,7 @@
 """Replica placement as a pure decision: Quart's cache-aware scheduler and baselines.
 
-Who calls it: the local backend and the simulator (``backends/sim.py``) when a scaling
-decision adds or removes replicas; ``control/cache_plan.py`` shares its start-cost model.
+Who calls it: the local backend and the simulator (``sim/backend.py``) when a scaling
+decision adds or removes replicas; ``control/placement/cache_plan.py`` shares its start-cost model.
 It reads frozen inputs and returns a frozen ``PlacementPlan``; it never reads a clock
 and holds no state between calls.
 
@@ -36,7 +36,7 @@ costs do. Each unplaced replica costs 10^4 s, so placing as many as possible com
 Unlike the prototype (reference §1.4), this is a real optimisation over all servers and
 GPUs, GPU memory is decremented as replicas are placed, and the cache tier counts.
 
-Solvers (``placement_search.py``, ``placement_local.py``): exact branch and bound when
+Solvers (``search.py``, ``local.py``): exact branch and bound when
 the search space is small (``exact_max_leaves``, 20 000 leaves), else greedy + local search
 (relocations, ejections of blockers, server clearing). Measured with
 ``python benchmarks/placement_time.py`` (seed 1) on 1000 random instances of 2-4 servers x
@@ -51,7 +51,7 @@ cluster, one 2-vCPU machine: 5-6 ms for 64 new replicas (target < 10 ms), ~33 ms
 Scale-down (Quart): per stage, repeatedly stop the replica whose removal lowers
 spread + lambda x n KL most; a critical stage keeps one replica on a server caching its
 weights (so a later scale-up can fork) unless there is no other choice; ties: slower GPU,
-then the newest replica. Baselines (``placement_baselines.py``) use simple rules.
+then the newest replica. Baselines (``baselines.py``) use simple rules.
 
 Determinism: servers are sorted by name and GPUs by id, ties break by that order; only
 ``random`` uses ``request.seed``.
@@ -62,8 +62,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from quartfaas.control.placement_baselines import BaselinePlacer
-from quartfaas.control.placement_model import (
+from quartfaas.control.placement.baselines import BaselinePlacer
+from quartfaas.control.placement.model import (
     GPU,
     Cost,
     Infeasible,
@@ -80,8 +80,9 @@ from quartfaas.control.placement_model import (
     Stop,
     make_server,
 )
-from quartfaas.control.placement_search import QuartPlacer
-from quartfaas.control.placement_state import Problem, Work
+from quartfaas.control.placement.problem import Problem
+from quartfaas.control.placement.search import QuartPlacer
+from quartfaas.control.placement.work import Work
 
 __all__ = [
     "GPU",

@@ -1,12 +1,12 @@
 """Quart's cache-aware placement: greedy + local search, exact branch and bound when small.
 
-The objective and constraints are in ``placement_state.py``; ``placement.py`` documents
+The objective and constraints are in ``state.py``; ``placement.py`` documents
 the method and the measured optimality gap. This module only searches:
 
 1. ``greedy``: replicas in canonical order (critical, largest GPU need, key), each to its
    cheapest feasible slot given those already placed. If some are left unplaced, the
    construction is redone with the most constrained stages first and the better kept.
-2. ``improve`` (``placement_local.py``): rounds of local search, each move kept only if it
+2. ``improve`` (``local.py``): rounds of local search, each move kept only if it
    strictly lowers the objective: *relocate* one replica to its cheapest slot; *eject*
    (when relocations stall): move a replica, alone or with its stage-mates on its server,
    onto a server where it is blocked after moving the blockers elsewhere (one replica off
@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import math
 
-from quartfaas.control.placement_local import improve
-from quartfaas.control.placement_model import (
+from quartfaas.control.placement.local import improve
+from quartfaas.control.placement.model import (
     UNPLACED_PENALTY_S,
     PlacementConfig,
     PlacementPlan,
     PlacementRequest,
     Replica,
 )
-from quartfaas.control.placement_plan import Slot, apply_stops, assemble
-from quartfaas.control.placement_state import EPS, Problem, Work
+from quartfaas.control.placement.plan import Slot, apply_stops, assemble
+from quartfaas.control.placement.problem import EPS, Problem
+from quartfaas.control.placement.work import Work
 
 
 def greedy(work: Work, order: list[str]) -> list[Slot | None]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 
-from quartfaas.control.keys_manager import GIB
-from quartfaas.control.placement_model import (
+from quartfaas.control.placement.keys_manager import GIB
+from quartfaas.control.placement.model import (
     GPU,
     PlacementRequest,
     Replica,

@@ -12,7 +12,7 @@ with α=0.5, β=1.2, γ=0.3 (concurrency), δ=0.8, ‖T‖=1, η=1 (network), ζ
 can instead be fitted by least squares from measured ``(λc, cores needed)`` pairs
 (``fit_demand_model``). ``DemandModel.prototype()`` is the documented baseline.
 
-Neighbours: ``control/compensator.py`` sizes its first CPU raise from ``DemandModel.demand``
+Neighbours: ``compensator.py`` sizes its first CPU raise from ``DemandModel.demand``
 and turns finished episodes into ``DemandSample``s (``episode_sample``), which a caller can
 feed back into ``fit_demand_model``. Pure: numpy only, no I/O.
 """

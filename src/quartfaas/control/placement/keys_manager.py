@@ -17,7 +17,7 @@ Design choice: a small **mutable** bookkeeping object with exactly one owner per
 that changes as side effects happen (a template is started, a process is killed), so the
 owner mutates it as it applies those effects; ``admit`` returns the evictions the owner
 must carry out. Decision code never holds a manager: it reads the frozen ``CacheView``
-from ``view()`` (``control/placement.py``, ``control/cache_plan.py``), and the pure
+from ``view()`` (``control/placement/``, ``control/placement/cache_plan.py``), and the pure
 ``plan_admission`` is the one eviction rule both use, so a decision made on a view and
 the manager applying it agree.
 
@@ -72,10 +72,6 @@ class CacheView:
     @property
     def free_bytes(self) -> int:
         return max(0, self.capacity_bytes - self.used_bytes)
-
-    @property
-    def pinned_bytes(self) -> int:
-        return sum(e.size_bytes for e in self.entries if e.pinned)
 
     @property
     def keys(self) -> frozenset[str]:

@@ -47,15 +47,26 @@ not cause a burst of actions.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from dataclasses import replace
 
-from quartfaas.control.budget import StageHealth, assess_stage, stage_budgets
 from quartfaas.control.config import ControllerConfig
-from quartfaas.control.guards import GuardLimits, GuardMemory, apply_guards
-from quartfaas.control.pid import PIDState, bumpless_state, pid_terms
-from quartfaas.control.policy import Decision, StageDecision
-from quartfaas.control.queueing import PlanStatus, SLOPlan, replicas_for_slo, service_percentile
+from quartfaas.control.corrector.budget import StageHealth, assess_stage, stage_budgets
+from quartfaas.control.corrector.guards import GuardLimits, GuardMemory, apply_guards
+from quartfaas.control.corrector.inputs import finite, model_text, service_rate, stage_scvs
+from quartfaas.control.corrector.pid import PIDState, bumpless_state, pid_terms
+from quartfaas.control.corrector.queueing import (
+    PlanStatus,
+    SLOPlan,
+    replicas_for_slo,
+    service_percentile,
+)
+from quartfaas.control.corrector.targets import (
+    CorrectorState,
+    CorrectorTargets,
+    StageState,
+    StageTarget,
+)
+from quartfaas.control.policy import Decision
 from quartfaas.control.snapshot import PipelineSnapshot, StageSnapshot
 
 NO_DATA = "no-data"
@@ -63,88 +74,6 @@ NO_DATA = "no-data"
 # wait for a replica, so feedback may not add replicas (see ``ReplicaCorrector._queueing``).
 QUEUEING_UTILISATION = 0.5
 WAIT_SHARE = 0.1  # a wait tail above this share of the stage budget is queueing
-
-
-@dataclass(frozen=True, slots=True)
-class StageState:
-    """What the corrector remembers about one stage."""
-
-    name: str
-    pid: PIDState = field(default_factory=PIDState)
-    guard: GuardMemory = field(default_factory=GuardMemory)
-
-
-@dataclass(frozen=True, slots=True)
-class CorrectorState:
-    """The corrector's state: one ``StageState`` per stage, in snapshot stage order."""
-
-    stages: tuple[StageState, ...] = ()
-    last_now: float | None = None  # ``now`` of the tick that produced it (None: fresh)
-
-
-class StageTarget(NamedTuple):
-    """One stage's target and how it was reached (the hook for smoother/compensator).
-
-    Immutable; a NamedTuple rather than a frozen dataclass because one is built per stage
-    per tick and the 2 ms tick budget notices the difference.
-    """
-
-    stage: str
-    current: int
-    target: int
-    raw: int
-    reason: str
-    model: int | None = None  # feed-forward replicas (None: no model estimate)
-    backlog: int | None = None  # replicas needed to drain the queue within the budget
-    correction: float = 0.0  # PID output, replicas
-    budget_s: float | None = None
-    tail_s: float | None = None
-    critical: bool = False
-    score: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class CorrectorTargets:
-    """All stages' targets at ``now``; ``hold`` when the snapshot had no usable data."""
-
-    now: float
-    stages: tuple[StageTarget, ...]
-    hold: bool = False
-    reason: str = ""
-
-
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
-def _scvs(s: StageSnapshot) -> tuple[float, float]:
-    cv = _finite(s.arrival_cv)
-    scv_s = _finite(s.service_scv)
-    return (1.0 if cv is None or cv < 0 else cv * cv), (
-        1.0 if scv_s is None or scv_s < 0 else scv_s
-    )
-
-
-def _mu(s: StageSnapshot) -> float | None:
-    mean = _finite(s.service_mean_s)
-    return 1.0 / mean if mean is not None and mean > 0 else None
-
-
-def _model_text(plan: SLOPlan, lam: float, mu: float | None, scvs: tuple[float, float]) -> str:
-    if plan.status is PlanStatus.NO_SERVICE_RATE or mu is None:
-        return "μ unknown (no completions measured): no model estimate"
-    name = "M/M/c" if scvs == (1.0, 1.0) else "G/G/c"
-    rates = f"λ={lam:.3g}/s, μ={mu:.3g}/s"
-    if name == "G/G/c":
-        rates += f", ca²={scvs[0]:.2g}, cs²={scvs[1]:.2g}"
-    if plan.status is PlanStatus.INFEASIBLE:
-        return (
-            f"{name}: budget below the service percentile {plan.service_pct_s:.3g}s; "
-            f"{plan.replicas} keep utilisation in bounds ({rates})"
-        )
-    if plan.status is PlanStatus.CAPPED:
-        return f"{name} needs > {plan.replicas} ({rates})"
-    return f"{name} needs {plan.replicas} ({rates})"
 
 
 class ReplicaCorrector:
@@ -256,7 +185,7 @@ class ReplicaCorrector:
         cfg = self.cfg
         current = s.replicas
         health: StageHealth = assess_stage(s, budget, cfg.percentile, cfg.critical_score)
-        lam = _finite(s.arrival_rate)
+        lam = finite(s.arrival_rate)
         if lam is None or lam < 0:
             reason = f"{NO_DATA}: arrival rate unknown; holding {current}"
             return StageTarget(s.name, current, current, current, reason, budget_s=budget), st
@@ -278,11 +207,11 @@ class ReplicaCorrector:
             pid = PIDState()  # a stale integral must not greet the next burst
             parts.append(f"idle (no arrivals in the window): toward min_replicas {raw}")
         else:
-            mu = _mu(s)
-            scvs = _scvs(s)
+            mu = service_rate(s)
+            scvs = stage_scvs(s)
             plan, ff = self._plan(s, lam, budget, mu, scvs)
             model = plan.replicas
-            parts.append(_model_text(plan, lam, mu, scvs))
+            parts.append(model_text(plan, lam, mu, scvs))
             out_min, out_max = self._correction_bounds(s, lam, mu, ff)
             if not self._queueing(s, budget):
                 # A slow tail with idle servers and no queue comes from the service time
@@ -398,18 +327,7 @@ class ReplicaCorrector:
         self, snapshot: PipelineSnapshot, state: CorrectorState
     ) -> tuple[Decision, CorrectorState]:
         tick, nxt = self.targets(snapshot, state)
-        stages = tuple(
-            StageDecision(
-                stage=t.stage,
-                current=t.current,
-                replicas=t.target,
-                reason=t.reason,
-                critical=t.critical,
-                score=t.score,
-            )
-            for t in tick.stages
-        )
-        return Decision(snapshot.now, self.name, stages, tick.hold, tick.reason), nxt
+        return tick.decision(self.name), nxt
 
     def initial_state(self, snapshot: PipelineSnapshot) -> CorrectorState:
         """State for a (re)started corrector: bumpless PID presets, no scale-down for
@@ -421,13 +339,13 @@ class ReplicaCorrector:
         budgets = stage_budgets(snapshot, self.cfg.stage_budget)
         out: list[StageState] = []
         for s, budget in zip(snapshot.stages, budgets, strict=True):
-            lam = _finite(s.arrival_rate)
+            lam = finite(s.arrival_rate)
             tail = assess_stage(s, budget, self.cfg.percentile, self.cfg.critical_score).tail_s
             if lam is None or lam < 0 or tail is None or (lam == 0 and s.queue_len == 0):
                 out.append(StageState(s.name, guard=guard))
                 continue
-            mu = _mu(s)
-            plan, ff = self._plan(s, lam, budget, mu, _scvs(s))
+            mu = service_rate(s)
+            plan, ff = self._plan(s, lam, budget, mu, stage_scvs(s))
             lo, hi = self._correction_bounds(s, lam, mu, ff)
             wanted = min(max(s.replicas - ff, lo), hi)
             setpoint = budget
@@ -445,14 +363,7 @@ class ReplicaCorrector:
         return CorrectorState(tuple(out), None)
 
 
-__all__ = [
-    "NO_DATA",
-    "CorrectorState",
-    "CorrectorTargets",
-    "ReplicaCorrector",
-    "StageState",
-    "StageTarget",
-]
+__all__ = ["NO_DATA", "ReplicaCorrector"]
 
 
 def _pct(x: float | None) -> str:

@@ -1,7 +1,7 @@
 """Turning a searched assignment into a ``PlacementPlan``: stops, reasons, infeasibility.
 
-Shared by Quart's solver (``placement_search.py``) and the baselines
-(``placement_baselines.py``) so that every placer reports the same way: each placement
+Shared by Quart's solver (``search.py``) and the baselines
+(``baselines.py``) so that every placer reports the same way: each placement
 says its start tier, expected start time and objective terms; each unplaced stage says
 which constraint blocked it, with the numbers.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from quartfaas.control.keys_manager import gib
-from quartfaas.control.placement_model import (
+from quartfaas.control.placement.keys_manager import gib
+from quartfaas.control.placement.model import (
     Infeasible,
     Placement,
     PlacementPlan,
@@ -19,7 +19,8 @@ from quartfaas.control.placement_model import (
     StartSource,
     Stop,
 )
-from quartfaas.control.placement_state import Problem, Work
+from quartfaas.control.placement.problem import Problem
+from quartfaas.control.placement.work import Work
 
 Slot = tuple[str, int, int]  # (stage key, server index, gpu index)
 # A stop rule: (stage, candidates, work) -> (index of the replica to stop, why).

@@ -1,16 +1,17 @@
 """Local search over a complete placement plan (the "local improvement" of Quart's placer).
 
 Used by ``placement_search.QuartPlacer`` after the greedy construction, and documented
-there. Every accepted move strictly lowers the objective of ``placement_state.Work``.
+there. Every accepted move strictly lowers the objective of ``work.Work``.
 """
 
 from __future__ import annotations
 
 import math
 
-from quartfaas.control.placement_model import UNPLACED_PENALTY_S
-from quartfaas.control.placement_plan import Slot
-from quartfaas.control.placement_state import EPS, Work
+from quartfaas.control.placement.model import UNPLACED_PENALTY_S
+from quartfaas.control.placement.plan import Slot
+from quartfaas.control.placement.problem import EPS
+from quartfaas.control.placement.work import Work
 
 
 class Improver:

@@ -1,7 +1,7 @@
 """Baseline placers with Quart's interface, for the experiments' comparisons.
 
 Each places the replicas one at a time in the same canonical order as Quart and obeys the
-same hard constraints (``placement_state.Work``), so the comparison isolates the choice
+same hard constraints (``work.Work``), so the comparison isolates the choice
 rule; the plan's cost is measured with Quart's objective.
 
 - ``random``: a feasible GPU uniformly at random (``random.Random(request.seed)``);
@@ -23,16 +23,17 @@ import random
 from collections.abc import Callable
 from typing import ClassVar
 
-from quartfaas.control.keys_manager import gib
-from quartfaas.control.placement_model import (
+from quartfaas.control.placement.keys_manager import gib
+from quartfaas.control.placement.model import (
     SOURCE_RANK,
     PlacementConfig,
     PlacementPlan,
     PlacementRequest,
     Replica,
 )
-from quartfaas.control.placement_plan import Slot, StopRule, apply_stops, assemble
-from quartfaas.control.placement_state import Problem, Work
+from quartfaas.control.placement.plan import Slot, StopRule, apply_stops, assemble
+from quartfaas.control.placement.problem import Problem
+from quartfaas.control.placement.work import Work
 
 # A choice rule: (work, stage, feasible (server, gpu) slots in index order, rng) -> index.
 Choose = Callable[[Work, str, list[tuple[int, int]], random.Random], int]

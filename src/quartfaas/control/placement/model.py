@@ -1,13 +1,13 @@
 """Placement inputs, outputs, settings and the start-cost model (frozen, no behaviour).
 
-Neighbours: ``placement_state.py`` holds the working state every placer searches over;
-``placement_search.py`` + ``placement_local.py`` (Quart's solver) and
-``placement_baselines.py`` decide; ``placement_plan.py`` turns a decision into a
+Neighbours: ``state.py`` holds the working state every placer searches over;
+``search.py`` + ``local.py`` (Quart's solver) and
+``baselines.py`` decide; ``plan.py`` turns a decision into a
 ``PlacementPlan``; ``placement.py`` is the public face (registry, ``get_placer``) and
 documents the method.
 
 Units: bytes (``_bytes``), seconds (``_s``), CPU cores (``_cores``). A server's host-memory
-cache is the frozen ``CacheView`` of its ``KeysManager`` (``control/keys_manager.py``).
+cache is the frozen ``CacheView`` of its ``KeysManager`` (``control/placement/keys_manager.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from quartfaas.control.keys_manager import GIB, CacheView, KeysManager
+from quartfaas.control.placement.keys_manager import GIB, CacheView, KeysManager
 
 # Cost of leaving one requested replica unplaced. It dwarfs any start time or dispersion,
 # so every placer first places as many replicas as the hard constraints allow.

@@ -15,7 +15,7 @@ Per stage it runs a small state machine across controller ticks (never a sleep):
                              ◄── holding ◄────────────────────        gained < 5%
 
 The first raise is ``max(min_increment, increment_ratio·(C_req − C_cur))`` with ``C_req``
-from the demand model (``control/cpu_demand.py``, Quart Eq. 7-10); later raises halve it,
+from the demand model (``cpu_demand.py``, Quart Eq. 7-10); later raises halve it,
 as the prototype's Algorithm 2. Unlike the prototype (see the reference notes, §1.3 and §6
 items 10-14) it does not block, it reports exactly what it applied, and a step that did
 not pay is taken back.
@@ -30,155 +30,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from quartfaas.control.cpu_demand import DemandModel, DemandSample, fit_demand_model
+from quartfaas.control.compensator.config import CompensatorConfig
+from quartfaas.control.compensator.cpu_demand import DemandModel
+from quartfaas.control.compensator.state import (
+    CompensatorState,
+    Phase,
+    StageCpuState,
+)
 from quartfaas.control.policy import Decision, StageDecision
 from quartfaas.control.snapshot import PipelineSnapshot, StageSnapshot
 
-__all__ = [
-    "CompensatorConfig",
-    "CompensatorState",
-    "CpuCompensator",
-    "DemandModel",
-    "DemandSample",
-    "Phase",
-    "StageCpuState",
-    "compensate",
-    "episode_sample",
-    "fit_demand_model",
-]
+__all__ = ["CpuCompensator", "compensate"]
 
 _EPS = 1e-9
-
-
-class CompensatorConfig(BaseModel):
-    """Settings of the CPU Compensator (defaults: the prototype's Algorithm 2)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    min_cpu: float = Field(default=1.0, gt=0, le=1024, description="least CPU per replica, cores")
-    max_cpu: float = Field(default=16.0, gt=0, le=1024, description="most CPU per replica, cores")
-    host_cores: float | None = Field(
-        default=None,
-        gt=0,
-        le=4096,
-        description="cores of the host the replicas run on; caps max_cpu",
-    )
-    increment_ratio: float = Field(
-        default=0.25, gt=0, le=1, description="first raise as a fraction of the gap to the demand"
-    )
-    min_increment: float = Field(default=0.5, gt=0, le=64, description="least first raise, cores")
-    stop_increment: float = Field(
-        default=0.1, ge=0, le=64, description="raising ends when the halved increment is below this"
-    )
-    improvement_threshold: float = Field(
-        default=0.05,
-        ge=0,
-        lt=1,
-        description="a raise that cuts tail latency by less than this stops",
-    )
-    settle_s: float = Field(default=10.0, gt=0, le=3600, description="wait after a change, seconds")
-    max_steps: int = Field(default=5, ge=1, le=100, description="most raises in one episode")
-    percentile: float = Field(
-        default=0.99, gt=0.5, lt=1, description="tail the stage budget is for"
-    )
-    min_latency_samples: int = Field(
-        default=10,
-        ge=1,
-        le=10_000_000,
-        description="fewer latency samples than this count as no data",
-    )
-    busy_utilisation_frac: float = Field(
-        default=0.9,
-        gt=0,
-        le=1,
-        description="CPU utilisation (of the quota) that counts as CPU-bound",
-    )
-    release_utilisation_frac: float = Field(
-        default=0.5, gt=0, lt=1, description="CPU utilisation below which load has fallen"
-    )
-    release_headroom_frac: float = Field(
-        default=0.7, gt=0, le=1, description="utilisation a give-back aims for (used cores / this)"
-    )
-    release_after_s: float = Field(
-        default=60.0,
-        ge=0,
-        le=86_400,
-        description="utilisation must stay low this long to give back",
-    )
-
-    @property
-    def cap_cpu(self) -> float:
-        """``max_cpu``, bounded by the host's cores when known."""
-        return self.max_cpu if self.host_cores is None else min(self.max_cpu, self.host_cores)
-
-    @model_validator(mode="after")
-    def _check(self) -> CompensatorConfig:
-        if self.max_cpu < self.min_cpu:
-            raise ValueError(f"max_cpu ({self.max_cpu}) must be >= min_cpu ({self.min_cpu})")
-        if self.host_cores is not None and self.host_cores < self.min_cpu:
-            raise ValueError(f"host_cores ({self.host_cores}) must be >= min_cpu ({self.min_cpu})")
-        if self.release_utilisation_frac >= self.release_headroom_frac:
-            raise ValueError(
-                f"release_utilisation_frac ({self.release_utilisation_frac}) must be < "
-                f"release_headroom_frac ({self.release_headroom_frac})"
-            )
-        if self.release_utilisation_frac >= self.busy_utilisation_frac:
-            raise ValueError(
-                f"release_utilisation_frac ({self.release_utilisation_frac}) must be < "
-                f"busy_utilisation_frac ({self.busy_utilisation_frac})"
-            )
-        return self
-
-    def clamp(self, cores: float) -> float:
-        return min(self.cap_cpu, max(self.min_cpu, cores))
-
-
-class Phase(StrEnum):
-    IDLE = "idle"
-    RAISING = "raising"  # a raise is applied; waiting settle_s before judging it
-    HOLDING = "holding"  # raising has ended; the allocation stays until load falls
-
-
-@dataclass(frozen=True, slots=True)
-class StageCpuState:
-    """One stage's compensation episode. ``IDLE`` means the compensator owns nothing."""
-
-    phase: Phase = Phase.IDLE
-    base_cpu: float = 0.0  # CPU per replica before the episode (what a give-back returns to)
-    cpu: float = 0.0  # last accepted allocation
-    proposed_cpu: float | None = None  # the raise being judged (RAISING only)
-    increment: float = 0.0
-    steps: int = 0
-    since: float = 0.0  # when the allocation last changed
-    latency_before_s: float | None = None
-    comparable: bool = True  # latency_before was measured at the same replica count
-    replicas_before: int = 0  # replicas when the episode began (λc = this / now)
-    concentration: float = 1.0
-    demand_cpu: float = 0.0
-    low_since: float | None = None
-    outcome: str = ""  # why raising ended: met-budget, no-gain, max-steps, at-cap, ...
-
-    @property
-    def allocation(self) -> float | None:
-        if self.phase is Phase.IDLE:
-            return None
-        return self.proposed_cpu if self.proposed_cpu is not None else self.cpu
-
-
-@dataclass(frozen=True, slots=True)
-class CompensatorState:
-    stages: tuple[tuple[str, StageCpuState], ...] = ()
-
-    def get(self, stage: str) -> StageCpuState:
-        for name, st in self.stages:
-            if name == stage:
-                return st
-        return StageCpuState()
 
 
 def _tail(stage: StageSnapshot, cfg: CompensatorConfig) -> float | None:
@@ -415,17 +281,6 @@ def compensate(  # noqa: PLR0917 - the positional order is the issue's contract
             return current, "", state
         return _evaluate(state, latency, stage_budget_s, now, cfg)
     return _holding(state, stage=stage, latency=latency, budget=stage_budget_s, now=now, cfg=cfg)
-
-
-def episode_sample(state: StageCpuState) -> DemandSample | None:
-    """A finished episode as a ``(λc, cores needed)`` measurement for ``fit_demand_model``.
-
-    Only episodes that ended because the budget was met or a raise stopped paying measure
-    what the replica needed; one that hit the cap or ``max_steps`` gives a lower bound.
-    """
-    if state.phase is not Phase.HOLDING or state.outcome not in ("met-budget", "no-gain"):
-        return None
-    return DemandSample(state.concentration, state.cpu, state.base_cpu)
 
 
 def _join(a: str, b: str) -> str:

@@ -97,10 +97,6 @@ class StageHealth(NamedTuple):
     queue_growing: bool
     critical: bool
 
-    @property
-    def over_budget(self) -> bool:
-        return self.tail_s is not None and self.tail_s > self.budget_s
-
 
 def criticality_score(tail_s: float | None, budget_s: float, arrival_rate: float | None) -> float:
     """``max(0, L - T)/T · (1 + λ/10)``; 0 when the tail is unknown."""
@@ -128,17 +124,3 @@ def assess_stage(
         critical=score > critical_score or growing,
     )
 
-
-def critical_stages(
-    snapshot: PipelineSnapshot,
-    budgets: tuple[float, ...],
-    percentile: float,
-    critical_score: float,
-) -> tuple[StageHealth, ...]:
-    """``assess_stage`` for every stage, in stage order."""
-    if len(budgets) != len(snapshot.stages):
-        raise ValueError(f"{len(budgets)} budgets for {len(snapshot.stages)} stages")
-    return tuple(
-        assess_stage(s, b, percentile, critical_score)
-        for s, b in zip(snapshot.stages, budgets, strict=True)
-    )

@@ -45,8 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.corrector import CorrectorTargets, StageTarget
-from quartfaas.control.propagation import CvPrediction, utilisation
-from quartfaas.control.queueing import replicas_for_slo
+from quartfaas.control.corrector.queueing import replicas_for_slo
+from quartfaas.control.smoother.propagation import CvPrediction, utilisation
 from quartfaas.control.snapshot import PipelineSnapshot, StageSnapshot
 
 

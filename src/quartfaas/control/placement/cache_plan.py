@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from quartfaas.control.keys_manager import gib
-from quartfaas.control.placement_model import (
+from quartfaas.control.placement.keys_manager import gib
+from quartfaas.control.placement.model import (
     PlacementConfig,
     ServerState,
     StartSource,

@@ -38,7 +38,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from quartfaas.control.propagation import (
+from quartfaas.control.smoother.propagation import (
     CV_MAX,
     CV_MIN,
     FEATURE_NAMES,
