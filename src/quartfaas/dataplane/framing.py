@@ -92,12 +92,6 @@ def parse_header(body: bytes, max_bytes: int | None = None) -> dict[str, Any]:
     return header
 
 
-def metadata(body: bytes) -> dict[str, str]:
-    """The frame's ``__metadata__`` (empty if none)."""
-    meta = parse_header(body).get("__metadata__", {})
-    return dict(meta)
-
-
 def encode_numpy(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str] | None = None) -> bytes:
     from safetensors.numpy import save
 
