@@ -98,7 +98,7 @@ def serve(
     _setup_logging(verbose)
     with _friendly():
         pipeline = _load(spec)
-        from quartfaas.dataplane.runtime import EmbeddedRuntime
+        from quartfaas.runtime import EmbeddedRuntime
 
         async def main() -> None:
             rt = EmbeddedRuntime(pipeline, host=host, port=port, controller=controller,

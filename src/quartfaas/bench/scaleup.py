@@ -34,7 +34,7 @@ import aiohttp
 from quartfaas.backends.base import ReplicaInfo, ReplicaState, reconcile
 from quartfaas.dataplane import framing
 from quartfaas.dataplane.param_cache import ParamCacheLauncher, pss_bytes
-from quartfaas.dataplane.runtime import EmbeddedRuntime
+from quartfaas.runtime import EmbeddedRuntime
 from quartfaas.spec import PipelineSpec
 
 GIB = 1024**3

@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from quartfaas.backends.base import StartTier
-from quartfaas.backends.local import EventPipe, Launched, Runtime, read_tail
 from quartfaas.control.keys_manager import KeysManager, gib
 from quartfaas.dataplane.forkserver import message_pair, recv_msg, send_msg
+from quartfaas.dataplane.launch import EventPipe, Launched, ReplicaFiles, read_tail
 from quartfaas.errors import BackendError, InsufficientMemory, WeightsError
 
 log = logging.getLogger("quartfaas.param_cache")
@@ -223,14 +223,14 @@ class ParamCacheLauncher:
 
     def __init__(
         self,
-        runtime: Runtime,
+        files: ReplicaFiles,
         *,
         keys: KeysManager | None = None,
         clock: Callable[[], float] = time.monotonic,
         python: str = sys.executable,
     ) -> None:
-        self.rt = runtime
-        self.spec = runtime.spec
+        self.files = files
+        self.spec = files.spec
         cache = self.spec.cache
         host_mem = meminfo().get("MemTotal", 0)
         self.keys = keys if keys is not None else KeysManager(host_mem, cache.memory_threshold_frac)
@@ -359,20 +359,20 @@ class ParamCacheLauncher:
         os.set_inheritable(child.fileno(), True)
         cmd = [
             self.python, "-m", "quartfaas.dataplane.forkserver",
-            "--spec-json", str(self.rt.spec_json), "--stage", stage,
-            "--control-fd", str(child.fileno()), "--lifeline-fd", str(self.rt.lifeline_read),
+            "--spec-json", str(self.files.spec_json), "--stage", stage,
+            "--control-fd", str(child.fileno()), "--lifeline-fd", str(self.files.lifeline_read),
             "--prefork", str(self.spec.cache.prefork),
         ]  # fmt: skip
         if weights is not None:
             cmd += ["--weights", str(weights)]
-        log_path = self.rt.log_path(f"template-{stage}")
+        log_path = self.files.log_path(f"template-{stage}")
         with open(log_path, "ab") as logf:
             proc = await asyncio.create_subprocess_exec(
                 *cmd,
                 stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
-                pass_fds=(child.fileno(), self.rt.lifeline_read),
+                pass_fds=(child.fileno(), self.files.lifeline_read),
                 start_new_session=True,
-                env={**os.environ, **self.rt.worker_env},
+                env={**os.environ, **self.files.worker_env},
             )  # fmt: skip
         child.close()
         parent.setblocking(False)

@@ -47,8 +47,8 @@ import numpy as np
 
 from quartfaas.control.baselines import make_policy
 from quartfaas.control.config import ControllerConfig
-from quartfaas.dataplane.runtime import EmbeddedRuntime
 from quartfaas.errors import SimulationError
+from quartfaas.runtime import EmbeddedRuntime
 from quartfaas.sim.cluster import cluster_preset
 from quartfaas.sim.engine import Engine
 from quartfaas.sim.pipelines import SimPipeline, from_spec
