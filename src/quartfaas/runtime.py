@@ -82,7 +82,7 @@ class EmbeddedRuntime:
         self.cpu = CpuActuator.detect(environ=self.environ)
         self.backend = LocalBackend(
             spec,
-            self.gateway,
+            self.gateway.replicas,
             files=self.files,
             launcher=launcher,
             clock=self.clock.now,
