@@ -39,7 +39,7 @@ def serve(
     setup_logging(verbose)
     with friendly():
         pipeline = load_pipeline(spec)
-        from quartfaas.dataplane.runtime import EmbeddedRuntime
+        from quartfaas.runtime import EmbeddedRuntime
 
         async def main() -> None:
             rt = EmbeddedRuntime(pipeline, host=host, port=port, controller=controller,

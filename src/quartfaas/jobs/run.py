@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from quartfaas.backends.base import ReplicaState
-from quartfaas.dataplane.runtime import EmbeddedRuntime
 from quartfaas.errors import SpecError
+from quartfaas.runtime import EmbeddedRuntime
 from quartfaas.spec import PipelineSpec
 from quartfaas.workload import Workload
 
