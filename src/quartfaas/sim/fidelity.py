@@ -20,7 +20,8 @@ How the gateway's overhead is modelled (measured, never assumed):
 - **per hop** (~1-2 ms a stage on a 2-core machine): the gateway holds the replica slot
   from ``acquire`` until the worker's answer is read
   (``dataplane/gateway/pipeline.py``, ``Pipeline.call_stage``), so the hop is
-  *slot-holding* time: it is added to the stage's work, where it also raises the stage's utilisation as it does live. Modelling it as a pure delay after the slot would
+  *slot-holding* time: it is added to the stage's work, where it also raises the stage's
+  utilisation as it does live. Modelling it as a pure delay after the slot would
   understate queueing.
 - **per request** (client <-> gateway HTTP, JSON parsing, the tokeniser): the client's
   latency minus the sum of the stages' queue + service + hop; added to every simulated
