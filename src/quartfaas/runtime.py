@@ -34,10 +34,10 @@ from typing import Any
 
 from aiohttp import web
 
-from quartfaas.backends.base import ReplicaInfo, ReplicaState, reconcile
 from quartfaas.backends.cpu import CpuActuator
 from quartfaas.backends.local import LocalBackend
 from quartfaas.clock import Clock, MonotonicClock
+from quartfaas.control.backend import ReplicaInfo, ReplicaState, reconcile
 from quartfaas.control.loop import ControlLoop, run_live
 from quartfaas.dataplane.gateway import Gateway
 from quartfaas.dataplane.launch import Launcher, ReplicaFiles

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from helpers import synthetic_spec
-from quartfaas.backends.base import ReplicaState, reconcile
 from quartfaas.backends.gateway import GatewayBackend
+from quartfaas.control.backend import ReplicaState, reconcile
 from quartfaas.errors import BackendError
 from quartfaas.runtime import EmbeddedRuntime
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from helpers import synthetic_spec, tiny_bert_spec
-from quartfaas.backends.base import ReplicaState, StartTier
+from quartfaas.control.backend import ReplicaState, StartTier
 from quartfaas.dataplane.param_cache import ParamCacheLauncher
 from quartfaas.dataplane.param_cache.host import pss_bytes
 from quartfaas.errors import BackendError

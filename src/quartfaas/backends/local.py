@@ -1,6 +1,6 @@
 """The local backend: stage replicas as worker processes on this machine.
 
-It implements ``backends.base.Backend`` (non-blocking declarations; readiness observed
+It implements ``control.backend.Backend`` (non-blocking declarations; readiness observed
 later) on the gateway's event loop, and tells a ``ReplicaListener`` (the gateway, which
 feeds its dispatcher) when a replica becomes ready, must be drained, or is gone.
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from quartfaas.backends.base import CpuLever, ReplicaInfo, ReplicaState
+from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState
 from quartfaas.dataplane.launch import ColdLauncher, Launched, Launcher, ReplicaFiles, read_tail
 from quartfaas.errors import BackendError, ReplicaStartTimeout
 from quartfaas.spec import PipelineSpec

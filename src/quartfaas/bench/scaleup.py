@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from quartfaas.backends.base import ReplicaInfo, ReplicaState, reconcile
+from quartfaas.control.backend import ReplicaInfo, ReplicaState, reconcile
 from quartfaas.dataplane import framing
 from quartfaas.dataplane.param_cache import ParamCacheLauncher
 from quartfaas.dataplane.param_cache.host import pss_bytes

@@ -22,8 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from quartfaas.backends.base import CpuLever, ReplicaInfo, ReplicaState, StartTier
 from quartfaas.clock import Clock
+from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState, StartTier
 from quartfaas.control.placement.keys_manager import GIB, KeysManager
 from quartfaas.errors import BackendError, InsufficientMemory
 from quartfaas.sim.cluster import ClusterSpec, ServerSpec

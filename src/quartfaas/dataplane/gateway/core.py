@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from quartfaas.backends.base import Backend
 from quartfaas.clock import Clock, MonotonicClock
+from quartfaas.control.backend import Backend
 from quartfaas.dataplane.dispatch import StagePool
 from quartfaas.dataplane.gateway.auth import BasicAuth
 from quartfaas.dataplane.gateway.inputs import InputEncoder

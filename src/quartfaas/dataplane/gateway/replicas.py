@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from quartfaas.backends.base import Backend, ReplicaInfo
+from quartfaas.control.backend import Backend, ReplicaInfo
 from quartfaas.dataplane.dispatch import StagePool
 from quartfaas.errors import QuartfaasError
 from quartfaas.metrics.gateway_metrics import GatewayMetrics, StageGauges

@@ -6,7 +6,7 @@ Routes: ``GET /system/functions``, ``GET /system/function/{name}``,
 Each stage is an OpenFaaS function (name, image, replicas, availableReplicas,
 invocationCount, labels incl. ``com.openfaas.scale.min/max``); the pipeline is listed
 as a function too, with the minimum over its stages. Scaling goes through the attached
-backend (``backends.base.reconcile``) and answers 202 with what it started and stops.
+backend (``control.backend.reconcile``) and answers 202 with what it started and stops.
 Auth for these routes is applied by the route table (``routes.py``).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from quartfaas import __version__
-from quartfaas.backends.base import ReplicaState, reconcile
+from quartfaas.control.backend import ReplicaState, reconcile
 from quartfaas.dataplane.gateway.inputs import parse_json, read_body
 from quartfaas.dataplane.gateway.replicas import StageReplicas
 from quartfaas.dataplane.gateway.routes import function_names, unknown_function
