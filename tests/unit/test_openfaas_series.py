@@ -17,7 +17,12 @@ from quartfaas.dataplane.async_calls import (
 )
 from quartfaas.dataplane.openfaas import Namespaces
 from quartfaas.errors import BadRequest, QueueFull
-from quartfaas.metrics.openfaas_series import OTHER_UNKNOWN, InvocationSeries, render
+from quartfaas.metrics.openfaas_series import (
+    OTHER_UNKNOWN,
+    InvocationSeries,
+    StageHopSeries,
+    render,
+)
 
 
 def make(desired: dict[str, int] | None = None, **kw: object) -> tuple[InvocationSeries, CollectorRegistry]:
@@ -149,3 +154,27 @@ def test_drain_cancels_what_does_not_finish() -> None:
     asyncio.run(main())
     with pytest.raises(ValueError, match="max_pending"):
         AsyncCalls(never, post, max_pending=0)
+
+
+def test_stage_hops_are_counted_apart_from_external_calls() -> None:
+    reg = CollectorRegistry()
+    hops = StageHopSeries(registry=reg)
+    s, _ = make()
+    for _ in range(3):  # one pipeline call = one external call, one visit per stage
+        s.started("p")
+        for stage in ("p-s0", "p-s1"):
+            hops.arrived(stage)
+            hops.finished(stage, 200, 0.002)
+        s.finished("p", 200, 0.005)
+    hops.arrived("p-s1")
+    hops.finished("p-s1", 504, 2.0)
+    v = reg.get_sample_value
+    assert v("quartfaas_stage_arrivals_total", {"stage": "p-s1"}) == 4
+    assert v("quartfaas_stage_requests_total", {"stage": "p-s0", "code": "200"}) == 3
+    assert v("quartfaas_stage_requests_total", {"stage": "p-s1", "code": "504"}) == 1
+    assert v("quartfaas_stage_latency_seconds_count", {"stage": "p-s1", "code": "200"}) == 3
+    assert v("quartfaas_stage_latency_seconds_bucket", {"stage": "p-s1", "code": "504", "le": "2.5"}) == 1
+    assert s.invocation_count("p") == 3
+    text = render(reg).decode()
+    assert "# TYPE quartfaas_stage_arrivals_total counter" in text
+    assert "gateway_" not in text

@@ -13,8 +13,10 @@ Upstream (openfaas/faas ``gateway/metrics/metrics.go`` lines 47-88, ``exporter.g
 - ``function_name`` is ``name.namespace`` whenever the gateway has a namespace.
 
 These count calls from *outside* the gateway only: a pipeline call is one call of the
-pipeline, not one per stage (stage hops are ``quartfaas_stage_*``). Calls to unknown
-functions are counted with their status, as upstream's proxy counts whatever it
+pipeline, not one per stage. Stage visits, pipeline hops included, are counted by
+``StageHopSeries`` as ``quartfaas_stage_*`` series, which the controller's PromQL
+collector (``metrics/prometheus.py``) must read instead of ``gateway_*`` once wired.
+Calls to unknown functions are counted with their status, as upstream's proxy counts whatever it
 forwarded; to keep a scan of random names from growing the series without bound, at
 most ``max_unknown`` distinct unknown names are kept and the rest share one label.
 
@@ -60,6 +62,40 @@ class _Histogram:
         self.count = 0
 
 
+class CallCounts:
+    """Calls started and finished per name and status, with a latency histogram each."""
+
+    def __init__(self, buckets: Sequence[float] = BUCKETS) -> None:
+        self.buckets = tuple(buckets)
+        self.started: dict[str, int] = {}
+        self.finished: dict[tuple[str, int], int] = {}
+        self.seconds: dict[tuple[str, int], _Histogram] = {}
+
+    def start(self, name: str) -> None:
+        self.started[name] = self.started.get(name, 0) + 1
+
+    def finish(self, name: str, code: int, seconds: float) -> None:
+        key = (name, code)
+        self.finished[key] = self.finished.get(key, 0) + 1
+        h = self.seconds.get(key)
+        if h is None:
+            h = self.seconds[key] = _Histogram(len(self.buckets))
+        h.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        h.sum += seconds
+        h.count += 1
+
+    def finished_count(self, name: str) -> int:
+        return sum(n for (f, _), n in self.finished.items() if f == name)
+
+    def histogram(self, family: HistogramMetricFamily, label: Callable[[str], str]) -> None:
+        for (fn, code), h in sorted(self.seconds.items()):
+            cumulative, acc = [], 0
+            for bound, n in zip((*self.buckets, float("inf")), h.counts, strict=True):
+                acc += n
+                cumulative.append((_bound(bound), float(acc)))
+            family.add_metric([label(fn), str(code)], cumulative, h.sum)
+
+
 class InvocationSeries(Collector):
     """The four OpenFaaS families, registered in the gateway's own registry."""
 
@@ -76,11 +112,8 @@ class InvocationSeries(Collector):
         self._label = label
         self._known = known
         self._desired = desired_replicas
-        self.buckets = tuple(buckets)
         self.max_unknown = max_unknown
-        self._started: dict[str, int] = {}
-        self._finished: dict[tuple[str, int], int] = {}
-        self._seconds: dict[tuple[str, int], _Histogram] = {}
+        self.calls = CallCounts(buckets)
         self._unknown: set[str] = set()
         if registry is not None:
             registry.register(self)
@@ -94,22 +127,14 @@ class InvocationSeries(Collector):
         return OTHER_UNKNOWN
 
     def started(self, function: str) -> None:
-        name = self._name(function)
-        self._started[name] = self._started.get(name, 0) + 1
+        self.calls.start(self._name(function))
 
     def finished(self, function: str, code: int, seconds: float) -> None:
-        key = (self._name(function), code)
-        self._finished[key] = self._finished.get(key, 0) + 1
-        h = self._seconds.get(key)
-        if h is None:
-            h = self._seconds[key] = _Histogram(len(self.buckets))
-        h.counts[bisect.bisect_left(self.buckets, seconds)] += 1
-        h.sum += seconds
-        h.count += 1
+        self.calls.finish(self._name(function), code, seconds)
 
     def invocation_count(self, function: str) -> int:
         """Calls of ``function`` finished, all codes (``FunctionStatus.invocationCount``)."""
-        return sum(n for (f, _), n in self._finished.items() if f == function)
+        return self.calls.finished_count(function)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # built at scrape time
@@ -117,24 +142,19 @@ class InvocationSeries(Collector):
     def collect(self) -> Iterator[Metric]:
         label = self._label
         started = Metric(STARTED, "The total number of function HTTP requests started.", "counter")
-        for fn, n in sorted(self._started.items()):
+        for fn, n in sorted(self.calls.started.items()):
             started.add_sample(STARTED, {"function_name": label(fn)}, float(n))
         yield started
         total = CounterMetricFamily(
             "gateway_function_invocation", "Function metrics", labels=["function_name", "code"]
         )
-        for (fn, code), n in sorted(self._finished.items()):
+        for (fn, code), n in sorted(self.calls.finished.items()):
             total.add_metric([label(fn), str(code)], float(n))
         yield total
         hist = HistogramMetricFamily(
             "gateway_functions_seconds", "Function time taken", labels=["function_name", "code"]
         )
-        for (fn, code), h in sorted(self._seconds.items()):
-            cumulative, acc = [], 0
-            for bound, n in zip((*self.buckets, float("inf")), h.counts, strict=True):
-                acc += n
-                cumulative.append((_bound(bound), float(acc)))
-            hist.add_metric([label(fn), str(code)], cumulative, h.sum)
+        self.calls.histogram(hist, label)
         yield hist
         svc = GaugeMetricFamily(
             "gateway_service_count", "Current count of replicas for function",
@@ -143,6 +163,57 @@ class InvocationSeries(Collector):
         for fn, n in self._desired().items():
             svc.add_metric([label(fn)], float(n))
         yield svc
+
+
+class StageHopSeries(Collector):
+    """Every stage visit, pipeline hops included: what the controller's PromQL reads.
+
+    Once ``gateway_*`` count external calls only, per-stage arrival and completion
+    rates and latencies come from these (``{stage}`` labelled, like the other
+    ``quartfaas_stage_*`` series): ``quartfaas_stage_arrivals_total{stage}``,
+    ``quartfaas_stage_requests_total{stage,code}`` and the histogram
+    ``quartfaas_stage_latency_seconds{stage,code}`` (queue + hop + service).
+    """
+
+    def __init__(
+        self,
+        *,
+        buckets: Sequence[float] = BUCKETS,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.calls = CallCounts(buckets)
+        if registry is not None:
+            registry.register(self)
+
+    def arrived(self, stage: str) -> None:
+        self.calls.start(stage)
+
+    def finished(self, stage: str, code: int, seconds: float) -> None:
+        self.calls.finish(stage, code, seconds)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        arrivals = CounterMetricFamily(
+            "quartfaas_stage_arrivals", "Requests that reached a stage's queue", labels=["stage"]
+        )
+        for stage, n in sorted(self.calls.started.items()):
+            arrivals.add_metric([stage], float(n))
+        yield arrivals
+        done = CounterMetricFamily(
+            "quartfaas_stage_requests", "Stage visits finished, by status",
+            labels=["stage", "code"],
+        )  # fmt: skip
+        for (stage, code), n in sorted(self.calls.finished.items()):
+            done.add_metric([stage, str(code)], float(n))
+        yield done
+        hist = HistogramMetricFamily(
+            "quartfaas_stage_latency_seconds", "Time in a stage: queue, hop and service",
+            labels=["stage", "code"],
+        )  # fmt: skip
+        self.calls.histogram(hist, lambda s: s)
+        yield hist
 
 
 def _bound(b: float) -> str:
