@@ -45,7 +45,7 @@ from openfaas_schemas import (
 )
 from quartfaas import __version__
 from quartfaas.dataplane import framing
-from quartfaas.dataplane.runtime import EmbeddedRuntime
+from quartfaas.runtime import EmbeddedRuntime
 from quartfaas.spec import PipelineSpec
 
 pytestmark = pytest.mark.timeout(120)

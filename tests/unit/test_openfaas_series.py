@@ -107,7 +107,8 @@ def test_async_calls_run_post_back_and_are_bounded() -> None:
     posted: list[tuple[str, bytes, dict[str, str]]] = []
     release = asyncio.Event()
 
-    async def invoke(body: bytes, headers: Mapping[str, str]) -> CallResult:
+    async def invoke(function: str, body: bytes, headers: Mapping[str, str]) -> CallResult:
+        assert function == "p"
         await release.wait()
         return CallResult(200, body.upper(), "text/plain", 0.25)
 
@@ -138,7 +139,7 @@ def test_async_calls_run_post_back_and_are_bounded() -> None:
 
 
 def test_drain_cancels_what_does_not_finish() -> None:
-    async def never(body: bytes, headers: Mapping[str, str]) -> CallResult:
+    async def never(function: str, body: bytes, headers: Mapping[str, str]) -> CallResult:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 

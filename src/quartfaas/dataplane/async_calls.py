@@ -38,7 +38,8 @@ class CallResult:
     duration_s: float
 
 
-Invoke = Callable[[bytes, Mapping[str, str]], Awaitable[CallResult]]
+#: (function, body, headers) -> the call's result
+Invoke = Callable[[str, bytes, Mapping[str, str]], Awaitable[CallResult]]
 Post = Callable[[str, bytes, Mapping[str, str]], Awaitable[int]]
 
 
@@ -112,7 +113,7 @@ class AsyncCalls:
         headers: dict[str, str],
         callback_url: str | None,
     ) -> None:
-        result = await self._invoke(body, headers)
+        result = await self._invoke(function, body, headers)
         if callback_url is None:
             return
         try:

@@ -42,6 +42,17 @@ class GatewaySpec(Frozen):
     )
     retry_after_s: float = Field(1.0, gt=0, le=600, description="Retry-After sent with 429")
     auth: AuthSpec = Field(default_factory=AuthSpec, description="basic auth on /system/*")
+    # openfaas-fn by default: faas-cli and the go-sdk put it in every function URL unless
+    # told otherwise, and upstream's dashboards and docs query `name.openfaas-fn`, so
+    # existing OpenFaaS tools work with no setting. Whatever is set here, `openfaas-fn`
+    # stays accepted in paths, queries and scale bodies.
+    namespace: str = Field(
+        "openfaas-fn",
+        pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$",
+        description="OpenFaaS namespace of the functions: /function/NAME.NAMESPACE, "
+        "GET /system/namespaces and the function_name metric label NAME.NAMESPACE "
+        "(empty: bare names)",
+    )
 
 
 class CacheSpec(Frozen):
