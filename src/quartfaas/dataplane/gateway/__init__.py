@@ -4,8 +4,8 @@ Routes (the OpenFaaS gateway API as faas-cli and the go-sdk use it; ``COMPAT-16.
 
 - ``/function/{name}[.{namespace}][/sub/path]``, any method: the pipeline by its name
   (JSON ``{"inputs": "<text>" | ["<text>", ...] | [[token ids]]}`` in, JSON summary with
-  per-stage timings out), or one stage by its name (a tensor frame in and out
-  (``dataplane/framing.py``). Answers carry upstream's ``X-Call-Id``, ``X-Start-Time``,
+  per-stage timings out), or one stage by its name (a tensor frame in and out,
+  ``dataplane/framing.py``). Answers carry upstream's ``X-Call-Id``, ``X-Start-Time``,
   ``X-Served-By`` and ``X-Duration-Seconds``.
 - ``POST /async-function/{name}``: 202, then the call runs and its answer goes to
   ``X-Callback-Url``.

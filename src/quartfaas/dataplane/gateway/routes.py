@@ -28,7 +28,6 @@ from quartfaas.clock import Clock
 from quartfaas.dataplane.gateway.auth import BasicAuth
 from quartfaas.dataplane.openfaas import (
     ASYNC_FUNCTION_ROUTE,
-    CALL_ID,
     FUNCTION_ROUTE,
     NOT_APPLICABLE,
     CallContext,
@@ -111,9 +110,10 @@ def calls_middleware(
 ) -> Middleware:
     """Function calls: resolve ``name.namespace``, set upstream's headers, count the call.
 
-    Handlers see the bare function name in ``match_info["name"]`` and the call id in the
-    request's ``X-Call-Id``. An ``/async-function`` call is only accepted here (202); it is
-    counted when it runs, as a call of ``/function`` (upstream's queue worker does the same).
+    Handlers see the bare function name in ``match_info["name"]`` and the call id and
+    start time in the request's ``X-Call-Id`` and ``X-Start-Time``. An
+    ``/async-function`` call is only accepted here (202); it is counted when it runs, as
+    a call of ``/function`` (upstream's queue worker does the same).
     """
 
     @web.middleware
@@ -126,7 +126,7 @@ def calls_middleware(
         request.match_info["name"] = name
         ctx = CallContext.begin(request.headers, time.time_ns())
         headers = CIMultiDict(request.headers)
-        headers[CALL_ID] = ctx.call_id
+        headers.update(ctx.upstream_headers())  # X-Call-Id, X-Start-Time, as upstream
         request = request.clone(headers=headers)
         t0 = clock.now()
         if sync:
