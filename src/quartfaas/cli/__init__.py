@@ -23,7 +23,7 @@ import typer
 
 from quartfaas import __version__
 from quartfaas.cli import client, jobs, serving, specs
-from quartfaas.cli.common import fail, out
+from quartfaas.cli.common import ENV, fail, help_width, out
 from quartfaas.cli.simulate import register as register_simulator
 from quartfaas.errors import SpecError
 
@@ -32,8 +32,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    # Plain click help: no `{SPEC}`/`<bool>` tags, no box drawing, wraps at the terminal.
+    # Plain click help (no box drawing, no <bool> tags on flags), as wide as
+    # TERMINAL_WIDTH / COLUMNS say when set.
     rich_markup_mode=None,
+    context_settings=help_width(ENV),
 )
 
 

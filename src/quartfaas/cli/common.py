@@ -55,6 +55,14 @@ def make_console(*, stderr: bool, environ: Mapping[str, str] = ENV) -> Console:
     )
 
 
+def help_width(environ: Mapping[str, str]) -> dict[str, int]:
+    """click's help width from ``TERMINAL_WIDTH`` (or ``COLUMNS``), when one is set."""
+    width = environ.get("TERMINAL_WIDTH") or environ.get("COLUMNS") or ""
+    if not width.isdigit():
+        return {}
+    return {"terminal_width": int(width), "max_content_width": int(width)}
+
+
 console = make_console(stderr=True)
 out = make_console(stderr=False)
 
