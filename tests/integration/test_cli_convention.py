@@ -156,6 +156,7 @@ def test_invoke_functions_scale_load_by_name(home: Path, tiny: Served) -> None:
     r = cli(home, "scale", "tiny-mid", "2", *g)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["stages"] == {"tiny-mid": 2}
+    assert "may undo" in r.stderr  # serve's controller is on
     # stdout is only the JSON summary (progress, if any, is on stderr): `| jq` works.
     r = cli(home, "load", "tiny", "--workload", "poisson:rate=4", "--duration", "2", *g)
     assert r.returncode == 0, r.stderr

@@ -24,6 +24,7 @@ from quartfaas.cli.common import (
     ProgressOpt,
     UserOpt,
     basic_auth,
+    console,
     fail,
     friendly,
     out,
@@ -137,6 +138,8 @@ def scale(
         basic_auth(user, password), json={"serviceName": name, "replicas": replicas},
     )  # fmt: skip
     out.print(json.dumps(res), highlight=False, soft_wrap=True)
+    if isinstance(res, dict) and res.get("note"):
+        console.print(f"note: {res['note']}", highlight=False)
 
 
 def load(

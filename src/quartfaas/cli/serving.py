@@ -82,6 +82,10 @@ def serve(
                 raise
             if rt.loop is not None:
                 rt.loop.sinks.append(ScalingLog())
+                rt.gateway.status.scale_note = (
+                    "the controller is on: it may undo this on its next decisions "
+                    "(serve --no-controller to scale by hand)"
+                )
             console.print(
                 f"[green]serving[/green] {pipeline.name} at {rt.url} "
                 f"(functions: {', '.join(rt.gateway.function_names())}); Ctrl-C stops",

@@ -58,6 +58,8 @@ class StatusApi:
         self.namespaces = namespaces
         self.invocation_count = invocation_count
         self.orchestration = orchestration
+        #: Said with every scale answer, e.g. that a controller may undo it (``serve``).
+        self.scale_note = ""
         self.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def desired_replicas(self) -> dict[str, int]:
@@ -160,6 +162,7 @@ class StatusApi:
                 "stages": targets,
                 "started": started,
                 "stopping": stopping,
+                **({"note": self.scale_note} if self.scale_note else {}),
             },
             status=202,
         )
