@@ -74,7 +74,7 @@ class Namespaces:
     def check(self, ns: str | None, where: str = "namespace") -> None:
         """A namespace a client named (query or body): empty means the default."""
         if ns and not self.accepts(ns):
-            allowed = [n for n in (self.namespace, *self.aliases) if n]
+            allowed = list(dict.fromkeys(n for n in (self.namespace, *self.aliases) if n))
             raise BadRequest(f"{where} {ns!r} does not exist here; namespaces: {allowed}")
 
     def split(self, segment: str, known: Collection[str]) -> tuple[str, str | None]:
