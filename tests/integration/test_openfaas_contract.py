@@ -410,3 +410,18 @@ def test_new_system_endpoints_need_basic_auth_like_the_rest() -> None:
         assert g.client.post(f"/function/ofa.{CLIENT_NS}", json=BODY).status_code == 200
     finally:
         g.close()
+
+
+def test_a_configured_namespace_names_paths_lists_and_labels() -> None:
+    g = LiveGateway(synthetic_spec(1, name="ofn", gateway={"namespace": "team"}))
+    try:
+        for name in ("ofn.team", f"ofn.{CLIENT_NS}", "ofn"):
+            assert g.client.post(f"/function/{name}", json=BODY).status_code == 200, name
+        assert g.client.get("/system/namespaces").json() == ["team"]
+        assert g.client.get("/system/function/ofn").json()["namespace"] == "team"
+        after = samples(g)
+        key = ("gateway_function_invocation_total",
+               frozenset({("function_name", "ofn.team"), ("code", "200")}))  # fmt: skip
+        assert after[key] == 3
+    finally:
+        g.close()
