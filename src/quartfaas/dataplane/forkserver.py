@@ -256,6 +256,7 @@ class Template:
         """A replica: a warm idle child, else one still warming (prefork), else a fork."""
         for pid in sorted(self.idle, key=lambda p: p not in self.warm):
             channel = self.idle.pop(pid)
+            was_warm = pid in self.warm
             self.warm.discard(pid)
             self.child_private.pop(pid, None)
             try:
@@ -266,7 +267,8 @@ class Template:
             self.replicas.add(pid)
             if self.refill_since is None:
                 self.refill_since = time.monotonic()
-            return pid, "prefork"
+            # A child handed over while still warming is a fork that started earlier.
+            return pid, "prefork" if was_warm else "fork"
         pid, _ = self._fork((replica_id, event_fd))
         self.replicas.add(pid)
         return pid, "fork"
