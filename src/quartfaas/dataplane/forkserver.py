@@ -126,6 +126,7 @@ class Template:
         self.waiting = ""  # why the refill waits now ("" when it does not)
         self.child_private: dict[int, int] = {}  # warmed idle child -> private bytes
         self.last_private: int | None = None  # the most recent warmed child's private bytes
+        self.retired: set[int] = set()  # idle children told to exit (not replicas)
         self._reported: dict[str, Any] = {}
 
     # -- forking --------------------------------------------------------------------
@@ -167,13 +168,7 @@ class Template:
             warm()
         if activate is None:
             assert channel is not None
-            with contextlib.suppress(OSError):  # handed over while warming: template closed
-                send_msg(channel, {"op": "warm", "pid": os.getpid()})
-            msg, fds = recv_msg(channel)
-            if msg is None or msg.get("op") != "activate" or not fds:
-                return 0  # the template retired this idle child
-            channel.close()
-            activate = (str(msg["replica_id"]), fds[0])
+            return self._serve_pooled(runner, channel)
         return self._serve(runner, *activate)
 
     def _serve(self, runner: Any, replica_id: str, event_fd: int) -> int:
@@ -190,6 +185,52 @@ class Template:
             uvloop.run(serve(state, sock, event_fd=event_fd, lifeline_fd=self.lifeline_fd))
         except ImportError:
             asyncio.run(serve(state, sock, event_fd=event_fd, lifeline_fd=self.lifeline_fd))
+        return 0
+
+    def _serve_pooled(self, runner: Any, channel: socket.socket) -> int:
+        """An idle child's server is up before it is a replica, so activation only says so.
+
+        Its event fd is a placeholder until the template hands it the replica's event fd
+        (``dup2`` onto the same number); its metrics take the replica's id then. Starting
+        the HTTP server is ~tens of ms of CPU per child: done here, a burst of ``k``
+        handovers does not queue ``k`` server starts on the host's cores.
+        """
+        import asyncio
+
+        from quartfaas.dataplane.worker import WorkerState, bind_loopback, emit, serve
+
+        event_fd = os.open(os.devnull, os.O_WRONLY)
+        state = WorkerState(
+            self.stage.name, f"{self.stage.name}-pool-{os.getpid()}", self.stage.max_concurrency
+        )
+        sock = bind_loopback()
+
+        def activation() -> Any:  # runs in a thread once the server is listening
+            with contextlib.suppress(OSError):  # handed over while warming: template closed
+                send_msg(channel, {"op": "warm", "pid": os.getpid()})
+            msg, fds = recv_msg(channel)
+            channel.close()
+            if msg is None or msg.get("op") != "activate" or not fds:
+                raise _Retired
+            os.dup2(fds[0], event_fd)
+            os.close(fds[0])
+            named = WorkerState(self.stage.name, str(msg["replica_id"]), 1)
+            for attr in ("replica_id", "registry", "m_service", "m_requests", "m_inflight",
+                         "m_threads", "labels"):  # fmt: skip
+                setattr(state, attr, getattr(named, attr))
+            emit(event_fd, event="listening", port=sock.getsockname()[1], pid=os.getpid())
+            return runner
+
+        main = serve(state, sock, event_fd=event_fd, lifeline_fd=self.lifeline_fd, load=activation)
+        try:
+            try:
+                import uvloop
+
+                uvloop.run(main)
+            except ImportError:
+                asyncio.run(main)
+        except _Retired:
+            return 0  # the template retired this idle child
         return 0
 
     # -- the pool -------------------------------------------------------------------
@@ -221,6 +262,7 @@ class Template:
         surplus = len(self.idle) - self.prefork
         for pid in sorted(self.idle, key=lambda p: p in self.warm)[: max(0, surplus)]:
             self.idle.pop(pid).close()  # EOF: the child exits without serving
+            self.retired.add(pid)
             self.warm.discard(pid)
             self.child_private.pop(pid, None)
         if self.prefork != old:
@@ -297,6 +339,9 @@ class Template:
                 self.warm.discard(pid)
                 self.child_private.pop(pid, None)
                 continue
+            if pid in self.retired:
+                self.retired.discard(pid)
+                continue
             self.replicas.discard(pid)
             with contextlib.suppress(OSError):
                 send_msg(self.control, {"op": "exited", "pid": pid, "code": code})
@@ -359,6 +404,10 @@ class Template:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         return 0
+
+
+class _Retired(Exception):
+    """An idle child was retired by the template (its channel closed)."""
 
 
 def main(argv: list[str] | None = None) -> int:
