@@ -119,3 +119,13 @@ def test_forecast_skips_unmeasured_stages() -> None:
     snap = make_snapshot(stages=(make_stage("a", 0), make_stage("b", 1, arrival_rate=3.0)))
     dec = Decision(0.0, "p", (StageDecision("a", 1, 1, ""), StageDecision("b", 1, 1, "")))
     assert forecast_from_snapshot(snap, dec, PoolConfig()) == {}
+
+
+def test_upstream_backlog_raises_the_forecast() -> None:
+    stages = (
+        make_stage("a", 0, arrival_rate=5.0, service_mean_s=0.01, queue_len=40, in_flight=1),
+        make_stage("b", 1, arrival_rate=5.0, service_mean_s=0.2, max_replicas=16),
+    )
+    dec = Decision(0.0, "p", (StageDecision("a", 1, 1, ""), StageDecision("b", 2, 2, "")))
+    fc = forecast_from_snapshot(make_snapshot(stages=stages), dec, PoolConfig(horizon_s=10.0))
+    assert fc["b"] == 2 + 2  # 41 queued upstream over 10 s: 4.1/s x 0.2 s / 0.7 = 1.2 -> 2

@@ -51,6 +51,7 @@ class PoolConfig:
     max_depth: int = 64
     shrink_delay_s: float = 10.0
     target_utilisation: float = 0.7  # per-slot load the forecast sizes extra servers for
+    horizon_s: float = 10.0  # upstream backlog reaches the stage within this (the forecast)
 
     def __post_init__(self) -> None:
         if self.floor < 0:
@@ -59,6 +60,8 @@ class PoolConfig:
             raise ValueError(f"max_depth ({self.max_depth}) must be >= floor ({self.floor})")
         if not (self.shrink_delay_s >= 0 and math.isfinite(self.shrink_delay_s)):
             raise ValueError(f"shrink_delay_s must be finite and >= 0, got {self.shrink_delay_s}")
+        if not (self.horizon_s > 0 and math.isfinite(self.horizon_s)):
+            raise ValueError(f"horizon_s must be finite and > 0, got {self.horizon_s}")
         if not 0 < self.target_utilisation <= 1:
             raise ValueError(f"target_utilisation must be in (0, 1], got {self.target_utilisation}")
 
@@ -197,13 +200,15 @@ def forecast_from_snapshot(
     """Replicas each stage needs over the next horizon, where the snapshot says more.
 
     The rate already measured at an upstream stage reaches this one within the horizon
-    (every request visits every stage): ``λ̂ = max(λ_stage, λ_upstream)``. The extra rate
-    needs ``ceil((λ̂ - λ) · E[S] / (slots · target_utilisation))`` more replicas than the
-    target. Stages without a measured rate or service time get no forecast (the pool
+    (every request visits every stage), and so do the requests queued or in service
+    upstream: ``λ̂ = max(λ_stage, λ_upstream) + backlog_upstream / horizon_s``. The extra
+    rate needs ``ceil((λ̂ - λ) · E[S] / (slots · target_utilisation))`` more replicas than
+    the target. Stages without a measured rate or service time get no forecast (the pool
     falls back to the step rule).
     """
     out: dict[str, int] = {}
     upstream = 0.0
+    backlog = 0
     for s in snapshot.stages:
         lam = s.arrival_rate
         mean = s.service_mean_s
@@ -212,12 +217,13 @@ def forecast_from_snapshot(
         except KeyError:
             continue
         if lam is not None and mean is not None and mean > 0 and math.isfinite(lam):
-            extra_rate = max(0.0, upstream - lam)
+            extra_rate = max(0.0, max(upstream, lam) + backlog / cfg.horizon_s - lam)
             slots = max(1, s.max_concurrency) * cfg.target_utilisation
             extra = math.ceil(extra_rate * mean / slots - 1e-9) if extra_rate > 0 else 0
             out[s.name] = min(max(target, s.max_replicas), target + extra)
         if lam is not None and math.isfinite(lam):
             upstream = max(upstream, lam)
+        backlog += s.queue_len + s.in_flight
     return out
 
 
