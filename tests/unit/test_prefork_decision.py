@@ -129,3 +129,21 @@ def test_upstream_backlog_raises_the_forecast() -> None:
     dec = Decision(0.0, "p", (StageDecision("a", 1, 1, ""), StageDecision("b", 2, 2, "")))
     fc = forecast_from_snapshot(make_snapshot(stages=stages), dec, PoolConfig(horizon_s=10.0))
     assert fc["b"] == 2 + 2  # 41 queued upstream over 10 s: 4.1/s x 0.2 s / 0.7 = 1.2 -> 2
+
+
+def test_a_rising_rate_is_extrapolated() -> None:
+    from quartfaas.control.placement.prefork import remember_rates
+
+    def snap(now: float, lam: float) -> object:
+        return make_snapshot(
+            now=now,
+            stages=(make_stage("a", 0, arrival_rate=lam, service_mean_s=0.1, max_replicas=20),),
+        )
+
+    dec = Decision(1.0, "p", (StageDecision("a", 2, 2, ""),))
+    cfg = PoolConfig(trend_s=5.0, target_utilisation=0.5)
+    st = remember_rates(PoolState(), snap(0.0, 10.0))  # type: ignore[arg-type]
+    fc = forecast_from_snapshot(snap(1.0, 12.0), dec, cfg, st)  # type: ignore[arg-type]
+    assert fc["a"] == 2 + 2  # +2/s for 5 s = 10/s x 0.1 s / 0.5 = 2 more
+    st = remember_rates(st, snap(1.0, 12.0))  # type: ignore[arg-type]
+    assert forecast_from_snapshot(snap(2.0, 8.0), dec, cfg, st)["a"] == 2  # type: ignore[arg-type]

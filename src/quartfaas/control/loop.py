@@ -34,6 +34,7 @@ from quartfaas.control.placement.prefork import (
     decide_pool,
     forecast_from_snapshot,
     pool_inputs,
+    remember_rates,
 )
 from quartfaas.control.policy import Decision, Policy
 from quartfaas.control.snapshot import PipelineSnapshot
@@ -117,11 +118,12 @@ class ControlLoop:
             self.pool_config, floor=any_st.floor, max_depth=max(any_st.floor, any_st.max_depth)
         )
         memory = {s: (st.child_private_bytes, st.cache_free_bytes) for s, st in status.items()}
-        forecasts = forecast_from_snapshot(snapshot, decision, cfg)
+        forecasts = forecast_from_snapshot(snapshot, decision, cfg, self.pool_state)
         inputs = [
             i for i in pool_inputs(snapshot, decision, forecasts, memory) if i.stage in status
         ]
-        out, self.pool_state = decide_pool(inputs, self.pool_state, snapshot.now, cfg)
+        out, state = decide_pool(inputs, self.pool_state, snapshot.now, cfg)
+        self.pool_state = remember_rates(state, snapshot)
         waiting = {s: st.waiting for s, st in status.items() if st.waiting}
         return tuple(
             replace(p, reason=f"{p.reason}; {waiting[p.stage]}") if p.stage in waiting else p

@@ -14,7 +14,8 @@ and the pool's measured state. Per stage, in this order (each step shows in ``re
    for the next). Without one, the step just taken is expected again while load ramps:
    ``target - current``. ``forecast_from_snapshot`` gives the forecast the loop uses: the
    extra servers that the arrival rate already measured upstream will need when it
-   reaches the stage (the smoother's rate rule, ``λ̂ = max(measured, upstream)``).
+   reaches the stage (the smoother's rate rule, ``λ̂ = max(measured, upstream)``), plus
+   the upstream backlog and a rising rate's trend.
 2. **Floor.** At least ``floor`` (``cache.prefork``: the one child today's pool keeps).
 3. **Stage bound.** At most ``max_replicas - target``: more children than the stage may
    ever run are waste.
@@ -52,6 +53,7 @@ class PoolConfig:
     shrink_delay_s: float = 10.0
     target_utilisation: float = 0.7  # per-slot load the forecast sizes extra servers for
     horizon_s: float = 10.0  # upstream backlog reaches the stage within this (the forecast)
+    trend_s: float = 5.0  # a rising rate is extrapolated this far ahead (the forecast)
 
     def __post_init__(self) -> None:
         if self.floor < 0:
@@ -99,12 +101,29 @@ class StagePool:
 @dataclass(frozen=True, slots=True)
 class PoolState:
     stages: tuple[tuple[str, StagePool], ...] = ()
+    rates: tuple[tuple[str, float, float], ...] = ()  # (stage, now, arrival rate) last tick
+
+    def rate(self, stage: str) -> tuple[float, float] | None:
+        for name, at, lam in self.rates:
+            if name == stage:
+                return at, lam
+        return None
 
     def get(self, stage: str) -> StagePool | None:
         for name, pool in self.stages:
             if name == stage:
                 return pool
         return None
+
+
+def remember_rates(state: PoolState, snapshot: PipelineSnapshot) -> PoolState:
+    """``state`` with this snapshot's measured arrival rates (for the next tick's trend)."""
+    rates = tuple(
+        (s.name, snapshot.now, s.arrival_rate)
+        for s in snapshot.stages
+        if s.arrival_rate is not None and math.isfinite(s.arrival_rate)
+    )
+    return PoolState(state.stages, rates)
 
 
 def _want(inp: PoolInput) -> tuple[int, str]:
@@ -184,7 +203,7 @@ def decide_pool(
             spent += d.depth * inp.child_private_bytes
         out.append(d)
         kept.append((inp.stage, pool))
-    return tuple(out), PoolState(tuple(kept))
+    return tuple(out), PoolState(tuple(kept), state.rates)
 
 
 def _with_free(inp: PoolInput, free: int) -> PoolInput:
@@ -195,15 +214,21 @@ def _with_free(inp: PoolInput, free: int) -> PoolInput:
 
 
 def forecast_from_snapshot(
-    snapshot: PipelineSnapshot, decision: Decision, cfg: PoolConfig
+    snapshot: PipelineSnapshot,
+    decision: Decision,
+    cfg: PoolConfig,
+    state: PoolState | None = None,
 ) -> dict[str, int]:
     """Replicas each stage needs over the next horizon, where the snapshot says more.
 
     The rate already measured at an upstream stage reaches this one within the horizon
     (every request visits every stage), and so do the requests queued or in service
-    upstream: ``λ̂ = max(λ_stage, λ_upstream) + backlog_upstream / horizon_s``. The extra
-    rate needs ``ceil((λ̂ - λ) · E[S] / (slots · target_utilisation))`` more replicas than
-    the target. Stages without a measured rate or service time get no forecast (the pool
+    upstream: ``λ̂ = max(λ_stage, λ_upstream) + backlog_upstream / horizon_s``. A rate that
+    rose since the last tick (``state``, from ``remember_rates``) keeps rising for
+    ``trend_s``: ``+ max(0, dλ/dt) · trend_s`` (bursts ramp over seconds; a start that
+    waits for the rate to arrive is late). The extra rate needs
+    ``ceil((λ̂ - λ) · E[S] / (slots · target_utilisation))`` more replicas than the
+    target. Stages without a measured rate or service time get no forecast (the pool
     falls back to the step rule).
     """
     out: dict[str, int] = {}
@@ -217,7 +242,12 @@ def forecast_from_snapshot(
         except KeyError:
             continue
         if lam is not None and mean is not None and mean > 0 and math.isfinite(lam):
-            extra_rate = max(0.0, max(upstream, lam) + backlog / cfg.horizon_s - lam)
+            rising = 0.0
+            prev = state.rate(s.name) if state is not None else None
+            if prev is not None and snapshot.now > prev[0]:
+                rising = max(0.0, (lam - prev[1]) / (snapshot.now - prev[0])) * cfg.trend_s
+            lam_hat = max(upstream, lam) + backlog / cfg.horizon_s + rising
+            extra_rate = max(0.0, lam_hat - lam)
             slots = max(1, s.max_concurrency) * cfg.target_utilisation
             extra = math.ceil(extra_rate * mean / slots - 1e-9) if extra_rate > 0 else 0
             out[s.name] = min(max(target, s.max_replicas), target + extra)
@@ -259,4 +289,5 @@ __all__ = [
     "forecast_from_snapshot",
     "memory_bound",
     "pool_inputs",
+    "remember_rates",
 ]
