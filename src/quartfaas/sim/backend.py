@@ -280,10 +280,11 @@ class SimBackend:
             delay = self.cluster.delays.seconds(
                 tier, stage.size_gib, server.gpu, warmup_s=stage.service_s * mult
             )
-            cold = self.cluster.delays.seconds(StartTier.COLD, stage.size_gib, server.gpu, 0.0)
-            if tier is StartTier.FORK and delay < cold:  # not the no-cache ablation's charge:
-                h2d = stage.size_gib / server.gpu.h2d_gib_per_s  # the template hands over
-                tier, delay = self.pools.take(stage.name, gpu.server, now, delay, h2d)
+        if pinned:  # the server has the stage's template: its pre-fork pool (prefork_pool.py)
+            tier, delay = self.pools.on_start(
+                stage.name, gpu.server, now, tier=tier, delay_s=delay, delays=self.cluster.delays,
+                size_gib=stage.size_gib, gpu=server.gpu, warmup_s=stage.service_s * mult,
+            )  # fmt: skip
         self._counter += 1
         rid = f"{stage.name}-r{self._counter}"
         handle = self.engine.add_replica(stage.index, stage.max_concurrency, now + delay, mult)

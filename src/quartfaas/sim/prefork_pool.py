@@ -9,7 +9,8 @@ forks replacements at once. The depth per stage is decided by
 
 Here a pool is a list of the times its idle children are warm, one list per (server,
 stage): a server's template exists once the stage is in that server's cache, so the pool
-is made at the first fork start there (children forked then). Costs:
+is made with the replica that brings the stage there (an initial or cold start; children
+fork when it is up). Costs:
 
 - handing over a warm child: ``handover_s`` (4 ms: ``benchmarks/scaleup.py`` measured the
   prefork tier's call-to-ready p50 at 4.0 ms for a 1 GiB stage) plus the host-to-device
@@ -28,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from quartfaas.control.backend import PoolStatus, StartTier
+from quartfaas.sim.cluster import GpuType, StartDelays
 
 HANDOVER_S = 0.004
 
@@ -46,6 +48,29 @@ class PreforkPools:
 
     def depth_of(self, stage: str) -> int:
         return self.depth.get(stage, self.floor)
+
+    def on_start(
+        self, stage: str, server: int, now: float, *, tier: StartTier | None, delay_s: float,
+        delays: StartDelays, size_gib: float, gpu: GpuType, warmup_s: float,
+    ) -> tuple[StartTier | None, float]:  # fmt: skip
+        """SimBackend's hook: a start on a server whose cache holds the stage's template.
+
+        A cold or initial start brings the template up (its pool forks once the template
+        is ready); a fork start takes a child from the pool. Starts that the cluster's
+        delays charge a fork like a cold start (the no-cache ablation) get no pool.
+        """
+        fork_s = delays.seconds(StartTier.FORK, size_gib, gpu, warmup_s)
+        if fork_s >= delays.seconds(StartTier.COLD, size_gib, gpu, 0.0):
+            return tier, delay_s
+        h2d = size_gib / gpu.h2d_gib_per_s
+        if tier is StartTier.FORK:
+            return self.take(stage, server, now, fork_s, h2d)
+        key = (server, stage)
+        if key not in self._pools:
+            self._child_s[key] = max(0.0, fork_s - h2d)
+            self._pools[key] = []
+            self._refill(key, now + delay_s)  # children fork when the template is up
+        return tier, delay_s
 
     def take(
         self, stage: str, server: int, now: float, fork_delay_s: float, h2d_s: float
