@@ -52,6 +52,8 @@ def test_first_replica_loads_the_template_then_replicas_fork(kill_leftovers: lis
             assert tiers(rt, stage) == {"cold": 1.0}
             launcher = rt.backend.launcher
             assert isinstance(launcher, ParamCacheLauncher)
+            # The template's pre-forked child is warm (and serving) before the first start.
+            await until(lambda: (p := launcher.pool_status(stage)) is not None and p.warm >= 1)
             for n in (2, 3, 4):
                 rt.backend.start_replica(stage)
                 await until(lambda n=n: rt.gateway.pools[stage].ready_replicas == n)

@@ -26,9 +26,9 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState
+from quartfaas.control.backend import CpuLever, PoolStatus, ReplicaInfo, ReplicaState
 from quartfaas.dataplane.launch import ColdLauncher, Launched, Launcher, ReplicaFiles, read_tail
 from quartfaas.errors import BackendError, ReplicaStartTimeout
 from quartfaas.spec import PipelineSpec
@@ -48,6 +48,15 @@ class ReplicaListener(Protocol):
     def replica_gone(self, info: ReplicaInfo) -> None: ...
 
     async def drain_replica(self, info: ReplicaInfo, timeout_s: float) -> bool: ...
+
+
+@runtime_checkable
+class _PoolLauncher(Protocol):
+    """A launcher whose templates keep warmed children (``dataplane/param_cache/``)."""
+
+    def set_pool(self, stage: str, depth: int) -> None: ...
+
+    def pool_status(self, stage: str) -> PoolStatus | None: ...
 
 
 @dataclass
@@ -136,6 +145,18 @@ class LocalBackend:
         lever = self._set_cpu(rep.info, cpus)
         self._set(rep, cpu=cpus)
         return lever
+
+    # -- pre-fork pool (control.backend.PoolScalable) ----------------------------------
+
+    def set_pool(self, stage: str, depth: int) -> None:
+        """Keep ``depth`` warmed children of ``stage``; a no-op for a launcher without a pool."""
+        if isinstance(self.launcher, _PoolLauncher):
+            self.launcher.set_pool(stage, depth)
+
+    def pool_status(self, stage: str) -> PoolStatus | None:
+        if isinstance(self.launcher, _PoolLauncher):
+            return self.launcher.pool_status(stage)
+        return None
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -64,15 +64,25 @@ def largest_stage(spec: PipelineSpec) -> int:
     return max(range(spec.num_stages), key=lambda i: stage_param_bytes(spec, i))
 
 
-def single_stage_spec(spec: PipelineSpec, index: int, **cache: Any) -> PipelineSpec:
-    """A one-stage pipeline of stage ``index`` (the benchmark serves one stage)."""
-    stage = spec.stages[index].model_copy(
-        update={"min_replicas": 1, "max_replicas": 8, "layers": spec.stage_layers(index),
-                "weights": spec.stage_weights_path(index)}
+def single_stage_spec(
+    spec: PipelineSpec, index: int, *, max_replicas: int = 8, **cache: Any
+) -> PipelineSpec:
+    """The pipeline with only stage ``index`` running (one replica, up to ``max_replicas``).
+
+    Every stage stays in the spec (a stage's model depends on where it sits: the first
+    has the embeddings, the last the pooling, and the stages must cover every layer); the
+    others get ``min_replicas: 0``, so no replica of theirs runs.
+    """
+    stages = tuple(
+        st.model_copy(
+            update={"min_replicas": 1, "max_replicas": max(max_replicas, 1)}
+            if i == index else {"min_replicas": 0}
+        )
+        for i, st in enumerate(spec.stages)
     )  # fmt: skip
     return spec.model_copy(
         update={
-            "stages": (stage,),
+            "stages": stages,
             "gateway": spec.gateway.model_copy(update={"port": 0}),
             "controller": spec.controller.model_copy(update={"enabled": False}),
             "cache": spec.cache.model_copy(update=cache),
@@ -101,10 +111,10 @@ async def _invoke(session: aiohttp.ClientSession, url: str, body: bytes) -> floa
     return time.perf_counter() - t0
 
 
-def _example_body(spec: PipelineSpec, seq_len: int) -> bytes:
+def _example_body(spec: PipelineSpec, seq_len: int, index: int = 0) -> bytes:
     from quartfaas.models import build_stage
 
-    model = build_stage(spec, 0, weights="mmap")
+    model = build_stage(spec, index, weights="mmap")
     return framing.encode_torch(model.example_inputs(1, seq_len))
 
 
@@ -144,8 +154,8 @@ async def run_scaleup(
     make_weights(spec)
     size = stage_param_bytes(spec, index)
     one = single_stage_spec(spec, index, enabled=True, prefork=1)
-    res = ScaleupResult(one.stages[0].name, size)
-    body = await asyncio.to_thread(_example_body, one, seq_len)
+    res = ScaleupResult(one.stages[index].name, size)
+    body = await asyncio.to_thread(_example_body, one, seq_len, index)
     async with aiohttp.ClientSession() as session:
         log(f"stage {res.stage}: {size / GIB:.2f} GiB of weights; warming the cache")
         async with EmbeddedRuntime(one) as rt:
@@ -200,7 +210,7 @@ async def run_scaleup(
                 await asyncio.sleep(0.5)
         # cold tier: a fresh process that reads the weights from disk.
         cold = single_stage_spec(spec, index, enabled=False)
-        path = Path(cold.stage_weights_path(0))
+        path = Path(cold.stage_weights_path(index))
         async with EmbeddedRuntime(cold) as rt:
             for i in range(repeats):
                 log(f"  cold start {i + 1}/{repeats}")

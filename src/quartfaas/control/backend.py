@@ -87,6 +87,44 @@ class Backend(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """A stage's pre-fork pool as its backend last saw it (``PoolScalable``)."""
+
+    stage: str
+    depth: int  # warmed children the template is asked to keep
+    idle: int = 0  # children forked in advance (warm or still warming)
+    warm: int = 0
+    child_private_bytes: int | None = None  # measured private memory of one warmed child
+    cache_free_bytes: int | None = None  # room left under the cache's memory threshold
+    waiting: str = ""  # why the refill waits now ("" when it does not)
+    floor: int = 1  # least depth (the spec's cache.prefork)
+    max_depth: int = 16  # most depth (cache.prefork_max)
+
+
+@runtime_checkable
+class PoolScalable(Protocol):
+    """A backend whose stage templates keep a pool of warmed children (the local backend's
+    parameter cache; the simulator's model of it). The depth is decided by
+    ``control/placement/prefork.py`` and applied by the loop; backends without a pool do
+    not implement this, and ``set_pool`` is then a no-op."""
+
+    def set_pool(self, stage: str, depth: int) -> None: ...
+
+    def pool_status(self, stage: str) -> PoolStatus | None: ...
+
+
+def set_pool(backend: Backend, stage: str, depth: int) -> bool:
+    """Ask ``backend`` to keep ``depth`` warmed children of ``stage``; False (a no-op)
+    where it has no pool."""
+    if depth < 0:
+        raise ValueError(f"pool depth must be >= 0, got {depth}")
+    if not isinstance(backend, PoolScalable):
+        return False
+    backend.set_pool(stage, depth)
+    return True
+
+
+@dataclass(frozen=True, slots=True)
 class ReconcilePlan:
     start: int
     stop: tuple[str, ...]

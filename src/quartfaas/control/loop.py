@@ -7,6 +7,13 @@ the simulator (the engine calls ``step`` at simulated tick times). Only the cloc
 collector and the backend differ.
 
 A backend failure on one stage is recorded and does not stop the other stages' actions.
+
+Where the backend keeps a pre-fork pool (``control.backend.PoolScalable``: the local
+backend's parameter cache, the simulator's model of it), each tick also decides every
+stage's pool depth (``control/placement/prefork.py``: the forecast from the snapshot, the
+measured memory of a warmed child, the cache's free bytes) and applies it *before* the
+stage's starts; ``Applied.pool`` carries the reason (and why a refill waits, if it does)
+into the decision log.
 """
 
 from __future__ import annotations
@@ -15,11 +22,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from quartfaas.clock import Clock
-from quartfaas.control.backend import Backend, ReplicaState, reconcile
+from quartfaas.control.backend import Backend, PoolScalable, PoolStatus, ReplicaState, reconcile
+from quartfaas.control.placement.prefork import (
+    PoolConfig,
+    PoolDecision,
+    PoolState,
+    decide_pool,
+    forecast_from_snapshot,
+    pool_inputs,
+    remember_rates,
+)
 from quartfaas.control.policy import Decision, Policy
 from quartfaas.control.snapshot import PipelineSnapshot
 from quartfaas.errors import QuartfaasError
@@ -35,6 +51,7 @@ class Applied:
     stopped: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    pool: dict[str, str] = field(default_factory=dict)  # stage -> pool depth and why
 
 
 class DecisionSink(Protocol):
@@ -51,10 +68,15 @@ class ControlLoop:
         policy: Policy,
         backend: Backend,
         sinks: list[DecisionSink] | None = None,
+        *,
+        pool: PoolConfig | None = None,
     ) -> None:
         self.policy = policy
         self.backend = backend
         self.sinks = sinks or []
+        self.pool_config = pool if pool is not None else PoolConfig()
+        self.pool_state = PoolState()
+        self._pool_depth: dict[str, int] = {}
         self.state: Any = None
         self.last_decision: Decision | None = None
         self._last_error: dict[str, str] = {}
@@ -65,7 +87,13 @@ class ControlLoop:
             # so a restart does not cause a burst of scale actions.
             self.state = self.policy.initial_state(snapshot)
         decision, self.state = self.policy.decide(snapshot, self.state)
-        applied = Applied() if decision.hold else self.apply(decision)
+        pools: tuple[PoolDecision, ...] = ()
+        if not decision.hold and isinstance(self.backend, PoolScalable):
+            try:
+                pools = self.decide_pools(snapshot, decision, self.backend)
+            except (QuartfaasError, OSError) as exc:
+                log.warning("pool decision failed: %s", exc)
+        applied = Applied() if decision.hold else self.apply(decision, pools)
         self.last_decision = decision
         for sink in self.sinks:
             try:
@@ -74,10 +102,47 @@ class ControlLoop:
                 log.exception("decision sink %r failed", sink)
         return decision
 
-    def apply(self, decision: Decision) -> Applied:
+    def decide_pools(
+        self, snapshot: PipelineSnapshot, decision: Decision, backend: PoolScalable
+    ) -> tuple[PoolDecision, ...]:
+        """Every stage's pool depth (pure decision on the backend's pool readings)."""
+        status: dict[str, PoolStatus] = {}
+        for d in decision.stages:
+            st = backend.pool_status(d.stage)
+            if st is not None:
+                status[d.stage] = st
+        if not status:
+            return ()  # no template is up yet: nothing to size
+        any_st = next(iter(status.values()))
+        cfg = replace(
+            self.pool_config, floor=any_st.floor, max_depth=max(any_st.floor, any_st.max_depth)
+        )
+        memory = {s: (st.child_private_bytes, st.cache_free_bytes) for s, st in status.items()}
+        forecasts = forecast_from_snapshot(snapshot, decision, cfg, self.pool_state)
+        inputs = [
+            i for i in pool_inputs(snapshot, decision, forecasts, memory) if i.stage in status
+        ]
+        out, state = decide_pool(inputs, self.pool_state, snapshot.now, cfg)
+        self.pool_state = remember_rates(state, snapshot)
+        waiting = {s: st.waiting for s, st in status.items() if st.waiting}
+        return tuple(
+            replace(p, reason=f"{p.reason}; {waiting[p.stage]}") if p.stage in waiting else p
+            for p in out
+        )
+
+    def apply(self, decision: Decision, pools: tuple[PoolDecision, ...] = ()) -> Applied:
         applied = Applied()
+        depth = {p.stage: p for p in pools}
         for d in decision.stages:
             try:
+                p = depth.get(d.stage)
+                if p is not None and isinstance(self.backend, PoolScalable):
+                    # Before the starts: the template forks what the new depth lacks at once.
+                    self.backend.set_pool(d.stage, p.depth)
+                    applied.pool[d.stage] = p.reason
+                    if self._pool_depth.get(d.stage) != p.depth:
+                        log.info("stage %s: %s", d.stage, p.reason)
+                        self._pool_depth[d.stage] = p.depth
                 plan = reconcile(self.backend, d.stage, d.replicas)
                 if plan.start:
                     applied.started[d.stage] = plan.start

@@ -130,6 +130,7 @@ def tick_record(
             "stopped": dict(applied.stopped),
             "cpu": dict(applied.cpu),
             "errors": dict(applied.errors),
+            **({"pool": dict(applied.pool)} if applied.pool else {}),
         },
     )
     return out

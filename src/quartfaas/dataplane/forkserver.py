@@ -21,16 +21,31 @@ Fork pitfalls handled here:
 - **Reaping.** SIGCHLD wakes the loop (``signal.set_wakeup_fd``); exited children are
   reaped with ``waitpid(WNOHANG)`` and reported to the gateway with their exit codes.
 
-A pool of ``prefork`` children is kept forked in advance and warmed (each ran a forward
-pass with its own thread count, so its pages are mapped and its OpenMP pool is up):
-activating one takes creation off the request path entirely.
+**The pre-fork pool.** ``depth`` children are kept forked in advance and warmed (each
+ran a forward pass with its own thread count, so its pages are mapped and its OpenMP pool
+is up): activating one takes creation off the request path entirely. The depth starts
+at ``--prefork`` and follows the controller (``{"op": "pool", "depth": k}``, decided by
+``control/placement/prefork.py``): missing children are forked together; surplus idle
+children are retired. A spawn takes a warm child first, then one still warming (it
+activates as soon as its warm-up ends, sooner than a fresh fork), then forks. After a
+handover the pool refills at once unless the host is saturated (``forkpool.Saturation``:
+then it waits, at most ``prefork_refill_delay_s``, and says so in this log and to the
+gateway). Each warmed child's private memory is measured and reported, so the pool
+decision can keep the pool within the cache's memory. A fresh fork warms up before it
+says ready unless ``cache.fork_warmup`` is off (``benchmarks/scaleup.py`` measures the
+first request on a fork without it).
+
+The module is over 400 lines because the fork, the child's start and the pool share one
+process's state and loop; the host readings the pool acts on are in ``forkpool.py``.
 
 Control protocol: one JSON object per message over a ``SOCK_SEQPACKET`` Unix socketpair
 with the gateway (a stream would merge messages); fds ride along with SCM_RIGHTS.
 Gateway -> template ``{"op": "spawn", "replica_id": ...}`` + the replica's event fd;
 ``{"op": "exit"}``. Template -> gateway ``{"op": "ready", ...}``,
 ``{"op": "spawned", "replica_id", "pid", "tier"}``, ``{"op": "exited", "pid", "code"}``,
-``{"op": "error", "replica_id", "message"}``. Gateway side: ``dataplane/param_cache/``.
+``{"op": "error", "replica_id", "message"}``; ``{"op": "pool", "depth", "idle", "warm",
+"child_private_bytes", "waiting"}`` when the pool changes. Gateway side:
+``dataplane/param_cache/``.
 """
 
 from __future__ import annotations
@@ -49,6 +64,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from quartfaas.dataplane.forkpool import Saturation, private_bytes
 
 MAX_FDS = 4
 
@@ -90,6 +107,8 @@ class Template:
         lifeline_fd: int | None,
         prefork: int,
         make_runner: Callable[[], Any],
+        saturation: Saturation | None = None,
+        fork_warmup: bool = True,
     ) -> None:
         self.spec = spec
         self.index = index
@@ -101,8 +120,14 @@ class Template:
         self.idle: dict[int, socket.socket] = {}  # pid -> channel to an idle child
         self.warm: set[int] = set()
         self.replicas: set[int] = set()
-        self.refill_delay_s = float(spec.cache.prefork_refill_delay_s)
-        self.refill_at = 0.0
+        self.saturation = saturation or Saturation(0.0, 0.0)
+        self.fork_warmup = fork_warmup
+        self.refill_since: float | None = None  # a handover left the pool short at this time
+        self.waiting = ""  # why the refill waits now ("" when it does not)
+        self.child_private: dict[int, int] = {}  # warmed idle child -> private bytes
+        self.last_private: int | None = None  # the most recent warmed child's private bytes
+        self.retired: set[int] = set()  # idle children told to exit (not replicas)
+        self._reported: dict[str, Any] = {}
 
     # -- forking --------------------------------------------------------------------
 
@@ -137,18 +162,13 @@ class Template:
             torch.set_num_threads(self.stage.torch_threads)
         runner = self.make_runner()
         warm = getattr(runner, "warmup", None)
-        if warm is not None:
+        if warm is not None and (activate is None or self.fork_warmup):
             # Readiness means warm: map the pages and start this process's OpenMP pool
             # before the first request (a pre-forked child does it before it is needed).
             warm()
         if activate is None:
             assert channel is not None
-            send_msg(channel, {"op": "warm", "pid": os.getpid()})
-            msg, fds = recv_msg(channel)
-            if msg is None or msg.get("op") != "activate" or not fds:
-                return 0  # the template retired this idle child
-            channel.close()
-            activate = (str(msg["replica_id"]), fds[0])
+            return self._serve_pooled(runner, channel)
         return self._serve(runner, *activate)
 
     def _serve(self, runner: Any, replica_id: str, event_fd: int) -> int:
@@ -167,27 +187,130 @@ class Template:
             asyncio.run(serve(state, sock, event_fd=event_fd, lifeline_fd=self.lifeline_fd))
         return 0
 
+    def _serve_pooled(self, runner: Any, channel: socket.socket) -> int:
+        """An idle child's server is up before it is a replica, so activation only says so.
+
+        Its event fd is a placeholder until the template hands it the replica's event fd
+        (``dup2`` onto the same number); its metrics take the replica's id then. Starting
+        the HTTP server is ~tens of ms of CPU per child: done here, a burst of ``k``
+        handovers does not queue ``k`` server starts on the host's cores.
+        """
+        import asyncio
+
+        from quartfaas.dataplane.worker import WorkerState, bind_loopback, emit, serve
+
+        event_fd = os.open(os.devnull, os.O_WRONLY)
+        state = WorkerState(
+            self.stage.name, f"{self.stage.name}-pool-{os.getpid()}", self.stage.max_concurrency
+        )
+        sock = bind_loopback()
+
+        def activation() -> Any:  # runs in a thread once the server is listening
+            with contextlib.suppress(OSError):  # handed over while warming: template closed
+                send_msg(channel, {"op": "warm", "pid": os.getpid()})
+            msg, fds = recv_msg(channel)
+            channel.close()
+            if msg is None or msg.get("op") != "activate" or not fds:
+                raise _Retired
+            os.dup2(fds[0], event_fd)
+            os.close(fds[0])
+            named = WorkerState(self.stage.name, str(msg["replica_id"]), 1)
+            for attr in ("replica_id", "registry", "m_service", "m_requests", "m_inflight",
+                         "m_threads", "labels"):  # fmt: skip
+                setattr(state, attr, getattr(named, attr))
+            emit(event_fd, event="listening", port=sock.getsockname()[1], pid=os.getpid())
+            return runner
+
+        main = serve(state, sock, event_fd=event_fd, lifeline_fd=self.lifeline_fd, load=activation)
+        try:
+            try:
+                import uvloop
+
+                uvloop.run(main)
+            except ImportError:
+                asyncio.run(main)
+        except _Retired:
+            return 0  # the template retired this idle child
+        return 0
+
+    # -- the pool -------------------------------------------------------------------
+
     def top_up(self) -> None:
-        if time.monotonic() < self.refill_at:
+        """Fork every missing child at once, unless the host is saturated (then wait)."""
+        missing = self.prefork - len(self.idle)
+        if missing <= 0:
+            self.refill_since = None
+            self._set_waiting("")
             return
-        while len(self.idle) < self.prefork:
+        if self.refill_since is not None:
+            wait, why = self.saturation.check(time.monotonic() - self.refill_since)
+            self._set_waiting(why if wait else "")
+            if wait:
+                return
+            if why:
+                print(f"[pool] {why}", file=sys.stderr, flush=True)
+        for _ in range(missing):
             pid, channel = self._fork(None)
             assert channel is not None
             self.idle[pid] = channel
+        self.refill_since = None
+        self.report()
+
+    def set_depth(self, depth: int) -> None:
+        """The controller's depth: retire surplus idle children (the warming ones first)."""
+        old, self.prefork = self.prefork, max(0, depth)
+        surplus = len(self.idle) - self.prefork
+        for pid in sorted(self.idle, key=lambda p: p in self.warm)[: max(0, surplus)]:
+            self.idle.pop(pid).close()  # EOF: the child exits without serving
+            self.retired.add(pid)
+            self.warm.discard(pid)
+            self.child_private.pop(pid, None)
+        if self.prefork != old:
+            print(f"[pool] depth {old} -> {self.prefork}", file=sys.stderr, flush=True)
+        self.report()
+
+    def _set_waiting(self, why: str) -> None:
+        if why != self.waiting:
+            print(f"[pool] {why or 'refill no longer waits'}", file=sys.stderr, flush=True)
+            self.waiting = why
+            self.report()
+
+    def on_warm(self, pid: int) -> None:
+        self.warm.add(pid)
+        priv = private_bytes(pid)
+        if priv is not None:
+            self.child_private[pid] = priv
+            self.last_private = priv
+        self.report()
+
+    def report(self) -> None:
+        """Tell the gateway the pool's state when it changed."""
+        status = {
+            "op": "pool", "depth": self.prefork, "idle": len(self.idle), "warm": len(self.warm),
+            "child_private_bytes": self.last_private, "waiting": self.waiting,
+        }  # fmt: skip
+        if status != self._reported:
+            self._reported = status
+            with contextlib.suppress(OSError):
+                send_msg(self.control, status)
 
     def spawn(self, replica_id: str, event_fd: int) -> tuple[int, str]:
-        """A replica: a warm idle child if there is one (prefork), else a fresh fork."""
-        for pid in list(self.warm):
+        """A replica: a warm idle child, else one still warming (prefork), else a fork."""
+        for pid in sorted(self.idle, key=lambda p: p not in self.warm):
             channel = self.idle.pop(pid)
+            was_warm = pid in self.warm
             self.warm.discard(pid)
+            self.child_private.pop(pid, None)
             try:
                 send_msg(channel, {"op": "activate", "replica_id": replica_id}, [event_fd])
             except OSError:
                 continue  # it died meanwhile; the reaper reports it
             channel.close()
             self.replicas.add(pid)
-            self.refill_at = time.monotonic() + self.refill_delay_s
-            return pid, "prefork"
+            if self.refill_since is None:
+                self.refill_since = time.monotonic()
+            # A child handed over while still warming is a fork that started earlier.
+            return pid, "prefork" if was_warm else "fork"
         pid, _ = self._fork((replica_id, event_fd))
         self.replicas.add(pid)
         return pid, "fork"
@@ -214,6 +337,10 @@ class Template:
             if pid in self.idle:
                 self.idle.pop(pid).close()
                 self.warm.discard(pid)
+                self.child_private.pop(pid, None)
+                continue
+            if pid in self.retired:
+                self.retired.discard(pid)
                 continue
             self.replicas.discard(pid)
             with contextlib.suppress(OSError):
@@ -238,7 +365,7 @@ class Template:
                 watch.append(self.lifeline_fd)
             wait_s = 1.0
             if len(self.idle) < self.prefork:
-                wait_s = min(wait_s, max(0.0, self.refill_at - time.monotonic()))
+                wait_s = 0.1  # the refill waits on a saturated host: look again soon
             readable, _, _ = select.select(watch, [], [], wait_s)
             if wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
@@ -250,11 +377,13 @@ class Template:
                 if channel in readable:
                     msg, _ = recv_msg(channel)
                     if msg is not None and msg.get("op") == "warm":
-                        self.warm.add(pid)
+                        self.on_warm(pid)
             if self.control in readable:
                 msg, fds = recv_msg(self.control)
                 if msg is None or msg.get("op") == "exit":
                     break
+                if msg.get("op") == "pool":
+                    self.set_depth(int(msg["depth"]))
                 if msg.get("op") == "spawn":
                     rid = str(msg["replica_id"])
                     if not fds:
@@ -277,6 +406,10 @@ class Template:
         return 0
 
 
+class _Retired(Exception):
+    """An idle child was retired by the template (its channel closed)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="quartfaas stage template (fork server)")
     ap.add_argument("--spec-json", required=True, type=Path)
@@ -285,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lifeline-fd", type=int, default=None)
     ap.add_argument("--weights", type=Path, default=None, help="stage file to map (tmpfs copy)")
     ap.add_argument("--prefork", type=int, default=1)
+    ap.add_argument("--refill-max-load", type=float, default=0.0,
+                    help="load average per core at which a refill waits (<= 0: never)")
+    ap.add_argument("--refill-max-wait", type=float, default=1.0)
+    ap.add_argument("--no-fork-warmup", action="store_true",
+                    help="a fresh fork says ready before its warm-up forward")
     args = ap.parse_args(argv)
     control = socket.socket(fileno=args.control_fd)
     t0 = time.perf_counter()
@@ -337,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         template = Template(
             spec, index, control, lifeline_fd=args.lifeline_fd, prefork=args.prefork,
             make_runner=make_runner,
+            saturation=Saturation(args.refill_max_load, args.refill_max_wait),
+            fork_warmup=not args.no_fork_warmup,
         )  # fmt: skip
     except Exception as exc:
         with contextlib.suppress(OSError):

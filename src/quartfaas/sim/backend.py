@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from quartfaas.clock import Clock
-from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState, StartTier
+from quartfaas.control.backend import CpuLever, PoolStatus, ReplicaInfo, ReplicaState, StartTier
 from quartfaas.control.placement.keys_manager import GIB, KeysManager
 from quartfaas.errors import BackendError, InsufficientMemory
 from quartfaas.sim.cluster import ClusterSpec, ServerSpec
@@ -39,6 +39,7 @@ from quartfaas.sim.placement import (
     ServerView,
     explain_no_fit,
 )
+from quartfaas.sim.prefork_pool import PreforkPools
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class SimBackend:
         self._ended: list[tuple[float, float]] = []  # (requested_at, leaves_at) of gone replicas
         self._counter = 0
         self.events: list[ReplicaEvent] = []
+        self.pools = PreforkPools()  # the templates' pre-fork pools (sim/prefork_pool.py)
 
     # -- Backend protocol -------------------------------------------------------------
 
@@ -154,6 +156,12 @@ class SimBackend:
         rep.cpus = cpus
         self.engine.set_multiplier(rep.handle, self._multiplier(rep.stage, rep.gpu, cpus))
         return CpuLever.SIMULATED
+
+    def set_pool(self, stage: str, depth: int) -> None:  # control.backend.PoolScalable
+        self.pools.set_depth(stage, depth, self.clock.now())
+
+    def pool_status(self, stage: str) -> PoolStatus | None:
+        return self.pools.status(stage, self.clock.now())
 
     # -- simulator API ----------------------------------------------------------------
 
@@ -272,6 +280,11 @@ class SimBackend:
             delay = self.cluster.delays.seconds(
                 tier, stage.size_gib, server.gpu, warmup_s=stage.service_s * mult
             )
+        if pinned:  # the server has the stage's template: its pre-fork pool (prefork_pool.py)
+            tier, delay = self.pools.on_start(
+                stage.name, gpu.server, now, tier=tier, delay_s=delay, delays=self.cluster.delays,
+                size_gib=stage.size_gib, gpu=server.gpu, warmup_s=stage.service_s * mult,
+            )  # fmt: skip
         self._counter += 1
         rid = f"{stage.name}-r{self._counter}"
         handle = self.engine.add_replica(stage.index, stage.max_concurrency, now + delay, mult)

@@ -63,15 +63,31 @@ class CacheSpec(Frozen):
         0.85, gt=0, le=1, description="cached stages may use at most this share of host memory"
     )
     prefork: StrictInt = Field(
-        1, ge=0, le=64, description="warmed children each template keeps forked in advance"
+        1, ge=0, le=64, description="warmed children each template keeps forked in advance "
+        "(the least; the controller raises it from the forecast up to prefork_max)"
     )
     prefork_refill_delay_s: StrictFloat = Field(
         1.0,
         ge=0,
         le=600,
-        description="wait after handing over a pre-forked child before "
-        "forking and warming its replacement (so its warm-up does not compete with the "
-        "new replica's first requests)",
+        description="most a refill waits after a handover while the host is saturated "
+        "(prefork_refill_max_load_per_core); on a host that is not, it refills at once",
+    )
+    prefork_refill_max_load_per_core: StrictFloat = Field(
+        4.0,
+        ge=0,
+        le=1000,
+        description="1-min load average per core at which the host counts as saturated "
+        "and a refill waits (its warm-up forwards would compete with serving); 0: never",
+    )
+    prefork_max: StrictInt = Field(
+        16, ge=0, le=256,
+        description="most warmed children the controller may ask a template to keep",
+    )  # fmt: skip
+    fork_warmup: StrictBool = Field(
+        True,
+        description="a freshly forked replica runs a warm-up forward before it says ready "
+        "(off: ready at once, the first request pays the warm-up)",
     )
     idle_to_zero_s: StrictFloat = Field(
         300.0, gt=0, le=86_400, description="a min_replicas=0 stage idle this long goes to 0"

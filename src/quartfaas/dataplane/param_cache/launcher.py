@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quartfaas.control.backend import StartTier
+from quartfaas.control.backend import PoolStatus, StartTier
 from quartfaas.control.placement.keys_manager import KeysManager, gib
 from quartfaas.dataplane.forkserver import message_pair, recv_msg, send_msg
 from quartfaas.dataplane.launch import EventPipe, Launched, ReplicaFiles, read_tail
@@ -55,6 +55,7 @@ class ParamCacheLauncher:
         self._live: dict[str, int] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._evicted: set[str] = set()
+        self._depth: dict[str, int] = {}  # pool depth per stage, as the controller set it
         set_child_subreaper()
 
     # -- Launcher protocol ----------------------------------------------------------
@@ -88,6 +89,30 @@ class ParamCacheLauncher:
     def released(self, stage: str, replica_id: str) -> None:
         if self._live.pop(replica_id, None) is not None:
             self.keys.unpin(stage)
+
+    def set_pool(self, stage: str, depth: int) -> None:
+        """Keep ``depth`` warmed children of ``stage`` (a template started later gets it)."""
+        depth = max(0, min(depth, self.spec.cache.prefork_max))
+        if self._depth.get(stage, self.spec.cache.prefork) == depth:
+            return
+        self._depth[stage] = depth
+        t = self.templates.get(stage)
+        if t is not None and t.alive:
+            with contextlib.suppress(OSError):
+                send_msg(t.sock, {"op": "pool", "depth": depth})
+
+    def pool_status(self, stage: str) -> PoolStatus | None:
+        t = self.templates.get(stage)
+        if t is None or not t.alive:
+            return None
+        p = t.pool
+        priv = p.get("child_private_bytes")
+        return PoolStatus(
+            stage, int(p.get("depth", self._depth.get(stage, self.spec.cache.prefork))),
+            int(p.get("idle", 0)), int(p.get("warm", 0)),
+            int(priv) if priv is not None else None, self.keys.free_bytes,
+            str(p.get("waiting", "")), self.spec.cache.prefork, self.spec.cache.prefork_max,
+        )  # fmt: skip
 
     async def prewarm(self, stage: str) -> None:
         """Start a stage's template now (stages that may scale from zero)."""
@@ -169,12 +194,17 @@ class ParamCacheLauncher:
         weights, tier = await asyncio.to_thread(self._cache_weights, stage)
         parent, child = message_pair()
         os.set_inheritable(child.fileno(), True)
+        cache = self.spec.cache
         cmd = [
             self.python, "-m", "quartfaas.dataplane.forkserver",
             "--spec-json", str(self.files.spec_json), "--stage", stage,
             "--control-fd", str(child.fileno()), "--lifeline-fd", str(self.files.lifeline_read),
-            "--prefork", str(self.spec.cache.prefork),
+            "--prefork", str(self._depth.get(stage, cache.prefork)),
+            "--refill-max-load", str(cache.prefork_refill_max_load_per_core),
+            "--refill-max-wait", str(cache.prefork_refill_delay_s),
         ]  # fmt: skip
+        if not cache.fork_warmup:
+            cmd.append("--no-fork-warmup")
         if weights is not None:
             cmd += ["--weights", str(weights)]
         log_path = self.files.log_path(f"template-{stage}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -21,6 +22,8 @@ from typing import Any
 
 from quartfaas.control.backend import StartTier
 from quartfaas.dataplane.launch import EventPipe
+
+log = logging.getLogger("quartfaas.param_cache")
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Template:
     spawns: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     exit_codes: dict[int, asyncio.Future[int]] = field(default_factory=dict)
     first_used: bool = False
+    pool: dict[str, Any] = field(default_factory=dict)  # the template's last pool report
 
     @property
     def alive(self) -> bool:
@@ -107,6 +111,13 @@ class Template:
             fut = self.spawns.pop(str(msg.get("replica_id")), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+        elif op == "pool":
+            if msg.get("waiting") != self.pool.get("waiting"):
+                if msg.get("waiting"):
+                    log.info("stage %s: %s", self.stage, msg["waiting"])
+                elif self.pool:
+                    log.info("stage %s: pool refill no longer waits", self.stage)
+            self.pool = msg
         elif op == "exited":
             pid, code = int(msg["pid"]), int(msg["code"])
             done = self.exit_codes.setdefault(pid, asyncio.get_running_loop().create_future())
