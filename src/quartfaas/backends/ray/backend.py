@@ -1,0 +1,323 @@
+"""The Ray backend: stage replicas as Ray actors on a (multi-node) Ray cluster.
+
+It implements ``backends.base.Backend`` the way ``backends/local.py`` does: calls are
+non-blocking declarations made on the caller's asyncio loop, readiness is observed (the
+actor's ``ready()`` answers), and a ``ReplicaListener`` (``backends/local.py``; here the
+data-plane client of ``client.py``, later the gateway's dispatcher) hears about every
+change. This module is the one place that makes Ray API calls for replicas.
+
+A start: choose a node (``nodes.choose_node`` with a placer from
+``control/placement.py``, applied as ``NodeAffinitySchedulingStrategy(node, soft=False)``;
+``placer="ray"`` lets Ray's scheduler choose, the baseline), create the actor with the
+stage's resources (``num_cpus`` = the stage's ``cpu``; ``num_gpus=1`` for a CUDA stage, or
+one unit of ``accelerator_resource`` on CPU-only test clusters), ask the node's weights
+for it (``weights.ObjectStoreCache``: object-store hit, remote pull or cold file; the
+tier is recorded on the replica), ``load`` them, and wait for ``ready()``.
+
+Faults: the backend awaits each replica's ``lifeline()``; when Ray raises there (actor
+crash or node death) the replica is marked FAILED, the listener drops it (its in-flight
+calls are retried by the client), a dead node's cache entries are forgotten, and a
+replacement is started (placed on a live node). A start that fails or times out
+(``gateway.replica_start_timeout_s``) is reported with Ray's error and its stage backs
+off 1 s, 2 s, ... 30 s, like the local backend.
+
+Stop with drain: the listener stops routing to the replica and waits for its calls, the
+actor's own ``drain`` confirms none is in flight, then the actor is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from quartfaas.backends.base import CpuLever, ReplicaInfo, ReplicaState, StartTier
+from quartfaas.backends.local import ReplicaListener
+from quartfaas.backends.ray.actor import StageReplica
+from quartfaas.backends.ray.nodes import LiveReplica, NodeInfo, choose_node, cluster_nodes
+from quartfaas.backends.ray.weights import ObjectStoreCache
+from quartfaas.control.keys_manager import GIB
+from quartfaas.control.placement import StageReq, get_placer
+from quartfaas.errors import BackendError
+from quartfaas.models.layout import stage_param_bytes
+from quartfaas.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Replica:
+    info: ReplicaInfo
+    actor: Any = None
+    slot: str = ""
+    task: asyncio.Task[None] | None = None
+    stopping: bool = False
+
+
+class RayBackend:
+    """Replicas as Ray actors. Needs ``ray.init`` done by the caller (attach or local)."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        listener: ReplicaListener,
+        *,
+        placer: str = "quart",
+        accelerator_resource: str | None = None,
+        accelerator_memory_bytes: int = 16 * GIB,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not ray.is_initialized():
+            raise BackendError("the Ray backend needs a Ray connection: call ray.init first")
+        self.spec = spec
+        self.listener = listener
+        self.clock = clock
+        self.accelerator = accelerator_resource
+        self.accelerator_memory_bytes = accelerator_memory_bytes
+        self.placer = None if placer == "ray" else get_placer(placer)
+        self.cache = ObjectStoreCache(spec)
+        self._spec_json = spec.model_dump_json()
+        self._replicas: dict[str, _Replica] = {}
+        self._ids = itertools.count(1)
+        self._backoff_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self.starts: list[ReplicaInfo] = []  # every READY start, with its tier (reports)
+        self.closed = False
+        self._reqs = tuple(
+            StageReq(s.name, stage_param_bytes(spec, i) if spec.model.kind != "synthetic" else 0,
+                     pipeline=spec.name, cpu_cores=s.cpu)
+            for i, s in enumerate(spec.stages)
+        )  # fmt: skip
+
+    # -- Backend protocol -----------------------------------------------------------
+
+    def start_replica(self, stage: str) -> ReplicaInfo:
+        if self.closed:
+            raise BackendError("the backend is shut down")
+        try:
+            idx = self.spec.stage_index(stage)
+        except KeyError:
+            names = [s.name for s in self.spec.stages]
+            raise BackendError(f"unknown stage {stage!r}; stages: {names}") from None
+        rid = f"{stage}-{next(self._ids)}"
+        info = ReplicaInfo(
+            replica_id=rid,
+            stage=stage,
+            state=ReplicaState.STARTING,
+            requested_at=self.clock(),
+            cpu=self.spec.stages[idx].cpu,
+        )
+        rep = _Replica(info)
+        self._replicas[rid] = rep
+        self.listener.replica_starting(info)
+        rep.task = asyncio.get_running_loop().create_task(self._run(rep), name=f"replica {rid}")
+        return info
+
+    def stop_replica(self, replica_id: str, *, drain: bool = True) -> None:
+        rep = self._replicas.get(replica_id)
+        if rep is None or rep.stopping:
+            return
+        rep.stopping = True
+        was_ready = rep.info.state is ReplicaState.READY
+        self._set(rep, state=ReplicaState.DRAINING)
+        asyncio.get_running_loop().create_task(self._stop(rep, drain and was_ready))
+
+    def list_replicas(self, stage: str | None = None) -> list[ReplicaInfo]:
+        return [
+            r.info
+            for r in self._replicas.values()
+            if (stage is None or r.info.stage == stage) and r.info.state is not ReplicaState.STOPPED
+        ]
+
+    def set_cpu(self, replica_id: str, cpus: float) -> CpuLever:
+        """Ray cannot resize an actor's CPUs in place; its torch threads follow ``cpus``."""
+        rep = self._replicas.get(replica_id)
+        if rep is None or rep.actor is None:
+            raise BackendError(f"no running replica {replica_id}")
+        rep.actor.set_threads.remote(max(1, int(cpus)))
+        self._set(rep, cpu=cpus)
+        return CpuLever.THREADS
+
+    # -- helpers --------------------------------------------------------------------
+
+    def actor(self, replica_id: str) -> Any:
+        """The actor handle of a replica (the data plane calls it)."""
+        rep = self._replicas.get(replica_id)
+        return None if rep is None else rep.actor
+
+    def _set(self, rep: _Replica, **changes: object) -> None:
+        rep.info = replace(rep.info, **changes)  # type: ignore[arg-type]
+
+    def _live(self) -> list[LiveReplica]:
+        return [
+            LiveReplica(r.info.stage, r.info.host, r.slot, r.info.cpu or 0.0, r.info.replica_id)
+            for r in self._replicas.values()
+            if r.slot and r.info.state in (ReplicaState.STARTING, ReplicaState.READY)
+        ]
+
+    def _nodes(self) -> list[NodeInfo]:
+        nodes = cluster_nodes()
+        for n in nodes:
+            self.cache.add_node(n.node_id, n.object_store_bytes)
+        return nodes
+
+    def _options(self, stage_index: int, node: str | None) -> dict[str, Any]:
+        st = self.spec.stages[stage_index]
+        opts: dict[str, Any] = {
+            "num_cpus": st.cpu,
+            "max_concurrency": max(4, st.max_concurrency + 3),  # calls + ready/drain/lifeline
+            "max_restarts": 0,
+        }
+        if st.device.startswith("cuda"):
+            opts["num_gpus"] = 1
+        elif self.accelerator is not None:
+            opts["resources"] = {self.accelerator: 1}
+        if node is not None:
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
+        return opts
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def _run(self, rep: _Replica) -> None:
+        stage = rep.info.stage
+        idx = self.spec.stage_index(stage)
+        wait_s = self._backoff_until.get(stage, 0.0) - self.clock()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+        if rep.stopping:
+            self._finish(rep, ReplicaState.STOPPED)
+            return
+        timeout = self.spec.gateway.replica_start_timeout_s
+        node: str | None = None
+        try:
+            nodes = self._nodes()
+            if self.placer is not None:
+                choice = choose_node(
+                    self.placer, stage=self._reqs[idx], stages=self._reqs, nodes=nodes,
+                    replicas=self._live(), caches=self.cache.views(),
+                    accelerator=self.accelerator,
+                    accelerator_memory_bytes=self.accelerator_memory_bytes,
+                )  # fmt: skip
+                if isinstance(choice, str):
+                    raise BackendError(choice)
+                node, rep.slot, why = choice
+                self._set(rep, host=node, message=why)
+            actor: Any = (
+                ray.remote(StageReplica)
+                .options(**self._options(idx, node))
+                .remote(self._spec_json, idx, rep.info.replica_id)
+            )
+            rep.actor = actor
+            ready = await asyncio.wait_for(self._load(rep, actor), timeout)
+        except Exception as exc:  # placement, Ray, load or timeout: reported, then backoff
+            if isinstance(exc, TimeoutError):
+                exc = BackendError(f"not ready within {timeout:.0f} s (replica_start_timeout_s)")
+            if rep.stopping:
+                self._finish(rep, ReplicaState.STOPPED)
+            else:
+                self._start_failed(rep, str(exc))
+            return
+        self._failures[stage] = 0
+        self._set(
+            rep, state=ReplicaState.READY, ready_at=self.clock(), pid=int(ready["pid"]),
+            address=f"ray://{ready['node_id']}/{rep.info.replica_id}",
+        )  # fmt: skip
+        self.starts.append(rep.info)
+        if rep.stopping:  # stopped while starting: it never served
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+            self._finish(rep, ReplicaState.STOPPED)
+            return
+        self.listener.replica_ready(rep.info)
+        try:
+            await actor.lifeline.remote()
+        except RayActorError as exc:
+            if rep.stopping:
+                return  # _stop killed it and finishes the bookkeeping
+            log.warning("replica %s died: %s", rep.info.replica_id, exc)
+            self._node_check()
+            self._finish(rep, ReplicaState.FAILED, f"actor died: {type(exc).__name__}")
+            if not self.closed:
+                self.start_replica(stage)
+
+    async def _load(self, rep: _Replica, actor: Any) -> dict[str, Any]:
+        node = rep.info.host if rep.slot else await actor.node_id.remote()
+        if not rep.slot:
+            self._set(rep, host=node)
+        tier, refs = await self.cache.acquire(rep.info.stage, node)
+        self._set(rep, tier=tier)
+        await actor.load.remote(refs)
+        ready: dict[str, Any] = await actor.ready.remote()
+        if ready["node_id"] != node:
+            raise BackendError(f"replica landed on {ready['node_id']}, not on {node}")
+        return ready
+
+    def _node_check(self) -> None:
+        alive = {n.node_id for n in cluster_nodes()}
+        for node in list(self.cache.views()):
+            if node not in alive:
+                log.warning("node %s is gone; forgetting its cached weights", node[:8])
+                self.cache.forget_node(node)
+
+    def _start_failed(self, rep: _Replica, message: str) -> None:
+        stage = rep.info.stage
+        n = self._failures.get(stage, 0) + 1
+        self._failures[stage] = n
+        self._backoff_until[stage] = self.clock() + min(30.0, 2.0 ** (n - 1))
+        msg = f"replica {rep.info.replica_id} of stage {stage} failed to start: {message}"
+        log.error("%s", msg)
+        if rep.actor is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(rep.actor)
+        self._release(rep)
+        self._set(rep, state=ReplicaState.FAILED, message=msg)
+        self.listener.replica_start_failed(rep.info)
+        self._replicas.pop(rep.info.replica_id, None)
+
+    def _release(self, rep: _Replica) -> None:
+        if rep.info.tier not in (None, StartTier.NONE):
+            self.cache.release(rep.info.stage, rep.info.host)
+
+    def _finish(self, rep: _Replica, state: ReplicaState, message: str = "") -> None:
+        if rep.info.state in (ReplicaState.STOPPED, ReplicaState.FAILED):
+            return
+        self._set(rep, state=state, message=message)
+        self._release(rep)
+        self.listener.replica_gone(rep.info)
+        self._replicas.pop(rep.info.replica_id, None)
+
+    async def _stop(self, rep: _Replica, drain: bool) -> None:
+        timeout = self.spec.gateway.drain_timeout_s
+        if drain:
+            if not await self.listener.drain_replica(rep.info, timeout):
+                log.warning("replica %s did not drain in time", rep.info.replica_id)
+            if rep.actor is not None:
+                with contextlib.suppress(RayError):
+                    await rep.actor.drain.remote(timeout)
+        if rep.actor is None:
+            return  # still being placed: _run sees `stopping`
+        with contextlib.suppress(Exception):
+            ray.kill(rep.actor)
+        self._finish(rep, ReplicaState.STOPPED)
+
+    async def close(self) -> None:
+        """Kill every replica and the weight owners (no drain)."""
+        self.closed = True
+        for rep in list(self._replicas.values()):
+            rep.stopping = True
+            if rep.actor is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(rep.actor)
+            if rep.task is not None and not rep.task.done():
+                rep.task.cancel()
+        self._replicas.clear()
+        self.cache.close()
