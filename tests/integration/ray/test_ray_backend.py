@@ -52,7 +52,7 @@ def cluster():
         },
     )
     workers = [
-        c.add_node(num_cpus=2, resources={ACCEL: 2}, object_store_memory=150 * 1024**2)
+        c.add_node(num_cpus=2, resources={ACCEL: 4}, object_store_memory=150 * 1024**2)
         for _ in range(2)
     ]
     try:
@@ -128,6 +128,15 @@ def test_placement_tiers_pipeline_and_drain(cluster, spec):
             assert r2.tier is StartTier.OBJECT_STORE
             assert backend.cache.holders(s0) == [infos[s0].host]
 
+            # the other tiers, on the node that does not hold s0: a pull (remote), then
+            # that node holds it too
+            other = next(n for n in worker_nodes if n != infos[s0].host)
+            backend.cache.add_node(other, 150 * 1024**2)
+            tier, _ = await backend.cache.acquire(s0, other)
+            assert tier is StartTier.REMOTE
+            assert backend.cache.holders(s0) == sorted([infos[s0].host, other])
+            backend.cache.release(s0, other)
+
             # the KeysManager view follows: the node caches s0, pinned by 2 replicas
             entry = backend.cache.views()[infos[s0].host].get(s0)
             assert entry is not None and entry.pins == 2
@@ -159,6 +168,61 @@ def test_placement_tiers_pipeline_and_drain(cluster, spec):
             assert len(done) == 6
             await wait_for(lambda: len(backend.list_replicas(s0)) == 1, 30, "drained stop")
             assert backend.cache.views()[infos[s0].host].get(s0).pins == 1
+        finally:
+            await backend.close()
+
+    asyncio.run(main())
+
+
+def test_node_death_under_load_loses_no_call(cluster, spec):
+    """Kill the worker node serving stage 0 while calls flow: every accepted call gets
+    its answer (retried on a live replica) and the replicas come back on the other node.
+    Runs last in this module: the cluster has one worker node afterwards."""
+    c, workers = cluster
+
+    async def main() -> None:
+        client = RayStageClient(spec)
+        backend = RayBackend(spec, client, placer="quart", accelerator_resource=ACCEL)
+        client.actor_of = backend.actor
+        try:
+            for st in spec.stages:
+                backend.start_replica(st.name)
+            await wait_for(lambda: len(ready(backend)) == 3, 120, "3 ready replicas")
+            victim_id = ready(backend, spec.stages[0].name)[0].host
+            victim = next(w for w in workers if w.node_id == victim_id)
+            survivor = next(w.node_id for w in workers if w.node_id != victim_id)
+            lost_stages = {r.stage for r in ready(backend) if r.host == victim_id}
+
+            results: list[object] = []
+            stop = asyncio.Event()
+
+            async def load() -> None:
+                while not stop.is_set():
+                    try:
+                        out, _ = await client.pipeline(example_frame(spec))
+                        results.append(out)
+                    except Exception as exc:  # collected: the assertion names it
+                        results.append(exc)
+
+            loaders = [asyncio.create_task(load()) for _ in range(3)]
+            await wait_for(lambda: len(results) >= 6, 60, "calls before the kill")
+            await asyncio.to_thread(c.remove_node, victim, False)
+            # replacements for every stage the node served, all on the survivor
+            await wait_for(
+                lambda: all(
+                    any(r.host == survivor for r in ready(backend, st)) for st in lost_stages
+                ),
+                120,
+                "replacement replicas on the surviving node",
+            )
+            n_after = len(results)
+            await wait_for(lambda: len(results) >= n_after + 6, 60, "calls after recovery")
+            stop.set()
+            await asyncio.gather(*loaders)
+            errors = [r for r in results if isinstance(r, Exception)]
+            assert not errors, errors[:3]
+            assert all(r.host == survivor for r in ready(backend))
+            assert victim_id not in backend.cache.views()
         finally:
             await backend.close()
 
