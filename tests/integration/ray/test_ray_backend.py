@@ -13,7 +13,6 @@ the surviving node.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from quartfaas.backends.ray.client import RayStageClient  # noqa: E402
 from quartfaas.dataplane import framing  # noqa: E402
 from quartfaas.models import make_weights  # noqa: E402
 from quartfaas.spec import PipelineSpec  # noqa: E402
+from ray_helpers import MIB, local_cluster  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -37,32 +37,15 @@ ACCEL = "accel"
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            "include_dashboard": False,
-            "object_store_memory": 150 * 1024**2,
-            "_system_config": {
-                "health_check_period_ms": 500,
-                "health_check_failure_threshold": 3,
-            },
-        },
-    )
-    workers = [
-        c.add_node(num_cpus=2, resources={ACCEL: 4}, object_store_memory=150 * 1024**2)
-        for _ in range(2)
-    ]
-    try:
-        ray.init(address=c.address, include_dashboard=False, logging_level="ERROR")
-        c.wait_for_nodes()
-        yield c, workers
-    finally:
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        c.shutdown()
+    worker = {"num_cpus": 2, "resources": {ACCEL: 4}, "object_store_memory": 150 * MIB}
+    head = {
+        "num_cpus": 1,
+        "object_store_memory": 150 * MIB,
+        # detect a dead node in ~1.5 s, not Ray's default ~30 s
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
+    }
+    with local_cluster(head, [worker, worker]) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

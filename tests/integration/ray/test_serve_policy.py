@@ -11,50 +11,29 @@ others at one replica; when the load stops it scales back down. Its decisions re
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from pathlib import Path
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
 from helpers import synthetic_spec  # noqa: E402
+from ray_helpers import MIB, local_cluster  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
-
-SRC = str(Path(__file__).resolve().parents[3] / "src")
-
 
 @pytest.fixture(scope="module")
 def serve_cluster():
     from ray import serve
-    from ray.cluster_utils import Cluster
 
-    # Serve's controller imports the policy and the app: the workers need our sources.
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = SRC + (os.pathsep + old if old else "")
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "include_dashboard": False,
-                        "object_store_memory": 150 * 1024**2},
-    )  # fmt: skip
-    c.add_node(num_cpus=4, object_store_memory=150 * 1024**2)
-    try:
-        ray.init(address=c.address, include_dashboard=False, logging_level="ERROR")
-        c.wait_for_nodes()
+    head = {"num_cpus": 2, "object_store_memory": 150 * MIB}
+    with local_cluster(head, [{"num_cpus": 4, "object_store_memory": 150 * MIB}]) as (c, _):
         serve.start(http_options={"location": "NoServer"})
-        yield c
-    finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        c.shutdown()
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        try:
+            yield c
+        finally:
+            with contextlib.suppress(Exception):
+                serve.shutdown()
 
 
 def replicas(app: str) -> dict[str, int]:

@@ -91,7 +91,11 @@ class RayBackend:
         self._backoff_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self.starts: list[ReplicaInfo] = []  # every READY start, with its tier (reports)
+        # what each replica's ready() said: node, pid, load seconds, RSS/PSS/private KiB
+        self.ready_info: dict[str, dict[str, Any]] = {}
         self.closed = False
+        # actors started ahead of demand, per (stage, node): torch imported, no weights
+        self._standby: dict[tuple[str, str], list[Any]] = {}
         self._reqs = tuple(
             StageReq(s.name, stage_param_bytes(spec, i) if spec.model.kind != "synthetic" else 0,
                      pipeline=spec.name, cpu_cores=s.cpu)
@@ -185,6 +189,29 @@ class RayBackend:
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         return opts
 
+    # -- warm pool ------------------------------------------------------------------
+
+    async def prewarm(self, stage: str, node_id: str, count: int = 1) -> int:
+        """Start ``count`` standby actors of ``stage`` on ``node_id`` (they hold the
+        stage's resources while idle); a later start placed on that node takes one and
+        only maps the weights and warms up. Returns the standbys now waiting there."""
+        idx = self.spec.stage_index(stage)
+        new: list[Any] = [
+            ray.remote(StageReplica)
+            .options(**self._options(idx, node_id))
+            .remote(self._spec_json, idx, f"{stage}-standby")
+            for _ in range(count)
+        ]
+        for actor in new:
+            await actor.node_id.remote()  # constructed: the process and its imports are up
+        pool = self._standby.setdefault((stage, node_id), [])
+        pool.extend(new)
+        return len(pool)
+
+    def _take_standby(self, stage: str, node_id: str | None) -> Any:
+        pool = self._standby.get((stage, node_id or ""), [])
+        return pool.pop() if pool else None
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def _run(self, rep: _Replica) -> None:
@@ -211,11 +238,15 @@ class RayBackend:
                     raise BackendError(choice)
                 node, rep.slot, why = choice
                 self._set(rep, host=node, message=why)
-            actor: Any = (
-                ray.remote(StageReplica)
-                .options(**self._options(idx, node))
-                .remote(self._spec_json, idx, rep.info.replica_id)
-            )
+            actor: Any = self._take_standby(stage, node)
+            if actor is not None:
+                self._set(rep, message=f"{rep.info.message}; warm standby actor")
+            else:
+                actor = (
+                    ray.remote(StageReplica)
+                    .options(**self._options(idx, node))
+                    .remote(self._spec_json, idx, rep.info.replica_id)
+                )
             rep.actor = actor
             ready = await asyncio.wait_for(self._load(rep, actor), timeout)
         except Exception as exc:  # placement, Ray, load or timeout: reported, then backoff
@@ -227,6 +258,7 @@ class RayBackend:
                 self._start_failed(rep, str(exc))
             return
         self._failures[stage] = 0
+        self.ready_info[rep.info.replica_id] = ready
         self._set(
             rep, state=ReplicaState.READY, ready_at=self.clock(), pid=int(ready["pid"]),
             address=f"ray://{ready['node_id']}/{rep.info.replica_id}",
@@ -320,4 +352,9 @@ class RayBackend:
             if rep.task is not None and not rep.task.done():
                 rep.task.cancel()
         self._replicas.clear()
+        for pool in self._standby.values():
+            for actor in pool:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+        self._standby.clear()
         self.cache.close()
