@@ -49,7 +49,8 @@ def start_cluster() -> Any:
                         "object_store_memory": 512 * 1024**2},
     )  # fmt: skip
     for _ in range(2):
-        c.add_node(num_cpus=2, resources={"accel": 4}, object_store_memory=int(2.5 * GIB))
+        # logical CPUs (placement only): room for 3 one-CPU replicas + a standby per node
+        c.add_node(num_cpus=4, resources={"accel": 4}, object_store_memory=int(2.5 * GIB))
     ray.init(address=c.address, include_dashboard=False, logging_level="ERROR")
     c.wait_for_nodes()
     return c
@@ -81,21 +82,21 @@ class Listener:
 
 async def quartfaas_tiers(spec: Any, repeats: int) -> list[dict[str, Any]]:
     from quartfaas.backends.ray.backend import RayBackend
-    from quartfaas.control.placement import get_placer
+    from quartfaas.backends.ray.nodes import cluster_nodes
 
     stage = spec.stages[0].name
     rows: list[dict[str, Any]] = []
     for rep in range(repeats):
         backend = RayBackend(spec, Listener(), placer="quart", accelerator_resource="accel")
         try:
-            for label, placer in (
-                ("cold", "quart"),          # nobody holds it
-                ("object-store", "quart"),  # the placer picks the holding node
-                ("remote", "least-loaded"), # the other node: pull across
-            ):  # fmt: skip
-                backend.placer = get_placer(placer)
+            workers = [n.node_id for n in cluster_nodes() if n.resources.get("accel")]
+            for label in ("cold", "object-store", "remote"):
+                # cold: nobody holds it; object-store: the placer picks the holding node;
+                # remote: pinned to the other worker node, which pulls the object across
                 t0 = time.perf_counter()
-                info = backend.start_replica(stage)
+                other = [n for n in workers if n not in backend.cache.holders(stage)]
+                pin = other[0] if label == "remote" else None
+                info = backend.start_replica(stage, node_id=pin)
                 r = await wait_ready(backend, info.replica_id)
                 dt = time.perf_counter() - t0
                 mem = backend.ready_info[info.replica_id]
@@ -109,7 +110,6 @@ async def quartfaas_tiers(spec: Any, repeats: int) -> list[dict[str, Any]]:
                 print(f"  {rows[-1]['path']:<32} {r.tier!s:<13} {dt:6.2f} s", flush=True)
             # both worker nodes hold the weights now: a standby actor on each (started
             # ahead of demand, not timed), then a start that takes one
-            backend.placer = get_placer("quart")
             for node in backend.cache.holders(stage):
                 await backend.prewarm(stage, node)
             t0 = time.perf_counter()

@@ -136,6 +136,28 @@ def test_placement_tiers_pipeline_and_drain(cluster, spec):
             )["embedding"]
             np.testing.assert_allclose(emb, local.numpy(), rtol=1e-4, atol=1e-5)
 
+            # the dispatcher's drop-in: post() on one replica, activations as refs
+            import json
+
+            from quartfaas.backends.ray.client import RayEndpointClient
+
+            loop = asyncio.get_running_loop()
+            body: object = example_frame(spec)
+            for st in spec.stages:
+                rid = ready(backend, st.name)[0].replica_id
+                status, headers, body = await RayEndpointClient(backend.actor(rid)).post(
+                    body, {}, loop.time() + 30
+                )
+                assert status == 200 and float(headers["x-quartfaas-service-ms"]) > 0
+                assert isinstance(body, ray.ObjectRef)
+            np.testing.assert_allclose(
+                framing.decode_numpy(await body)["embedding"], emb, rtol=1e-5
+            )
+            bad_status, _, bad_body = await RayEndpointClient(
+                backend.actor(ready(backend, s1)[0].replica_id)
+            ).post(example_frame(spec), {}, loop.time() + 30)
+            assert bad_status == 400 and "error" in json.loads(bad_body)
+
             # bad input is a clear ModelInputError, not a crash
             from quartfaas.errors import ModelInputError
 

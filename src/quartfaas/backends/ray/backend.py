@@ -104,7 +104,9 @@ class RayBackend:
 
     # -- Backend protocol -----------------------------------------------------------
 
-    def start_replica(self, stage: str) -> ReplicaInfo:
+    def start_replica(self, stage: str, *, node_id: str | None = None) -> ReplicaInfo:
+        """``node_id`` (not in the protocol) pins the replica to a node, bypassing the
+        placer (operators, benchmarks)."""
         if self.closed:
             raise BackendError("the backend is shut down")
         try:
@@ -123,7 +125,9 @@ class RayBackend:
         rep = _Replica(info)
         self._replicas[rid] = rep
         self.listener.replica_starting(info)
-        rep.task = asyncio.get_running_loop().create_task(self._run(rep), name=f"replica {rid}")
+        rep.task = asyncio.get_running_loop().create_task(
+            self._run(rep, node_id), name=f"replica {rid}"
+        )
         return info
 
     def stop_replica(self, replica_id: str, *, drain: bool = True) -> None:
@@ -202,8 +206,19 @@ class RayBackend:
             .remote(self._spec_json, idx, f"{stage}-standby")
             for _ in range(count)
         ]
-        for actor in new:
-            await actor.node_id.remote()  # constructed: the process and its imports are up
+        try:  # constructed: the process and its imports are up
+            await asyncio.wait_for(
+                asyncio.gather(*(a.node_id.remote() for a in new)),
+                self.spec.gateway.replica_start_timeout_s,
+            )
+        except Exception as exc:  # no room on the node (Ray would queue it forever), ...
+            for actor in new:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+            raise BackendError(
+                f"standby actors of {stage} on node {node_id[:8]} did not start: "
+                f"{type(exc).__name__}: {exc} (does the node have free resources?)"
+            ) from None
         pool = self._standby.setdefault((stage, node_id), [])
         pool.extend(new)
         return len(pool)
@@ -214,7 +229,7 @@ class RayBackend:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    async def _run(self, rep: _Replica) -> None:
+    async def _run(self, rep: _Replica, pinned: str | None = None) -> None:
         stage = rep.info.stage
         idx = self.spec.stage_index(stage)
         wait_s = self._backoff_until.get(stage, 0.0) - self.clock()
@@ -227,7 +242,15 @@ class RayBackend:
         node: str | None = None
         try:
             nodes = self._nodes()
-            if self.placer is not None:
+            if pinned is not None:
+                if pinned not in {n.node_id for n in nodes}:
+                    raise BackendError(f"no alive node {pinned}")
+                used = {r.slot for r in self._live() if r.node_id == pinned}
+                node, rep.slot = pinned, next(
+                    f"slot{i}" for i in range(len(used) + 1) if f"slot{i}" not in used
+                )
+                self._set(rep, host=node, message="pinned to the node by the caller")
+            elif self.placer is not None:
                 choice = choose_node(
                     self.placer, stage=self._reqs[idx], stages=self._reqs, nodes=nodes,
                     replicas=self._live(), caches=self.cache.views(),

@@ -19,11 +19,20 @@ again to another ready replica of the stage, waiting up to the stage's timeout f
 are kept by the caller (its reference), so a retry needs nothing from the dead replica.
 A bad input raises ``ModelInputError`` (400); any other stage failure ``UpstreamFailed``
 (502).
+
+``RayEndpointClient`` is the other way in, for the gateway's own dispatcher
+(``dataplane/dispatch.py``: queues, slots, metrics): the same ``post(body, headers,
+deadline) -> (status, headers, body)`` as ``dataplane/httpclient.EndpointClient``, on one
+replica actor. A dead actor raises ``WorkerConnectionError`` (the dispatcher's "crashed
+replica": retried elsewhere), the service time comes in the worker's header, and the
+body returned is the output frame's ``ObjectRef`` (fetch the last stage's with
+``await ref``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +41,8 @@ from typing import Any
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from quartfaas.backends.base import ReplicaInfo
+from quartfaas.dataplane.httpclient import WorkerConnectionError
+from quartfaas.dataplane.worker import SERVICE_HEADER
 from quartfaas.errors import FramingError, ModelInputError, NoReplicas, UpstreamFailed
 from quartfaas.spec import PipelineSpec
 
@@ -172,3 +183,30 @@ class RayStageClient:
                 continue
             return bytes(out), results
         raise AssertionError("unreachable")
+
+
+class RayEndpointClient:
+    """``EndpointClient.post`` on a Ray replica actor (for the gateway's dispatcher)."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    async def post(
+        self, body: Any, headers: Any, deadline: float
+    ) -> tuple[int, dict[str, str], Any]:
+        """``body``: frame bytes or an ObjectRef of them; ``deadline``: loop time."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                meta_ref, out_ref = self.actor.invoke.options(num_returns=2).remote(body)
+                meta = await meta_ref
+        except RayActorError as exc:
+            raise WorkerConnectionError(f"replica actor died: {type(exc).__name__}") from None
+        except RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            status = 400 if isinstance(cause, ModelInputError | FramingError) else 500
+            return status, {}, json.dumps({"error": str(cause or exc)}).encode()
+        ms = float(meta["service_s"]) * 1000.0
+        return 200, {SERVICE_HEADER.lower(): f"{ms:.3f}"}, out_ref
+
+    def close(self) -> None:
+        return None
