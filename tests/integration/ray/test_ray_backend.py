@@ -22,7 +22,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from helpers import tiny_bert_spec  # noqa: E402
-from quartfaas.backends.base import ReplicaState, StartTier  # noqa: E402
+from quartfaas.backends.base import Backend, ReplicaState, StartTier  # noqa: E402
 from quartfaas.backends.ray.backend import RayBackend  # noqa: E402
 from quartfaas.backends.ray.client import RayStageClient  # noqa: E402
 from quartfaas.dataplane import framing  # noqa: E402
@@ -90,6 +90,7 @@ def test_placement_tiers_pipeline_and_drain(cluster, spec):
         client = RayStageClient(spec)
         backend = RayBackend(spec, client, placer="quart", accelerator_resource=ACCEL)
         client.actor_of = backend.actor
+        assert isinstance(backend, Backend)
         try:
             s0, s1, s2 = (st.name for st in spec.stages)
             first = backend.start_replica(s0)
