@@ -180,6 +180,29 @@ def test_placement_tiers_pipeline_and_drain(cluster, spec):
     asyncio.run(main())
 
 
+def test_ray_scheduler_baseline_places_on_an_accelerator_node(cluster, spec):
+    """placer="ray": no decision of ours, Ray's scheduler picks a node with the resource;
+    the backend learns the node from the actor and gets its weights there."""
+    _, workers = cluster
+
+    async def main() -> None:
+        client = RayStageClient(spec)
+        backend = RayBackend(spec, client, placer="ray", accelerator_resource=ACCEL)
+        client.actor_of = backend.actor
+        try:
+            info = backend.start_replica(spec.stages[2].name)
+            await wait_for(lambda: len(ready(backend)) == 1, 120, "a ready replica")
+            r = ready(backend)[0]
+            assert r.replica_id == info.replica_id
+            assert r.host in node_ids(workers) and r.message == ""
+            assert r.tier is StartTier.COLD  # a fresh backend: no node holds weights yet
+            assert backend.cache.holders(r.stage) == [r.host]
+        finally:
+            await backend.close()
+
+    asyncio.run(main())
+
+
 def test_node_death_under_load_loses_no_call(cluster, spec):
     """Kill the worker node serving stage 0 while calls flow: every accepted call gets
     its answer (retried on a live replica) and the replicas come back on the other node.
