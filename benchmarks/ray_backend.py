@@ -57,7 +57,7 @@ def start_cluster() -> Any:
 
 
 async def wait_ready(backend: Any, rid: str, timeout_s: float = 300) -> Any:
-    from quartfaas.backends.base import ReplicaState
+    from quartfaas.control.backend import ReplicaState
 
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:

@@ -16,8 +16,8 @@ from quartfaas.backends.ray.serve_policy import (
     ServeStageMetrics,
     stage_snapshot,
 )
-from quartfaas.control.keys_manager import GIB, KeysManager
 from quartfaas.control.placement import StageReq, get_placer
+from quartfaas.control.placement.keys_manager import GIB, KeysManager
 
 
 def nodes() -> list[NodeInfo]:

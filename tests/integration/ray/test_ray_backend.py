@@ -22,9 +22,9 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from helpers import tiny_bert_spec  # noqa: E402
-from quartfaas.backends.base import Backend, ReplicaState, StartTier  # noqa: E402
 from quartfaas.backends.ray.backend import RayBackend  # noqa: E402
 from quartfaas.backends.ray.client import RayStageClient  # noqa: E402
+from quartfaas.control.backend import Backend, ReplicaState, StartTier  # noqa: E402
 from quartfaas.dataplane import framing  # noqa: E402
 from quartfaas.models import make_weights  # noqa: E402
 from quartfaas.spec import PipelineSpec  # noqa: E402

@@ -1,13 +1,13 @@
 """The Ray backend: stage replicas as Ray actors on a (multi-node) Ray cluster.
 
-It implements ``backends.base.Backend`` the way ``backends/local.py`` does: calls are
+It implements ``control.backend.Backend`` the way ``backends/local.py`` does: calls are
 non-blocking declarations made on the caller's asyncio loop, readiness is observed (the
 actor's ``ready()`` answers), and a ``ReplicaListener`` (``backends/local.py``; here the
 data-plane client of ``client.py``, later the gateway's dispatcher) hears about every
 change. This module is the one place that makes Ray API calls for replicas.
 
 A start: choose a node (``nodes.choose_node`` with a placer from
-``control/placement.py``, applied as ``NodeAffinitySchedulingStrategy(node, soft=False)``;
+``control/placement/``, applied as ``NodeAffinitySchedulingStrategy(node, soft=False)``;
 ``placer="ray"`` lets Ray's scheduler choose, the baseline), create the actor with the
 stage's resources (``num_cpus`` = the stage's ``cpu``; ``num_gpus=1`` for a CUDA stage, or
 one unit of ``accelerator_resource`` on CPU-only test clusters), ask the node's weights
@@ -40,13 +40,13 @@ import ray
 from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from quartfaas.backends.base import CpuLever, ReplicaInfo, ReplicaState, StartTier
 from quartfaas.backends.local import ReplicaListener
 from quartfaas.backends.ray.actor import StageReplica
 from quartfaas.backends.ray.nodes import LiveReplica, NodeInfo, choose_node, cluster_nodes
 from quartfaas.backends.ray.weights import ObjectStoreCache
-from quartfaas.control.keys_manager import GIB
+from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState, StartTier
 from quartfaas.control.placement import StageReq, get_placer
+from quartfaas.control.placement.keys_manager import GIB
 from quartfaas.errors import BackendError
 from quartfaas.models.layout import stage_param_bytes
 from quartfaas.spec import PipelineSpec

@@ -40,7 +40,7 @@ from typing import Any
 
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
-from quartfaas.backends.base import ReplicaInfo
+from quartfaas.control.backend import ReplicaInfo
 from quartfaas.dataplane.httpclient import WorkerConnectionError
 from quartfaas.dataplane.worker import SERVICE_HEADER
 from quartfaas.errors import FramingError, ModelInputError, NoReplicas, UpstreamFailed

@@ -2,7 +2,7 @@
 
 ``cluster_nodes`` reads ``ray.nodes()`` (alive nodes, their resources); ``choose_node``
 turns them, the live replicas and the object-store cache views into a
-``PlacementRequest`` for a ``Placer`` from ``control/placement.py`` and returns the node
+``PlacementRequest`` for a ``Placer`` from ``control/placement/`` and returns the node
 the plan chose (applied by the backend with ``NodeAffinitySchedulingStrategy``).
 
 Accelerators: a node's ``GPU`` resource, or on CPU-only test clusters a custom resource
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import ray
 
-from quartfaas.control.keys_manager import GIB, CacheView, KeysManager
 from quartfaas.control.placement import (
     GPU,
     PlacementRequest,
@@ -28,6 +27,7 @@ from quartfaas.control.placement import (
     ServerState,
     StageReq,
 )
+from quartfaas.control.placement.keys_manager import GIB, CacheView, KeysManager
 
 
 @dataclass(frozen=True, slots=True)

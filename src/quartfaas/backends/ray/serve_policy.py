@@ -4,7 +4,7 @@ For users who already deploy their pipeline as a Ray Serve application (one depl
 per stage): Serve 2.60 calls an application-level policy with every deployment's
 ``AutoscalingContext`` each tick and applies the replica counts it returns. This policy
 turns those contexts into the ``PipelineSnapshot`` quartfaas's control code reads, asks
-Quart's Replica Corrector (``control/corrector.py``) for a decision, and returns its
+Quart's Replica Corrector (``control/corrector/corrector.py``) for a decision, and returns its
 targets. Serve's own metrics give the replica counts, the requests queued at handles and
 the requests running; the per-replica custom metrics of ``serve_app.StageDeployment``
 (``record_autoscaling_stats``) give the arrival rate, service-time mean and SCV, and the

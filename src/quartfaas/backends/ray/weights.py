@@ -7,14 +7,14 @@ any other node. A replica on the node gets the same reference and maps the tenso
 zero-copy: ``ray.get`` returns read-only numpy views over the shared-memory object, and
 ``torch.from_numpy`` wraps them without a copy (``tensors_from_object``).
 
-Tiers (``backends.base.StartTier``), chosen by ``ObjectStoreCache.acquire``:
+Tiers (``control.backend.StartTier``), chosen by ``ObjectStoreCache.acquire``:
 
 - ``OBJECT_STORE``: the replica's node already holds the stage: nothing is read or copied;
 - ``REMOTE``: another node holds it: the node's owner pulls the object across (Ray's
   object manager) and puts its own copy, so the node then holds the stage itself;
 - ``COLD``: no node holds it: the node's owner reads the stage's safetensors file.
 
-The bookkeeping is one ``KeysManager`` per node (``control/keys_manager.py``) sized to
+The bookkeeping is one ``KeysManager`` per node (``control/placement/keys_manager.py``) sized to
 the node's object-store memory, so the cache-aware placer reads the same ``CacheView`` it
 reads for the local backend: ``ObjectStoreCache.views()``. Entries are pinned while the
 node runs replicas of the stage. A dead node's entries are dropped (``forget_node``).
@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from quartfaas.backends.base import StartTier
-from quartfaas.control.keys_manager import CacheView, KeysManager
+from quartfaas.control.backend import StartTier
+from quartfaas.control.placement.keys_manager import CacheView, KeysManager
 from quartfaas.errors import BackendError
 
 if TYPE_CHECKING:
