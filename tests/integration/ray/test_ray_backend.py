@@ -203,6 +203,72 @@ def test_ray_scheduler_baseline_places_on_an_accelerator_node(cluster, spec):
     asyncio.run(main())
 
 
+def test_gateway_on_ray_serves_the_openfaas_api(cluster, spec):
+    """The unchanged gateway on the Ray backend (what ``quartfaas serve --backend ray``
+    runs): the REST API, its errors and metrics; activations between stages stay
+    object refs; a warm standby waits where the weights are and is refilled after a
+    start takes it."""
+    import httpx
+
+    from quartfaas.backends.ray.runtime import RayRuntime
+
+    _, workers = cluster
+    ctl = spec.controller.model_copy(update={"enabled": False})
+    gspec = spec.model_copy(update={"controller": ctl})
+    s0, s1, _ = (st.name for st in gspec.stages)
+
+    async def main() -> None:
+        async with RayRuntime(gspec, port=0, accelerator_resource=ACCEL) as rt:
+            async with httpx.AsyncClient(base_url=rt.url, timeout=60) as c:
+                r = await c.post(f"/function/{gspec.name}", json={"inputs": [[5, 6, 7, 8]]})
+                assert r.status_code == 200, r.text
+                data = r.json()
+                assert [t["stage"] for t in data["timings_ms"]["stages"]] == [
+                    st.name for st in gspec.stages
+                ]
+                assert data["output"]["embedding"]["shape"] == [1, gspec.model.hidden_size]
+
+                # one stage by its name: a tensor frame in and out
+                r = await c.post(f"/function/{s0}", content=example_frame(gspec),
+                                 headers={"Content-Type": framing.CONTENT_TYPE})  # fmt: skip
+                assert r.status_code == 200
+                assert "hidden" in framing.decode_numpy(r.content)
+
+                # errors: bad JSON, unknown function, a frame the stage cannot take
+                r = await c.post(f"/function/{gspec.name}", content=b"{no",
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                assert r.status_code == 400 and "error" in r.json()
+                assert (await c.post("/function/nope", json={"inputs": [[1]]})).status_code == 404
+                r = await c.post(f"/function/{s1}", content=example_frame(gspec),
+                                 headers={"Content-Type": framing.CONTENT_TYPE})  # fmt: skip
+                assert r.status_code == 400, r.text
+
+                fns = {f["name"]: f for f in (await c.get("/system/functions")).json()}
+                assert fns[s0]["availableReplicas"] == 1
+                text = (await c.get("/metrics")).text
+                assert (
+                    f'gateway_function_invocation_total{{code="200",function_name="{gspec.name}"}}'
+                    " 1.0" in text
+                )
+                assert f'quartfaas_stage_ready_replicas{{stage="{s1}"}} 1.0' in text
+
+            # the keeper puts a standby of s0 on the node that holds its weights
+            home = rt.backend.cache.holders(s0)
+            await wait_for(lambda: rt.backend.standbys().get((s0, home[0]), 0) >= 1, 120,
+                           "a standby of s0 where its weights are")  # fmt: skip
+            info = rt.backend.start_replica(s0)
+            await wait_for(lambda: len(ready(rt.backend, s0)) == 2, 60, "second s0 replica")
+            r2 = next(r for r in ready(rt.backend, s0) if r.replica_id == info.replica_id)
+            assert r2.tier is StartTier.OBJECT_STORE and "warm standby" in r2.message
+            assert r2.host == home[0] and r2.host in node_ids(workers)
+            # refilled after the handover (while s0 can still grow)
+            await wait_for(lambda: rt.backend.standbys().get((s0, home[0]), 0) >= 1, 120,
+                           "the standby refilled")  # fmt: skip
+            assert rt.keeper is not None and rt.keeper.started >= 2
+
+    asyncio.run(main())
+
+
 def test_node_death_under_load_loses_no_call(cluster, spec):
     """Kill the worker node serving stage 0 while calls flow: every accepted call gets
     its answer (retried on a live replica) and the replicas come back on the other node.

@@ -23,6 +23,9 @@ off 1 s, 2 s, ... 30 s, like the local backend.
 
 Stop with drain: the listener stops routing to the replica and waits for its calls, the
 actor's own ``drain`` confirms none is in flight, then the actor is killed.
+
+Over 400 lines because the lifecycle, the warm pool (``prewarm``, ``standbys``,
+``free_slots``) and the fault path all share one replica table and its Ray handles.
 """
 
 from __future__ import annotations
@@ -42,7 +45,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from quartfaas.backends.local import ReplicaListener
 from quartfaas.backends.ray.actor import StageReplica
-from quartfaas.backends.ray.nodes import LiveReplica, NodeInfo, choose_node, cluster_nodes
+from quartfaas.backends.ray.nodes import (
+    LiveReplica,
+    NodeInfo,
+    choose_node,
+    cluster_nodes,
+    slots_of,
+)
 from quartfaas.backends.ray.weights import ObjectStoreCache
 from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState, StartTier
 from quartfaas.control.placement import StageReq, get_placer
@@ -95,7 +104,8 @@ class RayBackend:
         self.ready_info: dict[str, dict[str, Any]] = {}
         self.closed = False
         # actors started ahead of demand, per (stage, node): torch imported, no weights
-        self._standby: dict[tuple[str, str], list[Any]] = {}
+        # (actor, slot): a standby holds a slot, which the placer sees as taken
+        self._standby: dict[tuple[str, str], list[tuple[Any, str]]] = {}
         self._reqs = tuple(
             StageReq(s.name, stage_param_bytes(spec, i) if spec.model.kind != "synthetic" else 0,
                      pipeline=spec.name, cpu_cores=s.cpu)
@@ -166,11 +176,20 @@ class RayBackend:
         rep.info = replace(rep.info, **changes)  # type: ignore[arg-type]
 
     def _live(self) -> list[LiveReplica]:
-        return [
+        """Replicas and standbys holding a slot (what the placer sees as taken)."""
+        out = [
             LiveReplica(r.info.stage, r.info.host, r.slot, r.info.cpu or 0.0, r.info.replica_id)
             for r in self._replicas.values()
             if r.slot and r.info.state in (ReplicaState.STARTING, ReplicaState.READY)
         ]
+        for (stage, node), pool in self._standby.items():
+            cpu = self.spec.stages[self.spec.stage_index(stage)].cpu
+            out.extend(LiveReplica(stage, node, slot, cpu, f"{stage}-standby") for _, slot in pool)
+        return out
+
+    def _free_slot(self, node: str, extra: set[str] | None = None) -> str:
+        used = {r.slot for r in self._live() if r.node_id == node} | (extra or set())
+        return next(f"slot{i}" for i in range(len(used) + 1) if f"slot{i}" not in used)
 
     def _nodes(self) -> list[NodeInfo]:
         nodes = cluster_nodes()
@@ -200,6 +219,9 @@ class RayBackend:
         stage's resources while idle); a later start placed on that node takes one and
         only maps the weights and warms up. Returns the standbys now waiting there."""
         idx = self.spec.stage_index(stage)
+        slots: set[str] = set()
+        for _ in range(count):
+            slots.add(self._free_slot(node_id, slots))
         new: list[Any] = [
             ray.remote(StageReplica)
             .options(**self._options(idx, node_id))
@@ -220,12 +242,54 @@ class RayBackend:
                 f"{type(exc).__name__}: {exc} (does the node have free resources?)"
             ) from None
         pool = self._standby.setdefault((stage, node_id), [])
-        pool.extend(new)
+        pool.extend(zip(new, sorted(slots), strict=True))
         return len(pool)
 
-    def _take_standby(self, stage: str, node_id: str | None) -> Any:
+    def standbys(self) -> dict[tuple[str, str], int]:
+        """Standby actors waiting, per (stage, node)."""
+        return {k: len(v) for k, v in self._standby.items() if v}
+
+    def retire_standby(self, stage: str, node_id: str, count: int = 1) -> int:
+        """Kill up to ``count`` standbys of ``stage`` on ``node_id``; returns how many."""
+        pool = self._standby.get((stage, node_id), [])
+        done = 0
+        while pool and done < count:
+            with contextlib.suppress(Exception):
+                ray.kill(pool.pop()[0])
+            done += 1
+        return done
+
+    def free_slots(self) -> dict[str, int]:
+        """Per alive node: slots (accelerator units, or whole CPUs) not taken by a live
+        replica or a standby, as the placer counts them."""
+        nodes = self._nodes()
+        alive = {n.node_id for n in nodes}
+        for (_, node), pool in self._standby.items():
+            if node not in alive:
+                for actor, _slot in pool:  # died with its node
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
+                pool.clear()
+        taken: dict[str, int] = {}
+        for r in self._live():  # replicas and standbys
+            taken[r.node_id] = taken.get(r.node_id, 0) + 1
+        return {
+            n.node_id: max(0, slots_of(n, self.accelerator) - taken.get(n.node_id, 0))
+            for n in nodes
+        }
+
+    def _take_standby(self, stage: str, node_id: str | None) -> tuple[Any, str] | None:
         pool = self._standby.get((stage, node_id or ""), [])
         return pool.pop() if pool else None
+
+    def _any_standby(self, stage: str, alive: set[str]) -> tuple[str, Any, str] | None:
+        """A standby of ``stage`` on an alive node, nodes holding the weights first."""
+        holders = set(self.cache.holders(stage))
+        keys = [k for k, pool in self._standby.items() if k[0] == stage and pool and k[1] in alive]
+        for key in sorted(keys, key=lambda k: k[1] not in holders):
+            actor, slot = self._standby[key].pop()
+            return key[1], actor, slot
+        return None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -240,6 +304,7 @@ class RayBackend:
             return
         timeout = self.spec.gateway.replica_start_timeout_s
         node: str | None = None
+        standby: Any = None
         try:
             nodes = self._nodes()
             if pinned is not None:
@@ -250,6 +315,10 @@ class RayBackend:
                     f"slot{i}" for i in range(len(used) + 1) if f"slot{i}" not in used
                 )
                 self._set(rep, host=node, message="pinned to the node by the caller")
+            elif (warm := self._any_standby(stage, {n.node_id for n in nodes})) is not None:
+                # the controller put it where the weights are (standby.plan_standbys)
+                node, standby, rep.slot = warm
+                self._set(rep, host=node, message="warm standby on a node holding the weights")
             elif self.placer is not None:
                 choice = choose_node(
                     self.placer, stage=self._reqs[idx], stages=self._reqs, nodes=nodes,
@@ -261,10 +330,11 @@ class RayBackend:
                     raise BackendError(choice)
                 node, rep.slot, why = choice
                 self._set(rep, host=node, message=why)
-            actor: Any = self._take_standby(stage, node)
-            if actor is not None:
+            if standby is None and (taken := self._take_standby(stage, node)) is not None:
+                standby, rep.slot = taken
                 self._set(rep, message=f"{rep.info.message}; warm standby actor")
-            else:
+            actor: Any = standby
+            if actor is None:
                 actor = (
                     ray.remote(StageReplica)
                     .options(**self._options(idx, node))
@@ -376,7 +446,7 @@ class RayBackend:
                 rep.task.cancel()
         self._replicas.clear()
         for pool in self._standby.values():
-            for actor in pool:
+            for actor, _slot in pool:
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
         self._standby.clear()
