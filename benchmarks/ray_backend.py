@@ -1,4 +1,6 @@
-"""Replica start on Ray, per parameter-cache tier, vs a new Ray Serve replica (issue #14).
+"""Replica start on Ray, per parameter-cache tier, vs a new Ray Serve replica; and a
+zero-work 3-stage pipeline through the quartfaas gateway (local / Ray backend) vs plain
+Ray Serve (issue #14).
 
 One run, one local multi-node Ray cluster (a head and two worker nodes with the custom
 resource ``accel``, dashboard off), the 1 GiB ``bert-1g`` stage
@@ -19,7 +21,22 @@ and running one warm-up forward (``map+warm``; the rest is Ray starting a worker
 that imports torch, plus the tier's transfer), and each replica's RSS, PSS and private memory (``/proc/self/smaps_rollup``),
 which shows whether the weights were mapped (shared) or copied (private).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/ray_backend.py [--repeats 2]
+Then, on the same cluster, a zero-work 3-stage pipeline (``gateway_overhead._spec(3)``:
+synthetic stages that do nothing), driven over HTTP from this process with
+``gateway_overhead.drive`` (latency with one request outstanding; closed-loop throughput
+with ``--concurrency`` clients for ``--seconds``):
+
+- quartfaas gateway, local backend: ``EmbeddedRuntime`` in a child process (worker
+  processes over HTTP);
+- quartfaas gateway, Ray backend: ``RayRuntime`` in a child process attached to the
+  cluster (stage replicas are actors with the ``accel`` resource on the worker nodes;
+  activations between stages stay object refs);
+- plain Ray Serve: an HTTP ingress deployment calling three zero-work stage deployments
+  through deployment handles (``max_ongoing_requests`` 64, as the stages' concurrency).
+
+Per hop = e2e p50 / 4 (client->gateway plus one hop per stage, as for Serve's figure).
+
+    PYTHONPATH=src .venv/bin/python benchmarks/ray_backend.py [--repeats 2] [--part all]
 """
 
 from __future__ import annotations
@@ -163,30 +180,130 @@ def serve_new_replica(spec: Any, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _serve_ray(spec_data: dict[str, Any], conn: Any, address: str) -> None:
+    """Child process: the quartfaas gateway on the Ray backend, attached to ``address``."""
+    from quartfaas.backends.ray.cluster import RayConnection
+    from quartfaas.backends.ray.runtime import RayRuntime
+    from quartfaas.spec import parse_spec
+
+    async def main() -> None:
+        rt = RayRuntime(parse_spec(spec_data), accelerator_resource="accel", standbys=0,
+                        connection=RayConnection(address))  # fmt: skip
+        await rt.start()
+        conn.send(rt.url)
+        await rt.serve_forever()
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        conn.send(exc)
+
+
+def serve_zero_pipeline(args: Any) -> dict[str, float]:
+    """Plain Ray Serve (Ray initialised by the caller): HTTP ingress -> 3 zero-work stage
+    deployments through deployment handles; driven like the gateway."""
+    import socket
+
+    from ray import serve
+
+    from gateway_overhead import drive  # benchmarks/gateway_overhead.py
+
+    @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
+    class ZeroStage:
+        def __call__(self, x: Any) -> Any:
+            return x
+
+    @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
+    class Ingress:
+        def __init__(self, *stages: Any) -> None:
+            self.stages = stages
+
+        async def __call__(self, request: Any) -> dict[str, Any]:
+            x = (await request.json())["inputs"]
+            for handle in self.stages:
+                x = await handle.remote(x)
+            return {"output": x}
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        stages = [ZeroStage.options(name=f"zero3-s{i}").bind() for i in range(3)]
+        serve.run(Ingress.bind(*stages), name="zero3", route_prefix="/function/zero3")
+        return drive(f"http://127.0.0.1:{port}/function/zero3", args)
+    finally:
+        serve.shutdown()
+
+
+def pipeline_rows(address: str, args: Any) -> list[dict[str, Any]]:
+    import gateway_overhead as go
+
+    rows = []
+    for name, fn in (
+        ("quartfaas gateway, local backend", lambda: go.measure(3, args)),
+        ("quartfaas gateway, Ray backend",
+         lambda: go.measure(3, args, serve=_serve_ray, extra=(address,))),
+        ("plain Ray Serve, deployment handles", lambda: serve_zero_pipeline(args)),
+    ):  # fmt: skip
+        m = fn()
+        rows.append({"path": name, **m})
+        print(f"  {name:<38} p50 {m['p50_ms']:6.2f} ms  {m['rps']:7.0f} req/s", flush=True)
+    return rows
+
+
+def print_pipeline(rows: list[dict[str, Any]]) -> None:
+    serve_rps = rows[-1]["rps"]
+    print()
+    print("zero-work 3-stage pipeline over HTTP (per hop = e2e p50 / 4)")
+    print(f"{'path':<38}{'p50 ms':>9}{'p99 ms':>9}{'per hop ms':>12}{'req/s':>9}{'vs Serve':>10}")
+    for r in rows:
+        print(f"{r['path']:<38}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['p50_ms'] / 4:>12.2f}"
+              f"{r['rps']:>9.0f}{r['rps'] / serve_rps:>9.1f}x")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=str(ROOT / "src/quartfaas/examples/bert-1g.yaml"))
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="replica starts per tier")
+    parser.add_argument("--part", choices=("all", "tiers", "pipeline"), default="all")
+    parser.add_argument("--requests", type=int, default=500, help="latency samples")
+    parser.add_argument("--pipeline-repeats", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
+    drive_args = argparse.Namespace(requests=args.requests, repeats=args.pipeline_repeats,
+                                    concurrency=args.concurrency, seconds=args.seconds)
 
     import ray
 
     from quartfaas.spec import load_spec
 
     spec = load_spec(args.spec)
-    if not Path(spec.stage_weights_path(0)).is_file():
+    if args.part != "pipeline" and not Path(spec.stage_weights_path(0)).is_file():
         print(f"no weights: run quartfaas make-weights {args.spec}", file=sys.stderr)
         return 2
     cluster = start_cluster()
     try:
         print(f"ray {ray.__version__}: head + 2 worker nodes; stage {spec.stages[0].name}")
-        rows = asyncio.run(quartfaas_tiers(spec, args.repeats))
-        rows += serve_new_replica(spec, args.repeats)
+        rows: list[dict[str, Any]] = []
+        if args.part != "pipeline":
+            rows = asyncio.run(quartfaas_tiers(spec, args.repeats))
+            rows += serve_new_replica(spec, args.repeats)
+        pipe = pipeline_rows(cluster.address, drive_args) if args.part != "tiers" else []
     finally:
         with contextlib.suppress(Exception):
             ray.shutdown()
         cluster.shutdown()
 
+    if rows:
+        print_tiers(rows)
+    if pipe:
+        print_pipeline(pipe)
+    return 0
+
+
+def print_tiers(rows: list[dict[str, Any]]) -> None:
     def med(path: str) -> float:
         return statistics.median(r["seconds"] for r in rows if r["path"] == path)
 
@@ -203,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{p:<34}{sel[0]['tier']:<14}{med(p):>10.2f} ({runs}){'':>3}{ratio:>9.1f}x"
               + (f"{statistics.median(r['load_s'] for r in sel):>11.2f}{mem['rss_mib']:>9.0f}{mem['pss_mib']:>9.0f}{mem['private_mib']:>13.0f}"
                  if "rss_mib" in mem else ""))  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

@@ -159,10 +159,11 @@ class RayBackend:
     def set_cpu(self, replica_id: str, cpus: float) -> CpuLever:
         """Ray cannot resize an actor's CPUs in place; its torch threads follow ``cpus``."""
         rep = self._replicas.get(replica_id)
-        if rep is None or rep.actor is None:
-            raise BackendError(f"no running replica {replica_id}")
-        rep.actor.set_threads.remote(max(1, int(cpus)))
-        self._set(rep, cpu=cpus)
+        if rep is None:
+            raise BackendError(f"no replica {replica_id}")
+        if rep.info.state is ReplicaState.READY and rep.actor is not None:
+            rep.actor.set_threads.remote(max(1, int(cpus)))
+        self._set(rep, cpu=cpus)  # a starting replica gets it once ready (_run)
         return CpuLever.THREADS
 
     # -- helpers --------------------------------------------------------------------
@@ -357,6 +358,8 @@ class RayBackend:
             address=f"ray://{ready['node_id']}/{rep.info.replica_id}",
         )  # fmt: skip
         self.starts.append(rep.info)
+        if rep.info.cpu is not None and rep.info.cpu != self.spec.stages[idx].cpu:
+            actor.set_threads.remote(max(1, int(rep.info.cpu)))  # set while it started
         if rep.stopping:  # stopped while starting: it never served
             with contextlib.suppress(Exception):
                 ray.kill(actor)

@@ -2,7 +2,8 @@
 
 - ``address`` given (``ray://...``, ``host:port`` or ``auto``): attach to that running
   cluster (its nodes must be able to import quartfaas: install it there);
-- ``local_nodes == 0``: ``ray.init()`` starts a one-node cluster in this process's session;
+- ``local_nodes == 0``: ``ray.init()`` starts a one-node cluster in this process's session
+  (with ``node_cpus`` logical CPUs and ``accelerator_units`` of ``accelerator``);
 - ``local_nodes > 0``: a head plus ``local_nodes`` worker nodes (separate raylets on
   loopback, ``ray.cluster_utils.Cluster``) with ``node_cpus`` CPUs and ``accelerator``
   units each; the head has no accelerator, so replicas land on the worker nodes.
@@ -55,7 +56,9 @@ class RayConnection:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR)
             elif local_nodes <= 0:
                 ray.init(include_dashboard=False, logging_level=logging.ERROR,
-                         object_store_memory=object_store_bytes)  # fmt: skip
+                         object_store_memory=object_store_bytes, num_cpus=node_cpus,
+                         resources={accelerator: accelerator_units} if accelerator else None,
+                         )  # fmt: skip
             else:
                 self._start_local(local_nodes, node_cpus, accelerator, accelerator_units,
                                   store=object_store_bytes,

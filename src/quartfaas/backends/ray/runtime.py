@@ -106,6 +106,24 @@ class StandbyKeeper:
             await asyncio.sleep(self.every_s)
 
 
+LOCAL_ACCELERATOR = "accel"  # the custom resource of the clusters started here
+
+
+def connect(
+    spec: PipelineSpec, address: str | None = None, *, local_nodes: int = 0
+) -> tuple[RayConnection, str | None]:
+    """Attach to ``address``, or start a local cluster sized for ``spec``: every node can
+    hold every stage's ``max_replicas`` plus standbys (logical CPUs and ``accel`` units;
+    the head holds none). Returns the connection and the accelerator resource to use
+    (None when attached: GPUs for CUDA stages, whole CPUs otherwise)."""
+    if address:
+        return RayConnection(address), None
+    units = sum(s.max_replicas for s in spec.stages) + 2 * len(spec.stages)
+    conn = RayConnection(local_nodes=local_nodes, node_cpus=units,
+                         accelerator=LOCAL_ACCELERATOR, accelerator_units=units)  # fmt: skip
+    return conn, LOCAL_ACCELERATOR
+
+
 class RayRuntime:
     """Gateway, Ray replicas and controller of one pipeline (``async with`` or start/stop)."""
 
