@@ -11,7 +11,11 @@ Modules (one job each):
   between stages as object references);
 - ``serve_policy.py``: Quart as a Ray Serve application-level autoscaling policy;
 - ``serve_app.py``: a quartfaas pipeline as a Ray Serve application (one deployment per
-  stage), for that policy and for comparisons.
+  stage), for that policy and for comparisons;
+- ``runtime.py``: ``RayRuntime``, the unchanged gateway and control loop over the Ray
+  backend (``quartfaas serve/run --backend ray``), and the warm-standby keeper;
+- ``standby.py``: where warm standby actors wait (a pure rule, with reasons);
+- ``cluster.py``: ``RayConnection``, attach to a cluster or start a local one.
 
 Importing this package without ray installed raises an ImportError that says how to get it.
 """
