@@ -1,14 +1,20 @@
 """The gateway: an OpenFaaS-compatible REST API in front of a pipeline's stages.
 
-Routes (the subset of the OpenFaaS gateway API that tools expect):
+Routes (the OpenFaaS gateway API as faas-cli and the go-sdk use it; ``COMPAT-16.md``):
 
-- ``POST /function/{name}``: the pipeline by its name (JSON ``{"inputs": "<text>" |
-  ["<text>", ...] | [[token ids]]}`` in, JSON summary with per-stage timings out), or one
-  stage by its name (a tensor frame in and out, ``dataplane/framing.py``).
+- ``/function/{name}[.{namespace}][/sub/path]``, any method: the pipeline by its name
+  (JSON ``{"inputs": "<text>" | ["<text>", ...] | [[token ids]]}`` in, JSON summary with
+  per-stage timings out), or one stage by its name (a tensor frame in and out,
+  ``dataplane/framing.py``). Answers carry upstream's ``X-Call-Id``, ``X-Start-Time``,
+  ``X-Served-By`` and ``X-Duration-Seconds``.
+- ``POST /async-function/{name}``: 202, then the call runs and its answer goes to
+  ``X-Callback-Url``.
 - ``GET /system/functions``, ``GET /system/function/{name}``: OpenFaaS function status
   (name, image, replicas, availableReplicas, invocationCount, labels incl.
   ``com.openfaas.scale.min/max``); the pipeline is listed as a function too.
+  ``GET /system/info``, ``GET /system/namespaces``.
 - ``POST /system/scale-function/{name}``: ``{"serviceName": name, "replicas": N}``.
+- deploy, secrets, logs: 501 with a JSON reason (functions come from the spec).
 - ``GET /healthz``, ``GET /metrics``.
 
 The gateway orchestrates the pipeline itself: request -> stage 0 -> ... -> last stage ->

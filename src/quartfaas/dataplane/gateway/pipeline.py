@@ -153,7 +153,8 @@ class Pipeline:
         rid = request.headers.get("X-Call-Id") or f"{self.spec.name}-{next(self._ids)}"
         try:
             raw = await read_body(request, self.spec.gateway.max_body_bytes)
-            body, timings = await self.run(self.inputs.encode(parse_json(raw)))
+            # No body (`faas-cli invoke -m GET`): the "expected {"inputs": ...}" 400 (#16).
+            body, timings = await self.run(self.inputs.encode(parse_json(raw) if raw else None))
             result = summarise(body)
         except web.HTTPRequestEntityTooLarge:
             m.failed(413, self.clock.now() - t0)
