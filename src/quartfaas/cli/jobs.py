@@ -58,6 +58,11 @@ def run(
     seed: Annotated[int, typer.Option(help="seed of synthetic workloads")] = 0,
     progress: ProgressOpt = True,
     verbose: VerboseOpt = False,
+    backend: Annotated[
+        str,
+        typer.Option(help="local (worker processes) or ray (a local Ray cluster, head + 2 "
+                     "nodes, started and stopped by the job)"),
+    ] = "local",
 ) -> None:
     """The main job: serve a pipeline with its controller, replay a workload, write a report."""
     import time as _time
@@ -75,9 +80,12 @@ def run(
         pipeline = load_pipeline(spec)
         wl = Workload.parse(workload_text(workload or DEFAULT_WORKLOAD), seed=seed)
         where = out_dir or Path("runs") / _time.strftime(f"{pipeline.name}-%Y%m%d-%H%M%S")
+        if backend not in ("local", "ray"):
+            raise typer.BadParameter(f"--backend is local or ray, not {backend!r}")
         cfg = RunConfig(
             spec=pipeline, workload=wl, out_dir=where, duration_s=duration, policy=policy,
             smoother=smoother, compensator=compensator, progress=progress,
+            runtime=ray_runtime_factory(console.print) if backend == "ray" else None,
         )  # fmt: skip
         report = run_job(cfg, log=lambda m: console.print(m, highlight=False))
     summary = report["load"]
@@ -98,6 +106,24 @@ def run(
         f"report: {cfg.out_dir}/ (summary.json, requests.csv, decisions.jsonl, timeline.csv, "
         "latency.png, replicas.png, queues.png)"
     )
+
+
+def ray_runtime_factory(say: Any) -> Any:
+    """(spec, decision_log) -> a RayRuntime on a local cluster (head + 2 nodes) that it
+    starts now and stops with the runtime."""
+    from quartfaas.backends.ray.runtime import RayRuntime, connect
+
+    def make(spec: Any, decision_log: Path) -> Any:
+        conn, accel = connect(spec, local_nodes=2)
+        say(f"Ray backend: {conn.describe()}", highlight=False)
+        try:
+            return RayRuntime(spec, decision_log=decision_log, accelerator_resource=accel,
+                              connection=conn)  # fmt: skip
+        except BaseException:
+            conn.close()
+            raise
+
+    return make
 
 
 def bench_scaleup(

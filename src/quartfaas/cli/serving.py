@@ -65,11 +65,23 @@ def serve(
         Path | None, typer.Option(help="append each controller decision to FILE (JSONL)")
     ] = None,
     verbose: VerboseOpt = False,
+    backend: Annotated[
+        str, typer.Option(help="local (worker processes here) or ray (actors on a Ray cluster)")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="--backend ray: the cluster to attach to (default: start one here)"),
+    ] = None,
 ) -> None:
     """Serve a pipeline: gateway + stage workers on this machine, until Ctrl-C."""
     setup_logging(verbose)
     with friendly():
         pipeline = load_pipeline(spec)
+        if backend == "ray":
+            serve_on_ray(pipeline, host, port, controller, address, decision_log)
+            return
+        if backend != "local" or address is not None:
+            raise typer.BadParameter("--backend is local or ray; --address needs --backend ray")
         from quartfaas.runtime import EmbeddedRuntime
 
         async def main() -> None:
@@ -105,6 +117,32 @@ def serve(
             await rt.serve_forever()
 
         run_async(main)
+
+
+def serve_on_ray(
+    pipeline: Any, host: str | None, port: int | None, controller: bool | None,
+    address: str | None, decision_log: Path | None = None,
+) -> None:
+    """``serve --backend ray``: the same gateway and controller, replicas as Ray actors."""
+    from quartfaas.backends.ray.runtime import RayRuntime, connect
+
+    async def main() -> None:
+        conn, accel = connect(pipeline, address)
+        try:
+            rt = RayRuntime(pipeline, host=host, port=port, controller=controller, environ=ENV,
+                            decision_log=decision_log, accelerator_resource=accel,
+                            connection=conn)  # fmt: skip
+        except BaseException:
+            conn.close()
+            raise
+        await rt.start()  # stops (and closes the connection) if it fails
+        console.print(
+            f"[green]serving[/green] {pipeline.name} at {rt.url} on {conn.describe()} "
+            f"(functions: {', '.join(rt.gateway.function_names())}); Ctrl-C stops"
+        )
+        await rt.serve_forever()
+
+    run_async(main)
 
 
 def control(

@@ -34,6 +34,8 @@ class StartTier(StrEnum):
     PREFORK = "prefork"  # a child forked and warmed in advance, handed over
     MMAP = "mmap"  # new template mapping the stage file from tmpfs / page cache
     COLD = "cold"  # a fresh process reading weights from disk
+    OBJECT_STORE = "object-store"  # Ray: weights already in this node's object store
+    REMOTE = "remote"  # Ray: weights pulled from another node's object store
     NONE = "none"  # the stage has no weights (synthetic)
 
 

@@ -12,6 +12,10 @@ connection level is taken out of rotation at once (``mark_failed``) and the back
 told, so the crash is confirmed and the replica replaced.
 
 Everything here runs on the gateway's event loop; nothing blocks.
+
+A replica is called through ``EndpointClient`` (HTTP) unless the pool's
+``client_factory`` says otherwise: a backend whose replicas are not HTTP workers (the Ray
+backend's actors) sets it to build a client with the same ``post``/``close``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import collections
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from quartfaas.dataplane.httpclient import EndpointClient
 from quartfaas.errors import NoReplicas, QueueFull, StageTimeout
@@ -37,10 +42,13 @@ class Endpoint:
     draining: bool = False
     failed: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # (replica_id, url) -> a client with EndpointClient's post/close; None: HTTP
+    client_factory: Callable[[str, str], Any] | None = None
     client: EndpointClient = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = EndpointClient(self.url)
+        make = self.client_factory
+        self.client = EndpointClient(self.url) if make is None else make(self.replica_id, self.url)
 
     @property
     def routable(self) -> bool:
@@ -70,6 +78,8 @@ class StagePool:
         self.last_start_error = ""
         self._on_demand = on_demand
         self._on_failed = on_failed
+        # (replica_id, url) -> endpoint client; None: HTTP (set by non-HTTP backends)
+        self.client_factory: Callable[[str, str], Any] | None = None
 
     # -- observation --------------------------------------------------------------
 
@@ -92,7 +102,9 @@ class StagePool:
     # -- membership ---------------------------------------------------------------
 
     def add(self, replica_id: str, url: str) -> None:
-        self.endpoints[replica_id] = Endpoint(replica_id, url, self.capacity)
+        self.endpoints[replica_id] = Endpoint(
+            replica_id, url, self.capacity, client_factory=self.client_factory
+        )
         self._hand_off()
 
     def remove(self, replica_id: str) -> Endpoint | None:

@@ -53,6 +53,9 @@ class RunConfig:
     input_mode: Literal["text", "tokens"] = "text"
     request_timeout_s: float = 30.0
     progress: bool = True
+    # (spec, decision_log) -> a runtime like EmbeddedRuntime (``async with``; gateway,
+    # backend, loop, clock); None: EmbeddedRuntime. The Ray backend passes its own.
+    runtime: Callable[[PipelineSpec, Path], Any] | None = None
 
 
 def example_spec(name: str) -> Path:
@@ -97,7 +100,7 @@ def _load_process(job: dict[str, Any], out: Any) -> None:
 class Sampler:
     """Replicas, queues and in-flight per stage every ``SAMPLE_EVERY_S`` (timeline.csv)."""
 
-    def __init__(self, rt: EmbeddedRuntime) -> None:
+    def __init__(self, rt: Any) -> None:  # EmbeddedRuntime or another backend's runtime
         self.rt = rt
         self.rows: list[dict[str, Any]] = []
         self.t0 = rt.clock.now()
@@ -138,7 +141,8 @@ async def _run_async(cfg: RunConfig, log: Callable[[str], None]) -> dict[str, An
         f"({cfg.workload}); policy {policy}"
     )
     t_start = time.time()
-    async with EmbeddedRuntime(spec, decision_log=out / "decisions.jsonl") as rt:
+    make = cfg.runtime or (lambda s, log_path: EmbeddedRuntime(s, decision_log=log_path))
+    async with make(spec, out / "decisions.jsonl") as rt:
         log(f"serving at {rt.url}; replaying the workload")
         sampler = Sampler(rt)
         task = asyncio.get_running_loop().create_task(sampler.run())

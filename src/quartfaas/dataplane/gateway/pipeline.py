@@ -7,6 +7,10 @@ hop: a replica that fails at the connection level is taken out of rotation and t
 request is retried once on another replica. ``POST /function/{name}`` lands here: the
 pipeline by its name (JSON in, a JSON summary of the last stage's output out), or one
 stage by its name (a tensor frame in and out).
+
+A stage's output passes to the next stage as the endpoint client returned it: bytes from
+an HTTP worker, or an awaitable of bytes (the Ray backend's object references, which stay
+in the object store between stages); only the last one is fetched (``materialise``).
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ class Pipeline:
         self.timeouts = {s.name: spec.stage_timeout_s(i) for i, s in enumerate(spec.stages)}
         self._ids = itertools.count(1)
 
-    async def call_stage(self, pool: StagePool, body: bytes) -> tuple[bytes, float, float]:
+    async def call_stage(self, pool: StagePool, body: Any) -> tuple[Any, float, float]:
         """One stage: slot -> POST /invoke -> release. Returns (frame, service_s, queue_s).
 
         A replica that fails at the connection level (crashed) is taken out of rotation
@@ -108,13 +112,14 @@ class Pipeline:
 
     async def run(self, body: bytes) -> tuple[bytes, list[dict[str, Any]]]:
         timings: list[dict[str, Any]] = []
+        frame: Any = body
         now = self.clock.now
         for pool in self.order:
             sm = self.metrics.stages[pool.name]
             t_arr = now()
             sm.arrival(t_arr)
             try:
-                body, service_s, queue_s = await self.call_stage(pool, body)
+                frame, service_s, queue_s = await self.call_stage(pool, frame)
             except GatewayError as exc:
                 sm.failed(exc.status, now() - t_arr)
                 raise
@@ -129,7 +134,7 @@ class Pipeline:
                     "hop_ms": round(max(0.0, latency - queue_s - service_s) * 1000.0, 3),
                 }
             )
-        return body, timings
+        return await materialise(frame), timings
 
     # -- handlers -------------------------------------------------------------------
 
@@ -185,6 +190,7 @@ class Pipeline:
             else:
                 framing.parse_header(raw, self.spec.gateway.max_body_bytes)
             out, service_s, _ = await self.call_stage(pool, raw)
+            out = await materialise(out)
         except QuartfaasError as exc:
             err = exc if isinstance(exc, GatewayError) else BadRequest(str(exc))
             sm.failed(err.status, self.clock.now() - t0)
@@ -196,6 +202,16 @@ class Pipeline:
             content_type=framing.CONTENT_TYPE,
             headers={SERVICE_HEADER: f"{service_s * 1000.0:.3f}"},
         )
+
+
+async def materialise(frame: Any) -> bytes:
+    """A stage's output as bytes: as is, or fetched when it is an awaitable reference."""
+    if isinstance(frame, bytes | bytearray | memoryview):
+        return bytes(frame)
+    try:
+        return bytes(await frame)
+    except Exception as exc:  # the backend's fetch error (e.g. the object's node died)
+        raise UpstreamFailed(f"a stage's output could not be fetched: {exc}") from None
 
 
 def summarise(body: bytes) -> dict[str, Any]:

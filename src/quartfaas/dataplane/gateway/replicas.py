@@ -59,7 +59,7 @@ class StageReplicas:
         assert info.address is not None
         pool.add(info.replica_id, info.address + "/invoke")
         if info.start_seconds is not None and info.tier is not None:
-            hit = info.tier.value in ("fork", "prefork")
+            hit = info.tier.value in ("fork", "prefork", "object-store")
             self.metrics.replica_started(info.stage, info.tier.value, info.start_seconds, hit)
 
     def replica_start_failed(self, info: ReplicaInfo) -> None:
