@@ -16,7 +16,8 @@ Search, on a grid of ``grid`` points over ``[0, SLO - deterministic service]``:
 3. trim: remove the replica whose removal saves most cost while staying feasible (by the
    smallest tail increase per unit cost), until none can go;
 4. check with ``tailmodel.e2e_quantile`` (its own grid, ``check_grid`` points) and add
-   replicas greedily if it disagrees, so a feasible plan's modelled quantile meets the SLO by that function.
+   replicas greedily if it disagrees, so a feasible plan's modelled quantile meets the
+   SLO by that function.
 
 Speed: the wait of each stage has a closed-form transform on the grid (a rounded
 exponential is a truncated geometric series), so a candidate's end-to-end transform is
