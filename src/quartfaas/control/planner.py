@@ -251,9 +251,10 @@ def plan_replicas(
             quant,
             f"max_replicas cannot carry the load of {', '.join(over)}",
         )
-    idle = [replace(s, arrival_rate=0.0) for s in stages]
-    floor_s = e2e_quantile(idle, [1] * len(stages), q, grid=check_grid)
-    if floor_s > slo_s:
+    model = _Model(stages, slo_s, grid)
+    if slo_s <= model.shift or 1.0 - float(model.weights.sum().real) > 1.0 - q:
+        idle = [replace(s, arrival_rate=0.0) for s in stages]
+        floor_s = e2e_quantile(idle, [1] * len(stages), q, grid=check_grid)
         reps = hi.tolist()
         return answer(
             PlanOutcome.INFEASIBLE,
@@ -261,7 +262,6 @@ def plan_replicas(
             e2e_quantile(stages, reps, q, grid=check_grid),
             f"service alone has a p{q * 100:g} of {floor_s:.3g}s > SLO {slo_s:.3g}s",
         )
-    model = _Model(stages, slo_s, grid)
     # A necessary condition (T >= W_k + the deterministic service): each stage's own wait
     # quantile fits in the SLO's random part. Starting there saves most greedy steps.
     start = np.minimum(_wait_floor(model, start, hi, slo_s - model.shift, q), hi)
@@ -320,7 +320,7 @@ def _greedy(
         if not math.isfinite(best):
             break
         if best > 0:
-            pick = np.array([int(np.argmax(gain))])
+            pick = _batch(gain, tails, tail_now, target)
         else:  # no single replica moves the tail on this grid: add the cheapest
             room = np.flatnonzero(reps < hi)
             pick = room[[int(np.argmin(costs[room]))]]
@@ -330,6 +330,24 @@ def _greedy(
         nxt[pick] = model.waits_at(pick, reps[pick] + 1)
         ratio[pick] = _ratio(nxt[pick], cur[pick])
     return reps
+
+
+def _batch(
+    gain: npt.NDArray[np.float64],
+    tails: npt.NDArray[np.float64],
+    tail_now: float,
+    target: float,
+) -> npt.NDArray[np.int64]:
+    """Stages to add one replica to this step: the best by gain per cost, as many as
+    together (taking log-tail reductions as additive) close half the remaining log gap,
+    so a far start takes a few steps and the last steps add one replica at a time."""
+    order = np.argsort(-gain)
+    order = order[gain[order] > 0]
+    with np.errstate(divide="ignore"):
+        logs = np.log(tail_now) - np.log(np.maximum(tails[order], 1e-300))
+    need = 0.5 * (math.log(tail_now) - math.log(target))
+    m = int(np.searchsorted(np.cumsum(logs), need)) + 1
+    return order[: max(1, min(m, order.size))]
 
 
 def _trim(
