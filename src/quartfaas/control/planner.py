@@ -260,7 +260,8 @@ def plan_replicas(
             PlanOutcome.INFEASIBLE,
             reps,
             e2e_quantile(stages, reps, q, grid=check_grid),
-            f"service alone has a p{q * 100:g} of {floor_s:.3g}s > SLO {slo_s:.3g}s",
+            f"service alone has a p{q * 100:g} of {floor_s:.3g}s"
+            + (f" > SLO {slo_s:.3g}s" if floor_s > slo_s else f", too close to SLO {slo_s:.3g}s"),
         )
     # A necessary condition (T >= W_k + the deterministic service): each stage's own wait
     # quantile fits in the SLO's random part. Starting there saves most greedy steps.
