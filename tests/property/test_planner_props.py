@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quartfaas.control.planner import PlanOutcome, _Model, plan_replicas
+from quartfaas.control.planner import CHECK_GRID, PlanOutcome, _Model, plan_replicas
 from quartfaas.control.tailmodel import StageLoad, e2e_quantile
 
 Q = 0.99
@@ -48,7 +48,7 @@ def test_plan_within_bounds_and_feasible_meets_slo(case: tuple[list[StageLoad], 
     for s, c in zip(stages, plan.replicas, strict=True):
         assert s.min_replicas <= c <= s.max_replicas
     if plan.outcome is PlanOutcome.FEASIBLE:
-        assert e2e_quantile(stages, plan.replicas, Q, grid=512) <= slo
+        assert e2e_quantile(stages, plan.replicas, Q, grid=CHECK_GRID) <= slo
         assert plan.quantile_s <= slo
     else:
         assert plan.reason  # infeasible is an answer with a reason, not an exception
