@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from quartfaas.control.planner import plan_replicas
-from quartfaas.control.tailmodel import StageLoad
+from quartfaas.control.corrector.planner import plan_replicas
+from quartfaas.control.corrector.tailmodel import StageLoad
 
 
 def pipeline(k: int, seed: int, rate: float = 200.0) -> list[StageLoad]:

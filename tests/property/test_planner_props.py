@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quartfaas.control.planner import CHECK_GRID, PlanOutcome, _Model, plan_replicas
-from quartfaas.control.tailmodel import StageLoad, e2e_quantile
+from quartfaas.control.corrector.planner import CHECK_GRID, PlanOutcome, _Model, plan_replicas
+from quartfaas.control.corrector.tailmodel import StageLoad, e2e_quantile
 
 Q = 0.99
 

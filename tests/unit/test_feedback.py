@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from quartfaas.control.feedback import (
+from quartfaas.control.corrector.feedback import (
     FeedbackConfig,
     FeedbackSnapshot,
     FeedbackState,
@@ -14,7 +14,7 @@ from quartfaas.control.feedback import (
     corrected,
     update,
 )
-from quartfaas.control.tailmodel import StageLoad
+from quartfaas.control.corrector.tailmodel import StageLoad
 
 CFG = FeedbackConfig(time_constant_s=20.0, min_dt_s=1.0, max_dt_s=10.0, max_rel=0.5)
 

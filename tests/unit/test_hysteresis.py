@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quartfaas.control.hysteresis import HysteresisState, step
+from quartfaas.control.corrector.hysteresis import HysteresisState, step
 
 
 def test_up_at_once_and_starting_counts() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from quartfaas.control.planner import CHECK_GRID, PlanOutcome, plan_replicas
-from quartfaas.control.tailmodel import StageLoad, e2e_quantile
+from quartfaas.control.corrector.planner import CHECK_GRID, PlanOutcome, plan_replicas
+from quartfaas.control.corrector.tailmodel import StageLoad, e2e_quantile
 
 
 def test_issue_example_is_feasible_at_high_utilisation() -> None:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from quartfaas.control.tailmodel import (
+from quartfaas.control.corrector.tailmodel import (
     StageLoad,
     e2e_quantile,
     index_of_dispersion,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from quartfaas.control.tailmodel import StageLoad, e2e_quantile, index_of_dispersion
+from quartfaas.control.corrector.tailmodel import StageLoad, e2e_quantile, index_of_dispersion
 from quartfaas.sim.engine import Engine
 from quartfaas.workload.synthetic import hyperexp_renewal, mmpp, mmpp_for, poisson
 

@@ -29,7 +29,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from quartfaas.control.tailmodel import StageLoad
+from quartfaas.control.corrector.tailmodel import StageLoad
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,8 +35,8 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from quartfaas.control.queueing import service_percentile
-from quartfaas.control.tailmodel import (
+from quartfaas.control.corrector.queueing import service_percentile
+from quartfaas.control.corrector.tailmodel import (
     StageLoad,
     WaitTail,
     e2e_quantile,

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from quartfaas.control.queueing import erlang_c, erlang_c_from_b, service_percentile
+from quartfaas.control.corrector.queueing import erlang_c, erlang_c_from_b, service_percentile
 
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
