@@ -311,9 +311,9 @@ class CpuCompensator:
     ) -> tuple[Decision, CompensatorState]:
         """``decision`` with ``cpu_per_replica`` set where compensating, and the next state.
 
-        ``budgets`` are the stages' tail budgets in seconds, by name or in stage order (as
-        ``control/budget.stage_budgets`` returns them); a stage without one is never
-        judged CPU-bound, and its raises are judged by latency alone.
+        ``budgets`` are the stages' tail budgets in seconds, by name or in stage order (the
+        budgets the corrector's joint plan derives, ``StageTarget.budget_s``); a stage
+        without one is never judged CPU-bound, and its raises are judged by latency alone.
 
         A held decision is not applied by the loop, so the compensator does not advance
         either. A stage whose decision already carries a CPU target is left alone.

@@ -1,16 +1,32 @@
-"""The queueing model's inputs as the corrector reads them from a stage, and its answer in words.
+"""The tail model's inputs as the corrector reads them from a snapshot.
 
 Unknown or non-finite measurements are ``None``; unknown squared coefficients of variation
 count as 1 (M/M/c); the service rate is never assumed (``None`` without a measured mean).
-``model_text`` is the part of a stage's reason that says what the model planned.
+
+``ArrivalForecast`` is what the Pipeline Smoother hands the corrector: per stage, the
+arrival SCV and rate expected over the horizon in which the burst now upstream reaches the
+stage (``smoother.PipelineSmoother.forecast``). It lives here, below the smoother, so the
+corrector can read it without importing the smoother (``control/`` layering).
+``stage_load`` turns a stage (and its forecast) into the ``StageLoad`` the planner plans on.
+``read_tail`` reads a stored latency quantile and says which quantile it is.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
-from quartfaas.control.corrector.queueing import PlanStatus, SLOPlan
-from quartfaas.control.snapshot import StageSnapshot
+from quartfaas.control.corrector.tailmodel import MAX_SCV, StageLoad
+from quartfaas.control.snapshot import LatencyStats, StageSnapshot
+
+
+class ArrivalForecast(NamedTuple):
+    """One stage's arrivals over the planning horizon (``None``: no forecast)."""
+
+    stage: str
+    scv: float | None
+    rate_per_s: float | None
+    why: str
 
 
 def finite(x: float | None) -> float | None:
@@ -18,6 +34,7 @@ def finite(x: float | None) -> float | None:
 
 
 def stage_scvs(s: StageSnapshot) -> tuple[float, float]:
+    """Measured ``(ca², cs²)``, 1 where unknown."""
     cv = finite(s.arrival_cv)
     scv_s = finite(s.service_scv)
     return (1.0 if cv is None or cv < 0 else cv * cv), (
@@ -30,21 +47,48 @@ def service_rate(s: StageSnapshot) -> float | None:
     return 1.0 / mean if mean is not None and mean > 0 else None
 
 
-def model_text(plan: SLOPlan, lam: float, mu: float | None, scvs: tuple[float, float]) -> str:
-    if plan.status is PlanStatus.NO_SERVICE_RATE or mu is None:
-        return "μ unknown (no completions measured): no model estimate"
-    name = "M/M/c" if scvs == (1.0, 1.0) else "G/G/c"
-    rates = f"λ={lam:.3g}/s, μ={mu:.3g}/s"
-    if name == "G/G/c":
-        rates += f", ca²={scvs[0]:.2g}, cs²={scvs[1]:.2g}"
-    if plan.status is PlanStatus.INFEASIBLE:
-        return (
-            f"{name}: budget below the service percentile {plan.service_pct_s:.3g}s; "
-            f"{plan.replicas} keep utilisation in bounds ({rates})"
-        )
-    if plan.status is PlanStatus.CAPPED:
-        return f"{name} needs > {plan.replicas} ({rates})"
-    return f"{name} needs {plan.replicas} ({rates})"
+def read_tail(stats: LatencyStats, q: float) -> tuple[float | None, float]:
+    """The stored quantile ``LatencyStats.quantile(q)`` returns, and which one it is
+    (p50/p95/p99), so a model is compared at the quantile actually measured."""
+    stored = 0.5 if q <= 0.5 else 0.95 if q <= 0.95 else 0.99
+    value = finite(stats.quantile(q))
+    return (value if value is not None and value > 0 else None), stored
 
 
-__all__ = ["finite", "model_text", "service_rate", "stage_scvs"]
+def stage_load(
+    s: StageSnapshot, lam: float, mean_s: float, forecast: ArrivalForecast | None
+) -> tuple[StageLoad, str]:
+    """The planner's input for stage ``s`` and the text that says what went in.
+
+    The arrival rate is the larger of the measured one and the forecast; the burst factor
+    (the arrival variability the wait tail is stretched by) is the larger of the measured
+    inter-arrival SCV and the forecast SCV. One replica costs 1 (the snapshot does not
+    say how many accelerators a replica holds; all of a pipeline's replicas count alike).
+    """
+    ca2, cs2 = stage_scvs(s)
+    rate, burst, extra = lam, None, ""
+    if forecast is not None:
+        if forecast.rate_per_s is not None and forecast.rate_per_s > lam:
+            rate = forecast.rate_per_s
+        if forecast.scv is not None and forecast.scv > ca2:
+            burst = forecast.scv
+        if rate > lam or burst is not None:
+            extra = f" [forecast: {forecast.why}]"
+    load = StageLoad(
+        s.name,
+        rate,
+        mean_s,
+        min(cs2, MAX_SCV),
+        ca2,
+        burst,
+        servers_per_replica=max(1, s.max_concurrency),
+        min_replicas=s.min_replicas,
+        max_replicas=max(s.min_replicas, s.max_replicas),
+    )
+    text = f"λ={rate:.3g}/s, E[S]={mean_s:.3g}s, ca²={ca2:.2g}"
+    if burst is not None:
+        text += f" (burst {burst:.2g})"
+    return load, f"{text}, cs²={cs2:.2g}{extra}"
+
+
+__all__ = ["ArrivalForecast", "finite", "read_tail", "service_rate", "stage_load", "stage_scvs"]
