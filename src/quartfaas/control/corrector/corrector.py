@@ -351,22 +351,18 @@ class ReplicaCorrector:
         slo = snapshot.slo_p99_s
         q = self.cfg.percentile
         plan: Plan | None = None
-        head_all = ""
+        plan_note = head_all = ""
         if inp.planned:
-            room = slo - inp.fixed_tail_s
-            if room <= 0:
-                head_all = (
-                    f"unplanned stages' measured tails {inp.fixed_tail_s:.3g}s use the whole "
-                    f"SLO {slo:.3g}s: holding"
-                )
-            else:
-                loads = fb.corrected(inp.loads, fb_state)
-                plan, note = self._plan(loads, room)
-                head_all = f"plan {plan.outcome}: {plan.reason}"
-                if note:
-                    head_all += f" ({note})"
-                if inp.fixed:
-                    head_all += f"; SLO less unplanned stages' tails {room:.3g}s"
+            # The unplanned stages' measured tails come off the SLO. If they use all of it,
+            # the planned stages are sized for their service floor (``_plan``) instead.
+            room = max(slo - inp.fixed_tail_s, 1e-3 * slo)
+            loads = fb.corrected(inp.loads, fb_state)
+            plan, plan_note = self._plan(loads, room)
+            head_all = f"plan {plan.outcome}: {plan.reason}"
+            if plan_note:
+                head_all += f" ({plan_note})"
+            if inp.fixed:
+                head_all += f"; SLO less unplanned stages' tails {room:.3g}s"
         out: list[StageTarget] = []
         new: list[StageState] = []
         pos = {i: j for j, i in enumerate(inp.planned)}
@@ -379,10 +375,8 @@ class ReplicaCorrector:
             if i in inp.fixed:
                 raw, head = inp.fixed[i]
                 head = f"{head}: {raw}"
-            elif plan is None:
-                raw, head = s.replicas, head_all
             else:
-                assert j is not None
+                assert j is not None and plan is not None
                 raw = model = plan.replicas[j]
                 budget = plan.budgets_s[j]
                 head = (
@@ -392,6 +386,8 @@ class ReplicaCorrector:
                 )
                 if factor != 1.0:
                     head += f"; service-time factor x{factor:.3g}"
+                if plan_note:
+                    head += f"; {plan_note}"
             t, ns = self._stage(s, st, raw, head, budget, factor, model, now)
             out.append(t)
             new.append(ns)
