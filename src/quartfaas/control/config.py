@@ -92,6 +92,13 @@ class ControllerConfig(_Frozen):
         le=86_400,
         description="the plan must ask for fewer replicas this long before scaling down",
     )
+    downscale_headroom_frac: float = Field(
+        0.15,
+        ge=0,
+        le=10,
+        description="scale down only to what a plan for this much more load needs (a band "
+        "against flapping at a boundary; 0: none)",
+    )
     max_step_up: int = Field(8, ge=1, le=4096, description="most replicas added per tick")
     max_step_down: int = Field(2, ge=1, le=4096, description="most replicas removed per tick")
     critical_score: float = Field(

@@ -26,12 +26,22 @@ Per tick (issue 12):
    sojourn quantile at the plan). When service times alone leave no room under the SLO the
    plan is made for 1.25x the service-only quantile instead, and the reason says so (more
    replicas cannot help a request that is slow on an idle replica).
-4. **backlog**: a queue ``Q`` must drain within the stage's derived budget on top of
-   arrivals, so at least ``ceil((λ + Q/B)/(μ·max_concurrency))`` replicas (not while
-   replicas are starting: they are already counted).
+4. **backlog**: a *growing* queue ``Q`` (arrivals outpace departures or capacity,
+   ``budget.queue_growing``) must drain within one measurement window ``W`` on top of
+   arrivals, so at least ``ceil((λ + Q/W)/(μ·max_concurrency))`` replicas (not while
+   replicas are starting: they are already counted). This is the catch-up after an
+   overload; the queues of steady load are the tail the model plans for (draining them
+   within the stage budget instead flipped counts up and down at constant load).
 5. **hysteresis** (``hysteresis.step``): up at once, down only after the plan has asked
    for fewer for ``downscale_delay_s`` (and then to the highest count asked for meanwhile);
-   replicas already starting count.
+   replicas already starting count. "Fewer" is judged against a second plan for
+   ``1 + downscale_headroom_frac`` times the load (made only on ticks where some stage's
+   plan is below its count): a Schmitt trigger in the load domain, so measurement noise at
+   a boundary does not flip a count back and forth. The band is at least two standard
+   errors of the measured load ``λ·E[S]`` over the window (``2·sqrt(2/N)`` for ``N``
+   arrivals, rate and mean each contributing ``1/sqrt(N)``): 10 s of 20 req/s move it by
+   ~10%, of 5 req/s by ~20%. (A band in the SLO instead was too narrow near saturation,
+   where the tail is steep in the load.)
 6. **guards**, in this order: rate limits (``max_step_up``/``max_step_down``), bounds,
    cooldowns (``up_cooldown_s``, and no scale-down within ``down_cooldown_s`` of a change).
    A scale-down cut short by ``max_step_down`` keeps its low period, so it continues on
@@ -50,7 +60,7 @@ from dataclasses import replace
 
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.corrector import feedback as fb
-from quartfaas.control.corrector.budget import assess_stage
+from quartfaas.control.corrector.budget import assess_stage, queue_growing
 from quartfaas.control.corrector.guards import (
     GuardLimits,
     GuardMemory,
@@ -246,6 +256,31 @@ class ReplicaCorrector:
         )
         return again, note
 
+    def _down_plan(
+        self,
+        snapshot: PipelineSnapshot,
+        inp: _Inputs,
+        plan: Plan | None,
+        fb_state: fb.FeedbackState,
+    ) -> Plan | None:
+        """The plan for ``1 + downscale_headroom_frac`` times the load, when some stage's
+        plan is below its count (the lower threshold of the Schmitt trigger; step 5)."""
+        frac = self.cfg.downscale_headroom_frac
+        if plan is None or frac <= 0.0:
+            return None
+        below = any(
+            plan.replicas[j] < snapshot.stages[i].replicas for j, i in enumerate(inp.planned)
+        )
+        if not below:
+            return None
+        window = snapshot.window_s
+        heavier = [
+            replace(s, arrival_rate=s.arrival_rate * (1.0 + _band(frac, s.arrival_rate * window)))
+            for s in inp.loads
+        ]
+        tight, _ = self._plan(fb.corrected(heavier, fb_state), plan.slo_s)
+        return tight
+
     # ------------------------------------------------------------------ per stage
 
     def _stage(  # noqa: PLR0917 - one stage's whole tick, called in one place
@@ -258,6 +293,7 @@ class ReplicaCorrector:
         factor: float,
         model: int | None,
         now: float,
+        snapshot_window: float,
     ) -> tuple[StageTarget, StageState]:
         cfg = self.cfg
         current = s.replicas
@@ -265,12 +301,13 @@ class ReplicaCorrector:
         backlog: int | None = None
         mu = service_rate(s)
         lam = finite(s.arrival_rate) or 0.0
-        if s.queue_len > 0 and mu is not None and budget and s.starting_replicas == 0:
+        window = snapshot_window
+        if queue_growing(s) and mu is not None and s.starting_replicas == 0:
             spr = max(1, s.max_concurrency)
-            backlog = math.ceil((lam + s.queue_len / budget) / (mu * spr) - 1e-9)
+            backlog = math.ceil((lam + s.queue_len / window) / (mu * spr) - 1e-9)
             if backlog > raw:
                 raw = backlog
-                parts.append(f"queue {s.queue_len} needs {backlog} to drain in {budget:.3g}s")
+                parts.append(f"queue {s.queue_len} needs {backlog} to drain in {window:g}s")
         if current == 0 and raw < 1 and (lam > 0 or s.queue_len > 0):
             raw = 1
             parts.append("cold start: work waiting and no replicas")
@@ -363,6 +400,7 @@ class ReplicaCorrector:
                 head_all += f" ({plan_note})"
             if inp.fixed:
                 head_all += f"; SLO less unplanned stages' tails {room:.3g}s"
+        down_plan = self._down_plan(snapshot, inp, plan, fb_state)
         out: list[StageTarget] = []
         new: list[StageState] = []
         pos = {i: j for j, i in enumerate(inp.planned)}
@@ -379,6 +417,8 @@ class ReplicaCorrector:
                 assert j is not None and plan is not None
                 raw = model = plan.replicas[j]
                 budget = plan.budgets_s[j]
+                if down_plan is not None and raw < s.replicas:
+                    raw = min(s.replicas, max(raw, down_plan.replicas[j]))
                 head = (
                     f"joint plan {raw} (modelled p{q * 100:g} {plan.quantile_s:.3g}s vs SLO "
                     f"{plan.slo_s:.3g}s, {plan.outcome}); {inp.texts[j]}; "
@@ -388,7 +428,7 @@ class ReplicaCorrector:
                     head += f"; service-time factor x{factor:.3g}"
                 if plan_note:
                     head += f"; {plan_note}"
-            t, ns = self._stage(s, st, raw, head, budget, factor, model, now)
+            t, ns = self._stage(s, st, raw, head, budget, factor, model, now, snapshot.window_s)
             out.append(t)
             new.append(ns)
         ups = sum(1 for t in out if t.target > t.current)
@@ -415,6 +455,12 @@ class ReplicaCorrector:
         ``down_cooldown_s`` (``now`` counts as the last scale-down)."""
         guard = GuardMemory(last_down_s=snapshot.now)
         return CorrectorState(tuple(StageState(s.name, guard=guard) for s in snapshot.stages))
+
+
+def _band(frac: float, arrivals: float) -> float:
+    """The down-scale band: ``frac``, or two standard errors of a load measured from
+    ``arrivals`` requests if that is wider."""
+    return max(frac, 2.0 * math.sqrt(2.0 / arrivals)) if arrivals > 0 else frac
 
 
 __all__ = ["NO_DATA", "ReplicaCorrector"]
