@@ -8,16 +8,21 @@ arrival SCV and rate expected over the horizon in which the burst now upstream r
 stage (``smoother.PipelineSmoother.forecast``). It lives here, below the smoother, so the
 corrector can read it without importing the smoother (``control/`` layering).
 ``stage_load`` turns a stage (and its forecast) into the ``StageLoad`` the planner plans on.
-``read_tail`` reads a stored latency quantile and says which quantile it is.
+``read_tail`` reads a stored latency quantile and says which quantile it is;
+``read_inputs`` sorts a snapshot's stages into planned ones (with their loads) and ones
+held at a count (no known rate, or arrivals but no measured service time).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from quartfaas.control.corrector.tailmodel import MAX_SCV, StageLoad
-from quartfaas.control.snapshot import LatencyStats, StageSnapshot
+from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, StageSnapshot
+
+NO_DATA = "no-data"
 
 
 class ArrivalForecast(NamedTuple):
@@ -68,9 +73,9 @@ def stage_load(
     ca2, cs2 = stage_scvs(s)
     rate, burst, extra = lam, None, ""
     if forecast is not None:
-        if forecast.rate_per_s is not None and forecast.rate_per_s > lam:
+        if forecast.rate_per_s is not None and lam < forecast.rate_per_s < math.inf:
             rate = forecast.rate_per_s
-        if forecast.scv is not None and forecast.scv > ca2:
+        if forecast.scv is not None and ca2 < forecast.scv < math.inf:
             burst = forecast.scv
         if rate > lam or burst is not None:
             extra = f" [forecast: {forecast.why}]"
@@ -91,4 +96,57 @@ def stage_load(
     return load, f"{text}, cs²={cs2:.2g}{extra}"
 
 
-__all__ = ["ArrivalForecast", "finite", "read_tail", "service_rate", "stage_load", "stage_scvs"]
+class PlanInputs:
+    """One tick's per-stage inputs: planned stages (with loads) and fixed ones."""
+
+    def __init__(self) -> None:
+        self.planned: list[int] = []  # snapshot indices of planned stages
+        self.loads: list[StageLoad] = []  # with the forecast
+        self.measured: list[StageLoad] = []  # without it (what the window saw)
+        self.texts: list[str] = []
+        self.fixed: dict[int, tuple[int, str]] = {}  # index -> (count, why)
+        self.fixed_tail_s = 0.0  # the fixed stages' measured tails, off the SLO
+
+
+def read_inputs(
+    snapshot: PipelineSnapshot, forecast: Sequence[ArrivalForecast] | None, q: float
+) -> PlanInputs:
+    """Sort the stages into planned and fixed ones (module docstring)."""
+    fc = {f.stage: f for f in forecast or ()}
+    out = PlanInputs()
+    for i, s in enumerate(snapshot.stages):
+        lam = finite(s.arrival_rate)
+        mean = finite(s.service_mean_s)
+        idle = lam == 0 and s.queue_len == 0 and s.in_flight == 0
+        if lam is None or lam < 0:
+            out.fixed[i] = (s.replicas, f"{NO_DATA}: arrival rate unknown; holding")
+        elif mean is None or mean <= 0:
+            if idle:
+                out.fixed[i] = (s.min_replicas, "idle (no arrivals in the window)")
+            else:
+                keep = max(s.replicas, 1)
+                out.fixed[i] = (keep, "μ unknown (no completions measured): not planned")
+        else:
+            load, text = stage_load(s, lam, mean, fc.get(s.name))
+            out.planned.append(i)
+            out.loads.append(load)
+            out.measured.append(stage_load(s, lam, mean, None)[0])
+            out.texts.append(text)
+            continue
+        tail, _ = read_tail(s.latency, q)
+        if tail is not None and not idle:
+            out.fixed_tail_s += tail
+    return out
+
+
+__all__ = [
+    "NO_DATA",
+    "ArrivalForecast",
+    "PlanInputs",
+    "finite",
+    "read_inputs",
+    "read_tail",
+    "service_rate",
+    "stage_load",
+    "stage_scvs",
+]
