@@ -139,9 +139,12 @@ class EmbeddedRuntime:
         """The control loop on this event loop: in-process snapshots, this backend."""
         from quartfaas.control.registry import make_policy
         from quartfaas.control.sinks import DecisionMetrics, HoldLogger, JsonlDecisionLog
+        from quartfaas.hostcores import host_cores
         from quartfaas.metrics.collector import InProcessCollector
 
         cfg = self.spec.controller
+        if cfg.host_cores is None:  # the replicas run here: the CPU compensator's cap
+            cfg = cfg.model_copy(update={"host_cores": host_cores()})
         sinks: list[Any] = [DecisionMetrics(self.gateway.metrics.registry), HoldLogger()]
         if self.decision_log is not None:
             sinks.append(JsonlDecisionLog(self.decision_log))

@@ -133,8 +133,9 @@ def test_no_data_always_holds(
     assert decision.hold and decision.reason.startswith("no-data")
     assert all(d.replicas == d.current for d in decision.stages)
     # Only the downscale delays restart (time without data is not "low load" time).
-    assert [s.pid for s in nxt.stages] == [s.pid for s in state.stages]
-    assert all(s.guard.below_since_s is None for s in nxt.stages)
+    assert [s.guard for s in nxt.stages] == [s.guard for s in state.stages]
+    assert nxt.feedback == state.feedback
+    assert all(s.hysteresis.lower_since_s is None for s in nxt.stages)
 
 
 @settings(max_examples=150, deadline=None)

@@ -392,16 +392,18 @@ def test_ce_alert_needs_two_evaluations_then_alertmanager_delays() -> None:
     acted = [t for t, d in zip(times, ds, strict=True) if not d.hold]
     # pending at 0, firing at 15, group_wait 5 s -> 20; repeat_interval 30 s -> 50
     assert acted == [20.0, 50.0]
-    assert first(ds[20]) == 3 and "firing" in ds[20].stages[0].reason  # +20 % of 10
+    # upstream defaults: max min(10, DefaultMaxReplicas 5), step ceil(5 x 10 %) = 1
+    assert first(ds[20]) == 2 and "firing" in ds[20].stages[0].reason
+    assert "10% of max 5" in ds[20].stages[0].reason
     assert "pending" in ds[5].stages[0].reason
 
 
 def test_ce_resolution_returns_to_min_and_short_spikes_never_fire() -> None:
     times = [float(t) for t in range(0, 61)]
     ds = run(
-        make_policy("openfaas-ce"), times, lambda t: ce_snap(t, 10.0 if t < 45 else 1.0, replicas=5)
+        make_policy("openfaas-ce"), times, lambda t: ce_snap(t, 10.0 if t < 45 else 1.0, replicas=3)
     )
-    assert first(ds[20]) == 7
+    assert first(ds[20]) == 4
     assert first(ds[50]) == 1  # 45 resolves (the 50 s flush sends it, before any repeat)
     assert "resolved" in ds[50].stages[0].reason and "min_replicas" in ds[50].stages[0].reason
     # over the threshold at one evaluation only: pending, never firing
@@ -416,8 +418,8 @@ def test_ce_missing_rate_keeps_the_alert_as_it_was() -> None:
         times,
         lambda t: ce_snap(t, 10.0 if t < 30 else None, replicas=3),
     )
-    assert first(ds[20]) == 5
-    assert first(ds[50]) == 5  # still firing: a repeat, never a resolution to min
+    assert first(ds[20]) == 4
+    assert first(ds[50]) == 4  # still firing: a repeat, never a resolution to min
     assert "no-data" in ds[45].stages[0].reason
 
 
@@ -435,24 +437,29 @@ def test_ce_one_alert_group_for_all_functions() -> None:
 
     times = [float(t) for t in range(0, 41)]
     ds = run(make_policy("openfaas-ce"), times, build)
-    assert [d.target("s0") for d in (ds[20], ds[30])] == [3, 3]
-    assert ds[20].target("s1") == 1 and ds[30].target("s1") == 3
+    assert [d.target("s0") for d in (ds[20], ds[30])] == [2, 2]
+    assert ds[20].target("s1") == 1 and ds[30].target("s1") == 2
     assert not ds[30].hold
 
 
 def test_ce_factor_and_cap() -> None:
+    def first_at_20(**kw: Any) -> int:
+        times = [float(t) for t in range(21)]
+        return first(run(make_policy("openfaas-ce", **kw), times, lambda t: ce_snap(t, 10.0))[20])
+
+    assert first_at_20(scale_factor_pct=100) == 5  # DefaultMaxReplicas caps every function
+    assert first_at_20(scale_factor_pct=100, replica_cap=None) == 10  # the stage's max
+    assert first_at_20(scale_factor_pct=20, replica_cap=None) == 3  # pre-2023: ceil(10 x 20 %)
+    # a stage max below the cap bounds it: max 3, step ceil(3 x 10 %) = 1, then capped at 3
+    times = [float(t) for t in range(0, 61)]
     ds = run(
-        make_policy("openfaas-ce", scale_factor_pct=100),
-        [float(t) for t in range(21)],
-        lambda t: ce_snap(t, 10.0),
+        make_policy("openfaas-ce"),
+        times,
+        lambda t: make_snapshot(
+            1, now=t, min_replicas=1, max_replicas=3, ready_replicas=3, departure_rate=10.0
+        ),
     )
-    assert first(ds[20]) == 10
-    ds = run(
-        make_policy("openfaas-ce", replica_cap=5),
-        [float(t) for t in range(21)],
-        lambda t: ce_snap(t, 10.0),
-    )
-    assert first(ds[20]) == 2  # ceil(5 x 20 %) = 1 step
+    assert first(ds[20]) == 3 and "10% of max 3" in ds[20].stages[0].reason
 
 
 # --------------------------------------------------------------------------- OpenFaaS Pro

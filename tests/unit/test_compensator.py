@@ -325,3 +325,61 @@ def test_apply_leaves_a_cpu_target_set_by_the_policy() -> None:
     )
     out, _ = comp.apply(d, snap, {"s0": 0.5}, CompensatorState())
     assert out == d
+
+
+# -- not crediting the corrector's work; the host's cores as the cap ------------------------
+
+
+def test_a_replica_change_while_a_raise_settles_is_not_credited_to_cpu() -> None:
+    d = Driver(CFG)
+    d.tick(0.4, to_replicas=2)  # consolidation 4 -> 2: a raise
+    second, _ = d.tick(0.9, advance_s=10.0)  # over budget: step 2, judged by its gain
+    assert d.state.comparable and d.state.replicas_at_step == 2
+    # The corrector adds replicas while step 2 settles: the next latency drop is theirs.
+    same, why = d.tick(0.85, to_replicas=4, advance_s=2.0)
+    assert same == pytest.approx(second)
+    assert "not the CPU's" in why and "settle restarts" in why
+    assert d.state.since == d.clock.now() and not d.state.comparable
+    # Half a settle later nothing is judged yet (the settle period restarted) ...
+    held, _ = d.tick(0.6, advance_s=5.0)
+    assert held == pytest.approx(second) and d.state.phase is Phase.RAISING
+    # ... then it is judged against the budget only: no "gained 33%" from the replicas.
+    third, why = d.tick(0.6, advance_s=5.0)
+    assert third > second and "gained n/a" in why
+
+
+def test_host_cores_cap_the_compensator() -> None:
+    from quartfaas.control.config import ControllerConfig
+    from quartfaas.control.quart import QuartPolicy
+
+    assert QuartPolicy(predictor="qna", host_cores=2).compensator.cfg.cap_cpu == 2
+    pol = QuartPolicy(ControllerConfig(host_cores=3), predictor="qna")
+    assert pol.compensator.cfg.cap_cpu == 3
+    explicit = CompensatorConfig(host_cores=8)
+    pol = QuartPolicy(predictor="qna", host_cores=2, compensator_config=explicit)
+    assert pol.compensator.cfg.cap_cpu == 8  # an explicit compensator setting wins
+    assert QuartPolicy(predictor="qna").compensator.cfg.cap_cpu == CompensatorConfig().max_cpu
+    # Two cores: the raises stop at the cap and say so.
+    d = Driver(CompensatorConfig(host_cores=2), replicas=8)
+    d.tick(0.9, to_replicas=2)
+    for _ in range(6):
+        d.tick(0.9, advance_s=10.0)
+    assert d.cpu == pytest.approx(2.0) and d.state.outcome == "at-cap"
+
+
+def test_host_cores_reads_affinity_and_the_cgroup_quota(tmp_path) -> None:
+    from quartfaas.hostcores import cgroup_quota_cores, host_cores
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_quota_cores(tmp_path) == pytest.approx(1.5)
+    assert host_cores(tmp_path) <= 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_quota_cores(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert cgroup_quota_cores(v1) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000")
+    assert cgroup_quota_cores(v1) == pytest.approx(3.0)
+    assert host_cores(tmp_path / "missing") >= 1.0

@@ -1,4 +1,4 @@
-"""Pipeline Smoother: the prototype's β and smoothing rule, pre-provisioning, guards, budget."""
+"""Pipeline Smoother: the prototype's β and smoothing rule, the forecast, guards, budget."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pydantic import ValidationError
 
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.corrector import CorrectorTargets, ReplicaCorrector, StageTarget
-from quartfaas.control.corrector.queueing import replicas_for_slo
 from quartfaas.control.smoother import (
     PipelineSmoother,
     SmootherConfig,
@@ -113,71 +112,53 @@ def _t(name, current, target, *, model=None, critical=False, budget=0.3):
                        0.1, critical, 0.0)  # fmt: skip
 
 
-def test_burst_upstream_gives_replicas_before_it_arrives():
+def test_burst_upstream_is_forecast_to_the_planner_not_added_on_top():
     cfg = ControllerConfig()
     snap = make_snapshot(
         slo_p99_s=0.6, stages=(_stage(0, arrival_cv=4.0, ready_replicas=2), _stage(1))
     )
-    corrector = ReplicaCorrector(cfg)
-    targets, _ = corrector.targets(snap, corrector.initial_state(snap))
     preds = QnaPredictor().predict(snap)
     assert preds[1].cv > 2.0
-    out = PipelineSmoother(cfg).smooth(snap, targets, preds)
-    before, after = targets.stages[1], out.stages[1]
-    budget = before.budget_s
-    need = replicas_for_slo(20.0, 20.0, preds[1].scv, 0.3, budget, 0.99, 2, max_util=0.8, c_max=8)
-    assert before.model is not None and need.replicas is not None
-    assert need.replicas > before.model
-    assert after.target == before.target + need.replicas - before.model
-    assert "before the burst arrives" in after.reason and after.reason.startswith(before.reason)
-    assert out.stages[0] == targets.stages[0]  # nothing upstream of s0 to predict from
-    assert "smoother changed 1" in out.reason
+    sm = PipelineSmoother(cfg)
+    fc = sm.forecast(snap, preds)
+    assert [f.stage for f in fc] == ["s1"]  # nothing upstream of s0 to forecast from
+    assert fc[0].scv == pytest.approx(preds[1].scv) and fc[0].rate_per_s == 20.0
+    assert "arriving in 0.08s <= horizon 10s" in fc[0].why  # s0's mean time in stage
+    corrector = ReplicaCorrector(cfg)
+    plain, _ = corrector.targets(snap, corrector.initial_state(snap))
+    planned, _ = corrector.targets(snap, corrector.initial_state(snap), fc)
+    assert planned.stages[1].target > plain.stages[1].target
+    assert "[forecast: qna CV" in planned.stages[1].reason
+    # smooth() itself adds nothing: the old ``need - model`` ratchet is gone
+    out = sm.smooth(snap, planned, preds)
+    assert [t.target for t in out.stages] == [t.target for t in planned.stages]
 
 
-def test_no_raise_within_the_deadband_or_when_calmer():
-    snap = make_snapshot(slo_p99_s=0.6, stages=(_stage(0), _stage(1)))
-    targets = CorrectorTargets(0.0, (_t("s0", 1, 1, model=1), _t("s1", 1, 1, model=1)))
-    sm = PipelineSmoother(smoother=SmootherConfig(neighbour="off"))
-    for cv in (0.2, 1.0, 1.09):  # 1.09² < 1.2: inside the 20 % deadband
-        out = sm.smooth(snap, targets, [_pred("s0", 1.0), _pred("s1", cv)])
-        assert out.stages == targets.stages
+def test_no_forecast_beyond_the_horizon_or_when_switched_off():
+    snap = make_snapshot(slo_p99_s=0.6, stages=(_stage(0, arrival_cv=4.0), _stage(1)))
+    preds = QnaPredictor().predict(snap)
+    far = PipelineSmoother(smoother=SmootherConfig(horizon_s=0.01)).forecast(snap, preds)
+    assert far[0].scv is None and "> horizon 0.01s" in far[0].why
+    assert PipelineSmoother(smoother=SmootherConfig(preprovision=False)).forecast(snap, preds) == ()
 
 
-def test_upstream_rate_rise_is_provisioned_for():
-    snap = make_snapshot(slo_p99_s=0.6, stages=(_stage(0, arrival_rate=60.0), _stage(1)))
-    targets = CorrectorTargets(0.0, (_t("s0", 2, 3, model=3), _t("s1", 1, 1, model=1)))
-    sm = PipelineSmoother(smoother=SmootherConfig(neighbour="off"))
-    out = sm.smooth(snap, targets, [_pred("s0", 1.0, 60.0), _pred("s1", 1.0, 60.0)])
-    assert out.stages[1].target > 1 and "from upstream" in out.stages[1].reason
-
-
-def test_raises_respect_max_replicas_and_max_step_up():
-    cfg = ControllerConfig(max_step_up=2)
-    snap = make_snapshot(
-        slo_p99_s=0.6, stages=(_stage(0), _stage(1, arrival_rate=150.0, max_replicas=30))
-    )
+def test_smooth_never_raises_on_a_prediction_alone():
+    snap = make_snapshot(slo_p99_s=0.6, stages=(_stage(0), _stage(1, arrival_rate=150.0)))
     targets = CorrectorTargets(0.0, (_t("s0", 1, 1, model=1), _t("s1", 1, 3, model=3)))
-    sm = PipelineSmoother(cfg, SmootherConfig(neighbour="off"))
-    out = sm.smooth(snap, targets, [_pred("s0", 1.0), _pred("s1", 8.0, 150.0)])
-    assert out.stages[1].target == 3  # current 1 + max_step_up 2 (the corrector's 3 stands)
-    snap = make_snapshot(
-        slo_p99_s=0.6, stages=(_stage(0), _stage(1, arrival_rate=150.0, max_replicas=4))
-    )
-    out = PipelineSmoother(smoother=SmootherConfig(neighbour="off")).smooth(
-        snap, targets, [_pred("s0", 1.0), _pred("s1", 8.0, 150.0)]
-    )
-    assert out.stages[1].target == 4
+    out = PipelineSmoother().smooth(snap, targets, [_pred("s0", 1.0), _pred("s1", 8.0, 150.0)])
+    assert out.stages == targets.stages
 
 
 def test_neighbour_smoothing_raises_a_tight_calm_stage_and_says_why():
     snap = make_snapshot(slo_p99_s=0.9, stages=tuple(_stage(i) for i in range(3)))
-    need = PipelineSmoother()._need(snap.stages[1], _t("s1", 1, 1, budget=0.3), _pred("s1", 0.0))
-    assert need[0] == 1
+    sm = PipelineSmoother(smoother=SmootherConfig(neighbour="headroom"))
+    need = sm._need(snap.stages[1], _t("s1", 1, 1, budget=0.3), _pred("s1", 0.0))
+    assert need == 1
     targets = CorrectorTargets(
         0.0, (_t("s0", 3, 3, model=1), _t("s1", 1, 1, model=1), _t("s2", 3, 3, model=1))
     )
     preds = [_pred("s0", 1.0), _pred("s1", 0.0), _pred("s2", 1.0)]
-    out = PipelineSmoother().smooth(snap, targets, preds)
+    out = sm.smooth(snap, targets, preds)
     # s1: headroom 1 between neighbours at 3: (0.634*1 + 0.366*3)*1 = 1.73 -> 2
     assert out.stages[1].target == 2
     assert "neighbour smoothing (headroom, β 0.63 at CV 0.00) 1->2" in out.stages[1].reason

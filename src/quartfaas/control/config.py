@@ -7,7 +7,8 @@ bad setting fails with the field, the value and the rule instead of misbehaving 
 
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -31,14 +32,31 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class PIDGains(_Frozen):
-    """Gains of the per-stage PID correction (error = observed tail / budget - 1)."""
+# Settings of the per-stage-budget controller that the joint planner replaced (issue 12).
+# Old specs still load: the keys are dropped with a warning that says what replaced them.
+RETIRED_KEYS: dict[str, str] = {
+    "pid": "the raw-replica PID is gone: feedback now corrects the tail model's inputs "
+    "(see controller.feedback)",
+    "stage_budget": "the SLO is no longer split into per-stage budgets: the planner sizes "
+    "the pipeline jointly and reports the budgets it derives",
+}
 
-    kp: float = Field(2.0, ge=0, le=100, description="proportional gain, replicas per unit error")
-    ki: float = Field(0.3, ge=0, le=100, description="integral gain, replicas per unit error-s")
-    kd: float = Field(0.1, ge=0, le=100, description="derivative gain (on measurement)")
-    integral_limit: float = Field(
-        4.0, gt=0, le=1000, description="clamp of the integral term's contribution, replicas"
+
+class FeedbackSettings(_Frozen):
+    """Feedback that corrects the tail model's per-stage service time (``feedback.py``)."""
+
+    time_constant_s: float = Field(
+        60.0, gt=0, le=86_400, description="EWMA time constant of the learned factors"
+    )
+    min_dt_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="least time between two updates (a tail over one window is one sample)",
+    )
+    max_dt_s: float = Field(30.0, gt=0, le=86_400, description="longest gap one update counts")
+    max_rel: float = Field(
+        0.5, gt=0, le=10, description="factors stay within [1/(1+max_rel), 1+max_rel]"
     )
 
 
@@ -50,23 +68,36 @@ class ControllerConfig(_Frozen):
         10.0, gt=0, le=3600, description="measurement window for rates, CVs and percentiles"
     )
     percentile: float = Field(
-        0.99, gt=0.5, lt=1.0, description="tail percentile the per-stage budget applies to"
-    )
-    stage_budget: Literal["proportional", "equal"] = Field(
-        "proportional", description="split of the end-to-end SLO into per-stage budgets"
+        0.99, gt=0.5, lt=1.0, description="the SLO's percentile: what the planner meets"
     )
     target_utilisation: float = Field(
-        0.8, gt=0, lt=1, description="highest utilisation the queueing model may plan for"
+        0.8, gt=0, lt=1, description="highest utilisation the planner may plan for"
     )
-    pid: PIDGains = Field(default_factory=PIDGains, description="feedback gains")
+    feedback: FeedbackSettings = Field(
+        default_factory=FeedbackSettings, description="model-input feedback"
+    )
     up_cooldown_s: float = Field(
-        2.0, ge=0, le=86_400, description="least time between two scale-ups of a stage"
+        0.0,
+        ge=0,
+        le=86_400,
+        description="least time between two scale-ups of a stage (0: the plan may rise "
+        "every tick; replicas already starting count toward it)",
     )
     down_cooldown_s: float = Field(
         30.0, ge=0, le=86_400, description="least time between two scale-downs of a stage"
     )
     downscale_delay_s: float = Field(
-        15.0, ge=0, le=86_400, description="load must stay low this long before scaling down"
+        60.0,
+        ge=0,
+        le=86_400,
+        description="the plan must ask for fewer replicas this long before scaling down",
+    )
+    downscale_headroom_frac: float = Field(
+        0.15,
+        ge=0,
+        le=10,
+        description="scale down only to what a plan for this much more load needs (a band "
+        "against flapping at a boundary; 0: none)",
     )
     max_step_up: int = Field(8, ge=1, le=4096, description="most replicas added per tick")
     max_step_down: int = Field(2, ge=1, le=4096, description="most replicas removed per tick")
@@ -76,6 +107,13 @@ class ControllerConfig(_Frozen):
     stale_after_s: float = Field(
         15.0, gt=0, le=86_400, description="metrics older than this are treated as missing"
     )
+    host_cores: float | None = Field(
+        None,
+        gt=0,
+        le=4096,
+        description="cores of the host replicas run on: the CPU compensator's cap (None: "
+        "the runtime fills in the machine's, the simulator its server's)",
+    )
     smoother: bool = Field(True, description="enable the pipeline smoother")
     compensator: bool = Field(True, description="enable the CPU compensator")
     predictor: Literal["auto", "qna", "gat"] = Field(
@@ -83,6 +121,21 @@ class ControllerConfig(_Frozen):
         description="burst predictor of the smoother (auto: the shipped GAT only if "
         "its held-out error beats QNA's)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in RETIRED_KEYS):
+            data = dict(data)
+            for key, why in RETIRED_KEYS.items():
+                if key in data:
+                    data.pop(key)
+                    warnings.warn(
+                        f"controller.{key} is ignored: {why}; remove it from the spec",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+        return data
 
     @field_validator("policy")
     @classmethod

@@ -1,14 +1,23 @@
-"""Quart as one ``Policy``: Replica Corrector -> Pipeline Smoother -> CPU Compensator.
+"""Quart as one ``Policy``: Pipeline Smoother forecast -> Replica Corrector -> CPU Compensator.
 
-Neighbours: composes ``corrector.ReplicaCorrector.targets`` (per-stage targets with
-reasons), ``smoother.PipelineSmoother`` fed by a ``propagation.CvPredictor`` (QNA, or the
-GAT of ``gat.py``) and ``compensator.CpuCompensator.apply`` (CPU per replica, never counts);
-``registry.py`` builds it by name (``"quart"``); ``loop.py`` and the simulator run it.
-Pure: the predictor reads only the snapshot, and the state is frozen.
+Neighbours: a ``propagation.CvPredictor`` (QNA, or the GAT of ``gat.py``) predicts each
+stage's arrivals; ``smoother.PipelineSmoother.forecast`` turns that into the arrivals to
+plan for (a burst upstream reaches stage ``k`` after the upstream sojourn times);
+``corrector.ReplicaCorrector.targets`` plans the whole pipeline jointly on the end-to-end
+tail model with those inputs (feedback, hysteresis, guards); ``PipelineSmoother.smooth``
+applies the optional neighbour smoothing and replica budget; ``compensator.CpuCompensator.
+apply`` sets CPU per replica (never counts), capped by the host's cores. ``registry.py``
+builds it by name (``"quart"``); ``loop.py`` and the simulator run it. Pure: the predictor
+reads only the snapshot, and the state is frozen.
 
 Switches, for ablations: ``smoother`` and ``compensator`` (default: ``ControllerConfig.
 smoother`` / ``.compensator``). Without the smoother no predictor is built (so no torch
-import) and the corrector's targets go straight to the compensator.
+import) and the corrector plans on measured arrivals alone.
+
+CPU cap: ``host_cores`` (argument, else ``ControllerConfig.host_cores``, else
+``compensator_config.host_cores``) bounds ``max_cpu``; the live runtime passes the
+machine's cores (``quartfaas.hostcores``), the simulator its server's. Unknown, the cap is
+``max_cpu`` and every compensator reason says so.
 
 Predictor choice: ``"qna"``; ``"gat"`` (the shipped weights, or ``weights_dir``; a
 ``WeightsError`` if unusable); ``"auto"`` (default) takes the GAT only when its shipped
@@ -100,13 +109,18 @@ class QuartPolicy:
         compensator_config: CompensatorConfig | None = None,
         demand_model: DemandModel | None = None,
         weights_dir: Path | str | None = None,
+        host_cores: float | None = None,
     ) -> None:
         self.cfg = config if config is not None else ControllerConfig.model_validate({})
         self.smoother_on = self.cfg.smoother if smoother is None else smoother
         self.compensator_on = self.cfg.compensator if compensator is None else compensator
         self.corrector = ReplicaCorrector(self.cfg)
         self.smoother = PipelineSmoother(self.cfg, smoother_config)
-        self.compensator = CpuCompensator(compensator_config, demand_model)
+        comp_cfg = compensator_config if compensator_config is not None else CompensatorConfig()
+        cores = host_cores if host_cores is not None else self.cfg.host_cores
+        if cores is not None and comp_cfg.host_cores is None:
+            comp_cfg = comp_cfg.model_copy(update={"host_cores": max(cores, comp_cfg.min_cpu)})
+        self.compensator = CpuCompensator(comp_cfg, demand_model)
         self.predictor: CvPredictor | None = None
         self.predictor_reason = "smoother off: no predictor"
         if self.smoother_on:
@@ -117,14 +131,21 @@ class QuartPolicy:
         return QuartState(self.corrector.initial_state(snapshot), comp)
 
     def decide(self, snapshot: PipelineSnapshot, state: QuartState) -> tuple[Decision, QuartState]:
-        tick, corrector_state = self.corrector.targets(snapshot, state.corrector)
+        predictions = None
+        forecast = None
+        if (
+            self.smoother_on
+            and self.predictor is not None
+            and self.corrector.hold_reason(snapshot) is None
+        ):
+            predictions = self.predictor.predict(snapshot)
+            forecast = self.smoother.forecast(snapshot, predictions)
+        tick, corrector_state = self.corrector.targets(snapshot, state.corrector, forecast)
         if tick.hold:
-            return tick.decision(self.name), QuartState(
-                corrector_state, state.compensator
-            )
+            return tick.decision(self.name), QuartState(corrector_state, state.compensator)
         note = "smoother off"
-        if self.smoother_on and self.predictor is not None:
-            tick = self.smoother.smooth(snapshot, tick, self.predictor.predict(snapshot))
+        if predictions is not None:
+            tick = self.smoother.smooth(snapshot, tick, predictions)
             note = self.predictor_reason
         decision = tick.decision(self.name, note)
         comp_state = state.compensator

@@ -28,6 +28,7 @@ QUART_OPTIONS = (
     "compensator_config",
     "demand_model",
     "weights_dir",
+    "host_cores",
 )
 
 

@@ -21,20 +21,26 @@ The real chain is Prometheus -> Alertmanager -> gateway ``/system/alert``:
   ``send_resolved: true``. A notification is sent at a group flush when the set of alerts
   changed or ``repeat_interval`` passed since the last one; it lists every firing alert
   and every newly resolved one.
-* Gateway (openfaas/faas ``gateway/handlers/alerthandler.go``, ``CalculateReplicas``): for
-  each alert in a notification, ``firing`` -> ``current + ceil(max / 100 x factor)``
-  (capped at max), ``resolved`` -> ``minReplicas``; a factor of 0 sends a firing function
-  to ``minReplicas`` too (the ``step > 0`` test). ``com.openfaas.scale.factor`` defaults to
-  20 (``gateway/scaling/ranges.go`` ``DefaultScalingFactor``; docs.openfaas.com
-  /architecture/autoscaling "Legacy scaling for the Community Edition"). Newer CE gateways
-  also cap max at ``DefaultMaxReplicas`` 5 ("the default and maximum value is 5"): pass
-  ``replica_cap=5`` to reproduce that; by default the stage's ``max_replicas`` is used.
+* Gateway (openfaas/faas ``gateway/handlers/alerthandler.go``, ``CalculateReplicas``):
+  ``maxReplicas = min(maxReplicas, scaling.DefaultMaxReplicas)`` is applied to every
+  function, whatever its ``com.openfaas.scale.max`` label; then for each alert in a
+  notification, ``firing`` -> ``current + ceil(maxReplicas / 100 x factor)`` (capped at
+  ``maxReplicas``), ``resolved`` -> ``minReplicas``; a factor of 0 sends a firing function
+  to ``minReplicas`` too (the ``step > 0`` test). Defaults (``gateway/scaling/ranges.go``):
+  ``DefaultScalingFactor = 10`` (``com.openfaas.scale.factor``), ``DefaultMaxReplicas =
+  5``, ``DefaultMinReplicas = 1``. So a CE function steps by ``ceil(5/100 x 10) = 1``
+  replica per notification, up to 5. (Older gateways and docs.openfaas.com's "Legacy
+  scaling for the Community Edition" page say 20% and the function's own max, 20 by
+  default; the code has used the values above since 2023.) ``scale_factor_pct=20,
+  replica_cap=None`` reproduces the old behaviour.
 
 Mapping: ``gateway_function_invocation_total{code="200"}`` counts *completed* invocations,
 so the rate is the stage's ``departure_rate`` over the snapshot window (10 s by default,
 as in the rule). Deviation, on purpose: a stage whose rate is unknown keeps its alert
 state (Prometheus would see no series, resolve the alert and the gateway would drop the
-function to its minimum; house style §3.3 forbids that accident).
+function to its minimum; house style §3.3 forbids that accident). The stage's own
+``max_replicas`` also bounds the count (the cap is ``min(max_replicas, replica_cap)``), as
+the label does upstream.
 """
 
 from __future__ import annotations
@@ -85,13 +91,16 @@ class OpenFaaSCEParams(BaselineParams):
         default=30.0, gt=0, le=86_400, description="Alertmanager repeat_interval"
     )
     scale_factor_pct: int = Field(
-        default=20,
+        default=10,
         ge=0,
         le=100,
         description="com.openfaas.scale.factor, % of max replicas per alert",
     )
     replica_cap: int | None = Field(
-        default=None, ge=1, le=10_000, description="DefaultMaxReplicas cap of newer CE gateways (5)"
+        default=5,
+        ge=1,
+        le=10_000,
+        description="DefaultMaxReplicas, applied to every function (None: the stage's max)",
     )
 
 

@@ -20,6 +20,13 @@ as the prototype's Algorithm 2. Unlike the prototype (see the reference notes, Â
 items 10-14) it does not block, it reports exactly what it applied, and a step that did
 not pay is taken back.
 
+It does not credit the corrector's work to CPU: when a stage's replica count changes while
+a raise is settling, the latency change mixes both, so the settle period restarts at the
+new count and the raise is then judged against the budget only (its gain is not measured).
+The cap is ``CompensatorConfig.cap_cpu``: ``max_cpu`` bounded by the host's cores, which
+``QuartPolicy`` fills in (live: the machine's, ``quartfaas.hostcores``; simulated: the
+server's).
+
 ``CpuCompensator.apply`` post-processes a policy's ``Decision``: it sets
 ``cpu_per_replica`` and appends reasons, and never changes a replica count. It reads
 ``StageSnapshot.cpu_utilisation`` as *cores used per replica / cpu_per_replica*.
@@ -78,6 +85,7 @@ def _start(
         cpu=start_cpu,
         since=now,
         replicas_before=replicas_before,
+        replicas_at_step=replicas_after,
         concentration=lc,
         demand_cpu=demand,
     )
@@ -277,9 +285,20 @@ def compensate(  # noqa: PLR0917 - the positional order is the issue's contract
     if state.phase is Phase.IDLE:
         return None, "", state
     if state.phase is Phase.RAISING:
+        if state.replicas_at_step and after != state.replicas_at_step:
+            why = (
+                f"cpu: replicas {state.replicas_at_step}->{after} while a raise settles: "
+                f"the latency change is not the CPU's; settle restarts ({cfg.settle_s:g}s), "
+                "gain not measured"
+            )
+            paused = replace(state, since=now, comparable=False, replicas_at_step=after)
+            return current, why, paused
         if now < state.since + cfg.settle_s:
             return current, "", state
-        return _evaluate(state, latency, stage_budget_s, now, cfg)
+        target, why, nxt = _evaluate(state, latency, stage_budget_s, now, cfg)
+        if nxt.phase is Phase.RAISING:
+            nxt = replace(nxt, replicas_at_step=after)
+        return target, why, nxt
     return _holding(state, stage=stage, latency=latency, budget=stage_budget_s, now=now, cfg=cfg)
 
 
@@ -311,9 +330,9 @@ class CpuCompensator:
     ) -> tuple[Decision, CompensatorState]:
         """``decision`` with ``cpu_per_replica`` set where compensating, and the next state.
 
-        ``budgets`` are the stages' tail budgets in seconds, by name or in stage order (as
-        ``control/budget.stage_budgets`` returns them); a stage without one is never
-        judged CPU-bound, and its raises are judged by latency alone.
+        ``budgets`` are the stages' tail budgets in seconds, by name or in stage order (the
+        budgets the corrector's joint plan derives, ``StageTarget.budget_s``); a stage
+        without one is never judged CPU-bound, and its raises are judged by latency alone.
 
         A held decision is not applied by the loop, so the compensator does not advance
         either. A stage whose decision already carries a CPU target is left alone.

@@ -34,6 +34,7 @@ class StageCpuState:
     latency_before_s: float | None = None
     comparable: bool = True  # latency_before was measured at the same replica count
     replicas_before: int = 0  # replicas when the episode began (λc = this / now)
+    replicas_at_step: int = 0  # replicas when the raise being judged was applied
     concentration: float = 1.0
     demand_cpu: float = 0.0
     low_since: float | None = None

@@ -1,65 +1,90 @@
-"""The Replica Corrector: per-stage replica targets from a queueing model plus feedback.
+"""The Replica Corrector: one joint replica plan for the pipeline, corrected by feedback.
 
 Neighbours: implements the ``Policy`` protocol of ``policy.py`` on a ``PipelineSnapshot``
-(``snapshot.py``) with a ``ControllerConfig`` (``config.py``); uses ``budget.py`` (stage
-budgets, critical stages), ``queueing.py`` (feed-forward), ``pid.py`` (feedback) and
-``guards.py`` (rate limits, bounds, cooldowns, downscale delay). The Pipeline Smoother
-and CPU Compensator post-process ``ReplicaCorrector.targets`` (the hook); ``loop.py``
-applies ``decide``'s result. Pure: no I/O, no clock; ``now`` is ``snapshot.now``.
+(``snapshot.py``) with a ``ControllerConfig`` (``config.py``). It reads each stage's inputs
+(``inputs.py``), corrects them with what it learned (``feedback.py``), sizes the whole
+pipeline at once (``planner.py`` on the end-to-end tail model of ``tailmodel.py``), turns the
+plan into actions (``hysteresis.py``) and applies ``guards.py``. ``quart.py`` feeds it the
+Pipeline Smoother's arrival forecast (``inputs.ArrivalForecast``) and hands its targets to
+the CPU Compensator. Pure: no I/O, no clock; ``now`` is ``snapshot.now``.
 
-Per stage and tick:
+Per tick (issue 12):
 
-1. budget ``B`` = the stage's share of the end-to-end SLO; tail ``L`` = the measured
-   latency at ``cfg.percentile``.
-2. feed-forward: the fewest replicas whose modelled sojourn percentile fits ``B`` at
-   utilisation ``<= cfg.target_utilisation`` (``replicas_for_slo``) from the *measured*
-   λ, μ = 1/service_mean_s, ca² = arrival_cv², cs² = service_scv; a replica offers
-   ``max_concurrency`` service slots. Unknown SCVs count as 1 (M/M/c); unknown μ gives
-   no model estimate (the current count stands in) - μ is never assumed.
-3. feedback: a PID on ``L/B - 1`` adds a correction in replicas (positive when too slow),
-   bounded so the total stays in ``[min, max]`` and never below the utilisation floor
-   ``ceil(λ/(μ·max_concurrency·target_utilisation))``: feedback may trim a latency-bound
-   model estimate, but it cannot find the knee of the tail by overloading the stage.
-   When the budget is below the service percentile itself (no count can meet it) the PID
-   aims at that percentile instead, so it does not pile up replicas that cannot help; and
-   feedback may add replicas only where requests wait for one (a queue, or utilisation
-   at least half the target): a slow tail on idle servers is service time or CPU
-   contention, which more replicas on a shared host make worse.
-4. backlog: ``Q`` queued requests must drain within ``B`` on top of arrivals, so the stage
-   needs at least ``ceil((λ + Q/B)/(μ·max_concurrency))`` replicas.
-5. dead time: while replicas are starting, feedback and backlog (which still show the load
-   from before those replicas were asked for) may not raise the target above
-   ``max(current, model)``; only the model (a higher arrival rate) may.
-6. guards (``guards.py``), then a reason a user can read, e.g.
-   ``p99 0.84s > budget 0.3s; G/G/c needs 5 (λ=41/s, μ=11/s, ca²=1, cs²=0.05); PID +7.6;
-   capped by max_step_up 8``.
+1. **inputs** per stage: measured rate λ, service mean and SCV, arrival SCV; the forecast
+   (if given) raises λ and the burst factor for the horizon in which the burst now upstream
+   reaches the stage. A stage with no known rate, or arrivals but no measured service
+   time, is not planned: it keeps its count and its measured tail is taken off the SLO.
+2. **feedback** (at most every ``feedback.min_dt_s``): on stages whose count has not
+   changed for a window and that have no replica starting, the measured sojourn tail at the
+   SLO's percentile (the stored quantile ``LatencyStats`` has: p50/p95/p99, labelled as
+   read) is compared with the model's at the *same* quantile and the ready count; the
+   learned service-time factor moves toward the ratio (filtered, bounded, ``feedback.py``).
+   Stages without enough samples (fewer than ``1/(1-q)``) take the end-to-end error.
+3. **plan**: ``plan_replicas`` finds the cheapest replica vector whose modelled
+   end-to-end quantile at ``percentile`` meets the SLO, with utilisation at most
+   ``target_utilisation``. The per-stage budgets are an *output* (each stage's modelled
+   sojourn quantile at the plan). When service times alone leave no room under the SLO the
+   plan is made for 1.25x the service-only quantile instead, and the reason says so (more
+   replicas cannot help a request that is slow on an idle replica).
+4. **backlog**: a *growing* queue ``Q`` (arrivals outpace departures or capacity,
+   ``budget.queue_growing``) must drain within one measurement window ``W`` on top of
+   arrivals, so at least ``ceil((λ + Q/W)/(μ·max_concurrency))`` replicas (not while
+   replicas are starting: they are already counted). This is the catch-up after an
+   overload; the queues of steady load are the tail the model plans for (draining them
+   within the stage budget instead flipped counts up and down at constant load).
+5. **hysteresis** (``hysteresis.step``): up at once, down only after the plan has asked
+   for fewer for ``downscale_delay_s`` (and then to the highest count asked for meanwhile);
+   replicas already starting count. "Fewer" is judged against a second plan for
+   ``1 + downscale_headroom_frac`` times the load (made only on ticks where some stage's
+   plan is below its count): a Schmitt trigger in the load domain, so measurement noise at
+   a boundary does not flip a count back and forth. The band is at least two standard
+   errors of the measured load ``λ·E[S]`` over the window (``2·sqrt(2/N)`` for ``N``
+   arrivals, rate and mean each contributing ``1/sqrt(N)``): 10 s of 20 req/s move it by
+   ~10%, of 5 req/s by ~20%. (A band in the SLO instead was too narrow near saturation,
+   where the tail is steep in the load.)
+6. **guards**, in this order: rate limits (``max_step_up``/``max_step_down``), bounds,
+   cooldowns (``up_cooldown_s``, and no scale-down within ``down_cooldown_s`` of a change).
+   A scale-down cut short by ``max_step_down`` keeps its low period, so it continues on
+   the next tick instead of waiting another delay.
 
-The tail ``L`` comes from ``LatencyStats.quantile``, which stores p50/p95/p99 only: a
-``percentile`` of 0.9 reads p95 (conservative) and one above 0.99 reads p99.
+Each stage's reason says the plan (quantile vs SLO), its inputs, the derived budget, the
+learned factor and what hysteresis and the guards did. Missing data holds everything
+(reason ``no-data``). A restarted corrector counts ``now`` as its last scale-down.
 
-Missing data holds everything (reason ``no-data``); a stage with no arrivals in the window
-goes toward ``min_replicas`` only after ``downscale_delay_s``. A restarted corrector
-(``initial_state``) presets its PID integrals so that its first targets equal what is
-running (bumpless transfer) and treats ``now`` as its last scale-down, so a restart does
-not cause a burst of actions.
+(Over 400 lines: a quarter is this description of the tick; the rest is the tick's
+wiring and its reasons. The maths is in the modules named above.)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 from quartfaas.control.config import ControllerConfig
-from quartfaas.control.corrector.budget import StageHealth, assess_stage, stage_budgets
-from quartfaas.control.corrector.guards import GuardLimits, GuardMemory, apply_guards
-from quartfaas.control.corrector.inputs import finite, model_text, service_rate, stage_scvs
-from quartfaas.control.corrector.pid import PIDState, bumpless_state, pid_terms
-from quartfaas.control.corrector.queueing import (
-    PlanStatus,
-    SLOPlan,
-    replicas_for_slo,
-    service_percentile,
+from quartfaas.control.corrector import feedback as fb
+from quartfaas.control.corrector.budget import assess_stage, queue_growing
+from quartfaas.control.corrector.guards import (
+    GuardLimits,
+    GuardMemory,
+    bounds,
+    cooldown,
+    note_action,
+    rate_limit,
 )
+from quartfaas.control.corrector.hysteresis import HysteresisState
+from quartfaas.control.corrector.hysteresis import step as hysteresis_step
+from quartfaas.control.corrector.inputs import (
+    NO_DATA,
+    ArrivalForecast,
+    PlanInputs,
+    finite,
+    read_inputs,
+    read_tail,
+    service_rate,
+)
+from quartfaas.control.corrector.planner import Plan, PlanOutcome, plan_replicas
+from quartfaas.control.corrector.tailmodel import StageLoad, e2e_quantile, stage_quantile
 from quartfaas.control.corrector.targets import (
     CorrectorState,
     CorrectorTargets,
@@ -69,11 +94,8 @@ from quartfaas.control.corrector.targets import (
 from quartfaas.control.policy import Decision
 from quartfaas.control.snapshot import PipelineSnapshot, StageSnapshot
 
-NO_DATA = "no-data"
-# Below this share of the target utilisation (and with no queue) a stage's requests do not
-# wait for a replica, so feedback may not add replicas (see ``ReplicaCorrector._queueing``).
-QUEUEING_UTILISATION = 0.5
-WAIT_SHARE = 0.1  # a wait tail above this share of the stage budget is queueing
+SERVICE_FLOOR_MARGIN = 1.25  # plan for this times the service-only quantile when it > SLO
+_FEEDBACK_GRID = 128  # grid of the per-stage modelled quantile the feedback compares
 
 
 class ReplicaCorrector:
@@ -83,17 +105,14 @@ class ReplicaCorrector:
 
     def __init__(self, config: ControllerConfig | None = None) -> None:
         self.cfg = config if config is not None else ControllerConfig.model_validate({})
-        # Label the tail by the stored quantile LatencyStats.quantile actually returns.
-        pct = self.cfg.percentile
-        self._pct_label = "p50" if pct <= 0.5 else "p95" if pct <= 0.95 else "p99"
-        # Build the Gamma-quantile table for this percentile now, not on the first tick.
-        service_percentile(1.0, 0.5, pct)
-        # GuardLimits depend only on config and the stage's bounds: build each once.
+        f = self.cfg.feedback
+        self.fb_cfg = fb.FeedbackConfig(f.time_constant_s, f.min_dt_s, f.max_dt_s, f.max_rel)
         self._limits_cache: dict[tuple[int, int], GuardLimits] = {}
 
     # ------------------------------------------------------------------ helpers
 
-    def _hold_reason(self, snapshot: PipelineSnapshot) -> str | None:
+    def hold_reason(self, snapshot: PipelineSnapshot) -> str | None:
+        """Why this snapshot cannot be planned on (None: it can)."""
         if not snapshot.has_data:
             return f"{NO_DATA}: no measurements"
         age = snapshot.data_age_s
@@ -125,203 +144,267 @@ class ReplicaCorrector:
             self._limits_cache[key] = limits
         return limits
 
-    def _plan(
+    # ------------------------------------------------------------------ feedback
+
+    def _feedback(
         self,
-        s: StageSnapshot,
-        lam: float,
-        budget: float,
-        mu: float | None,
-        scvs: tuple[float, float],
-    ) -> tuple[SLOPlan, int]:
-        """Feed-forward plan and the replica count it stands for (current if no answer)."""
-        plan = replicas_for_slo(
-            lam,
-            mu,
-            scvs[0],
-            scvs[1],
-            budget,
-            self.cfg.percentile,
-            servers_per_replica=max(1, s.max_concurrency),
-            max_util=self.cfg.target_utilisation,
-            c_max=max(1, s.max_replicas),
-            c_min=1,
+        snapshot: PipelineSnapshot,
+        state: CorrectorState,
+        olds: Sequence[StageState],
+        inp: PlanInputs,
+    ) -> tuple[fb.FeedbackState, str]:
+        cfg = self.fb_cfg
+        last = state.feedback.last_now
+        now = snapshot.now
+        if last is not None and now - last < cfg.min_dt_s:
+            return state.feedback, ""
+        corrected = fb.corrected(inp.measured, state.feedback)
+        obs: list[fb.TailObservation] = []
+        ready: list[int] = []
+        label = ""
+        for j, i in enumerate(inp.planned):
+            s = snapshot.stages[i]
+            ready.append(s.ready_replicas)
+            tail, q_read = read_tail(s.latency, self.cfg.percentile)
+            label = f"p{q_read * 100:g}"
+            changed = olds[i].changed_s
+            steady = (
+                s.starting_replicas == 0
+                and s.ready_replicas > 0
+                and (changed is None or now - changed >= snapshot.window_s)
+                and inp.measured[j].arrival_rate > 0
+            )
+            enough = s.latency.count >= math.ceil(1.0 / (1.0 - q_read) - 1e-9)
+            if not (steady and enough and tail is not None):
+                obs.append(fb.TailObservation(s.name, None, None))
+                continue
+            model = stage_quantile(corrected[j], s.ready_replicas, q_read, grid=_FEEDBACK_GRID)
+            obs.append(fb.TailObservation(s.name, tail, model if math.isfinite(model) else None))
+        e2e_meas = e2e_model = None
+        missing = any(o.measured_s is None for o in obs)
+        if missing and not inp.fixed and obs and all(c > 0 for c in ready):
+            e2e, q_read = read_tail(snapshot.e2e, self.cfg.percentile)
+            if e2e is not None and snapshot.e2e.count >= math.ceil(1.0 / (1.0 - q_read) - 1e-9):
+                busy = all(s.starting_replicas == 0 for s in snapshot.stages)
+                if busy:
+                    e2e_meas = e2e
+                    e2e_model = e2e_quantile(corrected, ready, q_read, grid=256)
+                    if not math.isfinite(e2e_model):
+                        e2e_meas = e2e_model = None
+        fsnap = fb.FeedbackSnapshot(now, tuple(obs), e2e_meas, e2e_model)
+        new, why = fb.update(state.feedback, fsnap, cfg)
+        return new, f"{why} ({label or 'tail'} measured vs modelled)"
+
+    # ------------------------------------------------------------------ plan
+
+    def _plan(self, loads: Sequence[StageLoad], slo_s: float) -> tuple[Plan, str]:
+        q = self.cfg.percentile
+        util = self.cfg.target_utilisation
+        plan = plan_replicas(loads, slo_s, q, max_util=util)
+        if plan.outcome is not PlanOutcome.INFEASIBLE:
+            return plan, ""
+        overloaded = any(s.max_replicas * s.servers_per_replica <= s.offered_load for s in loads)
+        if overloaded:
+            return plan, ""
+        idle = [replace(s, arrival_rate=0.0) for s in loads]
+        floor_s = e2e_quantile(idle, [1] * len(loads), q, grid=256)
+        relaxed = max(slo_s, SERVICE_FLOOR_MARGIN * floor_s)
+        if relaxed <= slo_s:
+            return plan, ""
+        again = plan_replicas(loads, relaxed, q, max_util=util)
+        note = (
+            f"service alone has a p{q * 100:g} of {floor_s:.3g}s (SLO {slo_s:.3g}s): "
+            f"planned for {relaxed:.3g}s"
         )
-        return plan, (plan.replicas if plan.replicas is not None else s.replicas)
+        return again, note
 
-    def _queueing(self, s: StageSnapshot, budget: float) -> bool:
-        """Evidence that requests wait for a replica: a queue now, a measured wait tail
-        beyond a tenth of the budget, or (wait not measured) busy servers."""
-        if s.queue_len > 0:
-            return True
-        wait = s.wait.quantile(self.cfg.percentile)
-        if wait is not None:
-            return wait > WAIT_SHARE * budget
-        util = s.utilisation
-        return util is None or util >= QUEUEING_UTILISATION * self.cfg.target_utilisation
-
-    def _correction_bounds(
-        self, s: StageSnapshot, lam: float, mu: float | None, ff: int
-    ) -> tuple[float, float]:
-        """Bounds of the PID correction around the model estimate ``ff``.
-
-        Above: ``max_replicas``. Below: ``min_replicas`` and the utilisation floor
-        ``ceil(λ/(μ·max_concurrency·target_utilisation))``; feedback may trim a latency-bound
-        model estimate but never plans past the utilisation the model may plan for (the
-        tail near saturation is too steep to find by feedback without overload).
-        """
-        hi = max(s.min_replicas, s.max_replicas)
-        lo = s.min_replicas
-        if mu is not None and lam > 0:
-            spr = max(1, s.max_concurrency)
-            floor = math.ceil(lam / (mu * spr * self.cfg.target_utilisation) - 1e-9)
-            lo = min(max(lo, floor), hi)
-        return float(lo - ff), float(hi - ff)
+    def _down_plan(
+        self,
+        snapshot: PipelineSnapshot,
+        inp: PlanInputs,
+        plan: Plan | None,
+        fb_state: fb.FeedbackState,
+    ) -> Plan | None:
+        """The plan for ``1 + downscale_headroom_frac`` times the load, when some stage's
+        plan is below its count (the lower threshold of the Schmitt trigger; step 5)."""
+        frac = self.cfg.downscale_headroom_frac
+        if plan is None or frac <= 0.0:
+            return None
+        below = any(
+            plan.replicas[j] < snapshot.stages[i].replicas for j, i in enumerate(inp.planned)
+        )
+        if not below:
+            return None
+        window = snapshot.window_s
+        heavier = [
+            replace(s, arrival_rate=s.arrival_rate * (1.0 + _band(frac, s.arrival_rate * window)))
+            for s in inp.loads
+        ]
+        tight, _ = self._plan(fb.corrected(heavier, fb_state), plan.slo_s)
+        return tight
 
     # ------------------------------------------------------------------ per stage
 
-    def _stage(
-        self, s: StageSnapshot, budget: float, st: StageState, now: float
+    def _stage(  # noqa: PLR0917 - one stage's whole tick, called in one place
+        self,
+        s: StageSnapshot,
+        st: StageState,
+        raw: int,
+        head: str,
+        budget: float | None,
+        factor: float,
+        model: int | None,
+        now: float,
+        snapshot_window: float,
     ) -> tuple[StageTarget, StageState]:
         cfg = self.cfg
         current = s.replicas
-        health: StageHealth = assess_stage(s, budget, cfg.percentile, cfg.critical_score)
-        lam = finite(s.arrival_rate)
-        if lam is None or lam < 0:
-            reason = f"{NO_DATA}: arrival rate unknown; holding {current}"
-            return StageTarget(s.name, current, current, current, reason, budget_s=budget), st
-        tail = health.tail_s
-        label = self._pct_label
-        parts: list[str] = []
-        if tail is None:
-            parts.append(f"{label} n/a, budget {budget:.3g}s")
-        else:
-            rel = ">" if tail > budget else "<="
-            parts.append(f"{label} {tail:.3g}s {rel} budget {budget:.3g}s")
-        model: int | None = None
+        parts = [head]
         backlog: int | None = None
-        correction = 0.0
-        pid = st.pid
-        idle = lam == 0 and s.queue_len == 0 and s.in_flight == 0
-        if idle:
-            raw = s.min_replicas
-            pid = PIDState()  # a stale integral must not greet the next burst
-            parts.append(f"idle (no arrivals in the window): toward min_replicas {raw}")
-        else:
-            mu = service_rate(s)
-            scvs = stage_scvs(s)
-            plan, ff = self._plan(s, lam, budget, mu, scvs)
-            model = plan.replicas
-            parts.append(model_text(plan, lam, mu, scvs))
-            out_min, out_max = self._correction_bounds(s, lam, mu, ff)
-            if not self._queueing(s, budget):
-                # A slow tail with idle servers and no queue comes from the service time
-                # itself (or from CPU contention on the host): more replicas cannot help and,
-                # on a shared host, more processes would slow every stage further.
-                if out_max > 0 and tail is not None and tail > budget:
-                    wait = s.wait.quantile(cfg.percentile)
-                    waited = "" if wait is None else f", wait {wait:.3g}s"
-                    parts.append(
-                        f"no feedback up: no queue (utilisation {_pct(s.utilisation)}{waited})"
-                    )
-                out_max = max(out_min, min(out_max, 0.0))
-            setpoint = budget
-            if plan.status is PlanStatus.INFEASIBLE and plan.service_pct_s is not None:
-                setpoint = plan.service_pct_s  # the best any replica count can do
-            if tail is not None:
-                terms, pid = pid_terms(
-                    st.pid,
-                    tail,
-                    setpoint,
-                    now,
-                    cfg.pid,
-                    out_min,
-                    out_max,
-                    freeze_integral=s.starting_replicas > 0 and tail > setpoint,
-                    max_dt=cfg.window_s,
-                )
-                correction = terms.output
-            else:
-                # No latency samples: keep the integral, forget the last measurement so the
-                # next sample is a first tick again (no derivative or integral over the gap).
-                correction = min(max(st.pid.integral, out_min), out_max)
-                pid = PIDState(st.pid.integral, None, None, correction)
-            parts.append(f"PID {correction:+.1f}")
-            raw = math.floor(ff + correction + 0.5)
-            if s.queue_len > 0 and mu is not None:
-                spr = max(1, s.max_concurrency)
-                backlog = math.ceil((lam + s.queue_len / budget) / (mu * spr) - 1e-9)
-                if backlog > raw:
-                    raw = backlog
-                    parts.append(f"queue {s.queue_len} needs {backlog} to drain in {budget:.3g}s")
-            if s.starting_replicas > 0 and raw > max(current, ff):
-                # Dead time: latency and queue still show the load from before the starting
-                # replicas were asked for. Adding more on that evidence overshoots; only a
-                # higher model estimate (a load rise) may add while capacity is on its way.
-                raw = max(current, ff)
-                parts.append(f"waiting for {s.starting_replicas} starting")
-            if current == 0 and raw < 1:
-                raw = 1
-                parts.append("cold start: work waiting and no replicas")
-        guarded, memory = apply_guards(current, raw, now, st.guard, self._limits(s))
-        parts.extend(guarded.reasons)
+        mu = service_rate(s)
+        lam = finite(s.arrival_rate) or 0.0
+        window = snapshot_window
+        if queue_growing(s) and mu is not None and s.starting_replicas == 0:
+            spr = max(1, s.max_concurrency)
+            backlog = math.ceil((lam + s.queue_len / window) / (mu * spr) - 1e-9)
+            if backlog > raw:
+                raw = backlog
+                parts.append(f"queue {s.queue_len} needs {backlog} to drain in {window:g}s")
+        if current == 0 and raw < 1 and (lam > 0 or s.queue_len > 0):
+            raw = 1
+            parts.append("cold start: work waiting and no replicas")
+        hyst, hstate = hysteresis_step(
+            s.ready_replicas, s.starting_replicas, raw, now, st.hysteresis, cfg.downscale_delay_s
+        )
+        parts.append(hyst.reason)
+        limits = self._limits(s)
+        value = hyst.target
+        r = rate_limit(current, value, limits.max_step_up, limits.max_step_down)
+        if r.reason:
+            parts.append(r.reason)
+            if value < current:  # a cut-short scale-down continues next tick
+                hstate = st.hysteresis
+        r2 = bounds(r.value, limits.min_replicas, limits.max_replicas)
+        if r2.reason:
+            parts.append(r2.reason)
+        r3 = cooldown(current, r2.value, now, st.guard, limits)
+        if r3.reason:
+            parts.append(r3.reason)
+            hstate = st.hysteresis if r3.value == current else hstate
+        target = r3.value
+        health = assess_stage(s, budget if budget else 0.0, cfg.percentile, cfg.critical_score)
         if health.critical:
             why = "queue growing" if health.queue_growing else f"score {health.score:.2f}"
             parts.append(f"critical ({why})")
-        target = StageTarget(  # positional: this runs once per stage per tick
+        changed = now if target != current else st.changed_s
+        out = StageTarget(
             s.name,
             current,
-            guarded.value,
+            target,
             raw,
             "; ".join(parts),
             model,
             backlog,
-            correction,
+            factor,
             budget,
-            tail,
+            health.tail_s,
             health.critical,
             health.score,
         )
-        return target, StageState(s.name, pid, memory)
+        memory = note_action(st.guard, current, target, now)
+        return out, StageState(s.name, hstate, memory, changed)
 
     # ------------------------------------------------------------------ Policy
 
-    def targets(
-        self, snapshot: PipelineSnapshot, state: CorrectorState
+    def _held(
+        self, snapshot: PipelineSnapshot, state: CorrectorState, why: str
     ) -> tuple[CorrectorTargets, CorrectorState]:
-        """Guarded per-stage targets with reasons, and the next state (the composition hook)."""
+        held = tuple(
+            StageTarget(s.name, s.replicas, s.replicas, s.replicas, why) for s in snapshot.stages
+        )
+        # Unseen time cannot count as "the plan stayed low": a hold restarts every stage's
+        # downscale delay. Everything else (cooldowns, learned factors) is kept.
+        kept = tuple(replace(st, hysteresis=HysteresisState()) for st in state.stages)
+        return CorrectorTargets(snapshot.now, held, hold=True, reason=why), replace(
+            state, stages=kept
+        )
+
+    def targets(
+        self,
+        snapshot: PipelineSnapshot,
+        state: CorrectorState,
+        forecast: Sequence[ArrivalForecast] | None = None,
+    ) -> tuple[CorrectorTargets, CorrectorState]:
+        """Guarded per-stage targets with reasons, and the next state (the composition hook).
+
+        ``forecast``: the Pipeline Smoother's per-stage arrivals over the planning horizon
+        (``None``: plan on the measured arrivals alone).
+        """
         now = snapshot.now
-        why = self._hold_reason(snapshot)
+        why = self.hold_reason(snapshot)
         if why is not None:
-            held = tuple(
-                StageTarget(s.name, s.replicas, s.replicas, s.replicas, why)
-                for s in snapshot.stages
-            )
-            # Unseen time cannot count as "load stayed low": a hold restarts every
-            # stage's downscale delay. Everything else (PID, cooldowns) is kept.
-            kept = tuple(
-                st
-                if st.guard.below_since_s is None
-                else StageState(
-                    st.name, st.pid, replace(st.guard, below_since_s=None, below_peak=None)
-                )
-                for st in state.stages
-            )
-            return CorrectorTargets(now, held, hold=True, reason=why), replace(state, stages=kept)
-        budgets = stage_budgets(snapshot, self.cfg.stage_budget)
+            return self._held(snapshot, state, why)
         olds = self._aligned(snapshot, state)
+        inp = read_inputs(snapshot, forecast, self.cfg.percentile)
+        fb_state, fb_why = self._feedback(snapshot, state, olds, inp)
+        slo = snapshot.slo_p99_s
+        q = self.cfg.percentile
+        plan: Plan | None = None
+        plan_note = head_all = ""
+        if inp.planned:
+            # The unplanned stages' measured tails come off the SLO. If they use all of it,
+            # the planned stages are sized for their service floor (``_plan``) instead.
+            room = max(slo - inp.fixed_tail_s, 1e-3 * slo)
+            loads = fb.corrected(inp.loads, fb_state)
+            plan, plan_note = self._plan(loads, room)
+            head_all = f"plan {plan.outcome}: {plan.reason}"
+            if plan_note:
+                head_all += f" ({plan_note})"
+            if inp.fixed:
+                head_all += f"; SLO less unplanned stages' tails {room:.3g}s"
+        down_plan = self._down_plan(snapshot, inp, plan, fb_state)
         out: list[StageTarget] = []
         new: list[StageState] = []
-        for s, b, st in zip(snapshot.stages, budgets, olds, strict=True):
-            t, ns = self._stage(s, b, st, now)
+        pos = {i: j for j, i in enumerate(inp.planned)}
+        n = len(snapshot.stages)
+        for i, (s, st) in enumerate(zip(snapshot.stages, olds, strict=True)):
+            factor = fb_state.factor(s.name)
+            j = pos.get(i)
+            budget: float | None = slo / n
+            model: int | None = None
+            if i in inp.fixed:
+                raw, head = inp.fixed[i]
+                head = f"{head}: {raw}"
+            else:
+                assert j is not None and plan is not None
+                raw = model = plan.replicas[j]
+                budget = plan.budgets_s[j]
+                if down_plan is not None and raw < s.replicas:
+                    raw = min(s.replicas, max(raw, down_plan.replicas[j]))
+                head = (
+                    f"joint plan {raw} (modelled p{q * 100:g} {plan.quantile_s:.3g}s vs SLO "
+                    f"{plan.slo_s:.3g}s, {plan.outcome}); {inp.texts[j]}; "
+                    f"derived budget {budget:.3g}s"
+                )
+                if factor != 1.0:
+                    head += f"; service-time factor x{factor:.3g}"
+                if plan_note:
+                    head += f"; {plan_note}"
+            t, ns = self._stage(s, st, raw, head, budget, factor, model, now, snapshot.window_s)
             out.append(t)
             new.append(ns)
         ups = sum(1 for t in out if t.target > t.current)
         downs = sum(1 for t in out if t.target < t.current)
         crit = [t.stage for t in out if t.critical]
         reason = f"{ups} up, {downs} down, {len(out) - ups - downs} unchanged"
+        if head_all:
+            reason += f"; {head_all}"
+        if fb_why:
+            reason += f"; {fb_why}"
         if crit:
             reason += "; critical: " + ", ".join(crit)
-        return CorrectorTargets(now, tuple(out), reason=reason), CorrectorState(tuple(new), now)
+        nxt = CorrectorState(tuple(new), now, fb_state)
+        return CorrectorTargets(now, tuple(out), reason=reason), nxt
 
     def decide(
         self, snapshot: PipelineSnapshot, state: CorrectorState
@@ -330,41 +413,18 @@ class ReplicaCorrector:
         return tick.decision(self.name), nxt
 
     def initial_state(self, snapshot: PipelineSnapshot) -> CorrectorState:
-        """State for a (re)started corrector: bumpless PID presets, no scale-down for
+        """State for a (re)started corrector: nothing learned, no scale-down for
         ``down_cooldown_s`` (``now`` counts as the last scale-down)."""
-        now = snapshot.now
-        guard = GuardMemory(last_down_s=now)
-        if self._hold_reason(snapshot) is not None:
-            return CorrectorState(tuple(StageState(s.name, guard=guard) for s in snapshot.stages))
-        budgets = stage_budgets(snapshot, self.cfg.stage_budget)
-        out: list[StageState] = []
-        for s, budget in zip(snapshot.stages, budgets, strict=True):
-            lam = finite(s.arrival_rate)
-            tail = assess_stage(s, budget, self.cfg.percentile, self.cfg.critical_score).tail_s
-            if lam is None or lam < 0 or tail is None or (lam == 0 and s.queue_len == 0):
-                out.append(StageState(s.name, guard=guard))
-                continue
-            mu = service_rate(s)
-            plan, ff = self._plan(s, lam, budget, mu, stage_scvs(s))
-            lo, hi = self._correction_bounds(s, lam, mu, ff)
-            wanted = min(max(s.replicas - ff, lo), hi)
-            setpoint = budget
-            if plan.status is PlanStatus.INFEASIBLE and plan.service_pct_s is not None:
-                setpoint = plan.service_pct_s
-            pid = bumpless_state(
-                tail,
-                setpoint,
-                now,
-                self.cfg.pid,
-                wanted_output=wanted,
-                allow_negative=tail <= setpoint,
-            )
-            out.append(StageState(s.name, pid, guard))
-        return CorrectorState(tuple(out), None)
+        guard = GuardMemory(last_down_s=snapshot.now)
+        return CorrectorState(tuple(StageState(s.name, guard=guard) for s in snapshot.stages))
+
+
+def _band(frac: float, arrivals: float) -> float:
+    """The down-scale band: ``frac``, or two standard errors of a load measured from
+    ``arrivals`` requests if that is wider (at most 1: twice the load)."""
+    if arrivals < 8.0:  # a handful of arrivals: the widest band
+        return max(frac, 1.0)
+    return max(frac, min(1.0, 2.0 * math.sqrt(2.0 / arrivals)))
 
 
 __all__ = ["NO_DATA", "ReplicaCorrector"]
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.0%}"

@@ -1,16 +1,37 @@
-"""The queueing model's inputs as the corrector reads them from a stage, and its answer in words.
+"""The tail model's inputs as the corrector reads them from a snapshot.
 
 Unknown or non-finite measurements are ``None``; unknown squared coefficients of variation
 count as 1 (M/M/c); the service rate is never assumed (``None`` without a measured mean).
-``model_text`` is the part of a stage's reason that says what the model planned.
+
+``ArrivalForecast`` is what the Pipeline Smoother hands the corrector: per stage, the
+arrival SCV and rate expected over the horizon in which the burst now upstream reaches the
+stage (``smoother.PipelineSmoother.forecast``). It lives here, below the smoother, so the
+corrector can read it without importing the smoother (``control/`` layering).
+``stage_load`` turns a stage (and its forecast) into the ``StageLoad`` the planner plans on.
+``read_tail`` reads a stored latency quantile and says which quantile it is;
+``read_inputs`` sorts a snapshot's stages into planned ones (with their loads) and ones
+held at a count (no known rate, or arrivals but no measured service time).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
-from quartfaas.control.corrector.queueing import PlanStatus, SLOPlan
-from quartfaas.control.snapshot import StageSnapshot
+from quartfaas.control.corrector.tailmodel import MAX_SCV, StageLoad
+from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, StageSnapshot
+
+NO_DATA = "no-data"
+
+
+class ArrivalForecast(NamedTuple):
+    """One stage's arrivals over the planning horizon (``None``: no forecast)."""
+
+    stage: str
+    scv: float | None
+    rate_per_s: float | None
+    why: str
 
 
 def finite(x: float | None) -> float | None:
@@ -18,6 +39,7 @@ def finite(x: float | None) -> float | None:
 
 
 def stage_scvs(s: StageSnapshot) -> tuple[float, float]:
+    """Measured ``(ca², cs²)``, 1 where unknown."""
     cv = finite(s.arrival_cv)
     scv_s = finite(s.service_scv)
     return (1.0 if cv is None or cv < 0 else cv * cv), (
@@ -30,21 +52,101 @@ def service_rate(s: StageSnapshot) -> float | None:
     return 1.0 / mean if mean is not None and mean > 0 else None
 
 
-def model_text(plan: SLOPlan, lam: float, mu: float | None, scvs: tuple[float, float]) -> str:
-    if plan.status is PlanStatus.NO_SERVICE_RATE or mu is None:
-        return "μ unknown (no completions measured): no model estimate"
-    name = "M/M/c" if scvs == (1.0, 1.0) else "G/G/c"
-    rates = f"λ={lam:.3g}/s, μ={mu:.3g}/s"
-    if name == "G/G/c":
-        rates += f", ca²={scvs[0]:.2g}, cs²={scvs[1]:.2g}"
-    if plan.status is PlanStatus.INFEASIBLE:
-        return (
-            f"{name}: budget below the service percentile {plan.service_pct_s:.3g}s; "
-            f"{plan.replicas} keep utilisation in bounds ({rates})"
-        )
-    if plan.status is PlanStatus.CAPPED:
-        return f"{name} needs > {plan.replicas} ({rates})"
-    return f"{name} needs {plan.replicas} ({rates})"
+def read_tail(stats: LatencyStats, q: float) -> tuple[float | None, float]:
+    """The stored quantile ``LatencyStats.quantile(q)`` returns, and which one it is
+    (p50/p95/p99), so a model is compared at the quantile actually measured."""
+    stored = 0.5 if q <= 0.5 else 0.95 if q <= 0.95 else 0.99
+    value = finite(stats.quantile(q))
+    return (value if value is not None and value > 0 else None), stored
 
 
-__all__ = ["finite", "model_text", "service_rate", "stage_scvs"]
+def stage_load(
+    s: StageSnapshot, lam: float, mean_s: float, forecast: ArrivalForecast | None
+) -> tuple[StageLoad, str]:
+    """The planner's input for stage ``s`` and the text that says what went in.
+
+    The arrival rate is the larger of the measured one and the forecast; the burst factor
+    (the arrival variability the wait tail is stretched by) is the larger of the measured
+    inter-arrival SCV and the forecast SCV. One replica costs 1 (the snapshot does not
+    say how many accelerators a replica holds; all of a pipeline's replicas count alike).
+    """
+    ca2, cs2 = stage_scvs(s)
+    rate, burst, extra = lam, None, ""
+    if forecast is not None:
+        if forecast.rate_per_s is not None and lam < forecast.rate_per_s < math.inf:
+            rate = forecast.rate_per_s
+        if forecast.scv is not None and ca2 < forecast.scv < math.inf:
+            burst = forecast.scv
+        if rate > lam or burst is not None:
+            extra = f" [forecast: {forecast.why}]"
+    load = StageLoad(
+        s.name,
+        rate,
+        mean_s,
+        min(cs2, MAX_SCV),
+        ca2,
+        burst,
+        servers_per_replica=max(1, s.max_concurrency),
+        min_replicas=s.min_replicas,
+        max_replicas=max(s.min_replicas, s.max_replicas),
+    )
+    text = f"λ={rate:.3g}/s, E[S]={mean_s:.3g}s, ca²={ca2:.2g}"
+    if burst is not None:
+        text += f" (burst {burst:.2g})"
+    return load, f"{text}, cs²={cs2:.2g}{extra}"
+
+
+class PlanInputs:
+    """One tick's per-stage inputs: planned stages (with loads) and fixed ones."""
+
+    def __init__(self) -> None:
+        self.planned: list[int] = []  # snapshot indices of planned stages
+        self.loads: list[StageLoad] = []  # with the forecast
+        self.measured: list[StageLoad] = []  # without it (what the window saw)
+        self.texts: list[str] = []
+        self.fixed: dict[int, tuple[int, str]] = {}  # index -> (count, why)
+        self.fixed_tail_s = 0.0  # the fixed stages' measured tails, off the SLO
+
+
+def read_inputs(
+    snapshot: PipelineSnapshot, forecast: Sequence[ArrivalForecast] | None, q: float
+) -> PlanInputs:
+    """Sort the stages into planned and fixed ones (module docstring)."""
+    fc = {f.stage: f for f in forecast or ()}
+    out = PlanInputs()
+    for i, s in enumerate(snapshot.stages):
+        lam = finite(s.arrival_rate)
+        mean = finite(s.service_mean_s)
+        idle = lam == 0 and s.queue_len == 0 and s.in_flight == 0
+        if lam is None or lam < 0:
+            out.fixed[i] = (s.replicas, f"{NO_DATA}: arrival rate unknown; holding")
+        elif mean is None or mean <= 0:
+            if idle:
+                out.fixed[i] = (s.min_replicas, "idle (no arrivals in the window)")
+            else:
+                keep = max(s.replicas, 1)
+                out.fixed[i] = (keep, "μ unknown (no completions measured): not planned")
+        else:
+            load, text = stage_load(s, lam, mean, fc.get(s.name))
+            out.planned.append(i)
+            out.loads.append(load)
+            out.measured.append(stage_load(s, lam, mean, None)[0])
+            out.texts.append(text)
+            continue
+        tail, _ = read_tail(s.latency, q)
+        if tail is not None and not idle:
+            out.fixed_tail_s += tail
+    return out
+
+
+__all__ = [
+    "NO_DATA",
+    "ArrivalForecast",
+    "PlanInputs",
+    "finite",
+    "read_inputs",
+    "read_tail",
+    "service_rate",
+    "stage_load",
+    "stage_scvs",
+]

@@ -1,9 +1,10 @@
 """What the Replica Corrector remembers between ticks and what it hands on.
 
-``CorrectorState`` (one ``StageState`` per stage: PID memory and guard memory) is the
-corrector's frozen state. ``CorrectorTargets`` (one ``StageTarget`` per stage: the guarded
-target, the raw count and how it was reached) is the hook the Pipeline Smoother and the CPU
-Compensator post-process; ``CorrectorTargets.decision`` turns it into the ``Decision`` the
+``CorrectorState`` (one ``StageState`` per stage: hysteresis and guard memory; and the
+learned model factors of ``feedback.py``) is the corrector's frozen state.
+``CorrectorTargets`` (one ``StageTarget`` per stage: the guarded target, the raw count
+and how it was reached) is the hook the Pipeline Smoother and the CPU Compensator
+post-process; ``CorrectorTargets.decision`` turns it into the ``Decision`` the
 control loop applies (the corrector alone and ``QuartPolicy`` both end with it).
 """
 
@@ -12,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from quartfaas.control.corrector.feedback import FeedbackState
 from quartfaas.control.corrector.guards import GuardMemory
-from quartfaas.control.corrector.pid import PIDState
+from quartfaas.control.corrector.hysteresis import HysteresisState
 from quartfaas.control.policy import Decision, StageDecision
 
 
@@ -22,23 +24,26 @@ class StageState:
     """What the corrector remembers about one stage."""
 
     name: str
-    pid: PIDState = field(default_factory=PIDState)
+    hysteresis: HysteresisState = field(default_factory=HysteresisState)
     guard: GuardMemory = field(default_factory=GuardMemory)
+    changed_s: float | None = None  # when the count last changed (feedback waits a window)
 
 
 @dataclass(frozen=True, slots=True)
 class CorrectorState:
-    """The corrector's state: one ``StageState`` per stage, in snapshot stage order."""
+    """The corrector's state: one ``StageState`` per stage, in snapshot stage order, and
+    the model-input feedback's learned factors."""
 
     stages: tuple[StageState, ...] = ()
     last_now: float | None = None  # ``now`` of the tick that produced it (None: fresh)
+    feedback: FeedbackState = field(default_factory=FeedbackState)
 
 
 class StageTarget(NamedTuple):
     """One stage's target and how it was reached (the hook for smoother/compensator).
 
     Immutable; a NamedTuple rather than a frozen dataclass because one is built per stage
-    per tick and the 2 ms tick budget notices the difference.
+    per tick and the tick budget notices the difference.
     """
 
     stage: str
@@ -46,10 +51,10 @@ class StageTarget(NamedTuple):
     target: int
     raw: int
     reason: str
-    model: int | None = None  # feed-forward replicas (None: no model estimate)
+    model: int | None = None  # the joint plan's count (None: the stage was not planned)
     backlog: int | None = None  # replicas needed to drain the queue within the budget
-    correction: float = 0.0  # PID output, replicas
-    budget_s: float | None = None
+    factor: float = 1.0  # learned service-time factor of the model (feedback.py)
+    budget_s: float | None = None  # derived: the stage's modelled sojourn quantile at the plan
     tail_s: float | None = None
     critical: bool = False
     score: float = 0.0

@@ -1,36 +1,33 @@
-"""The Pipeline Smoother: replicas before a burst arrives, and smoothing across neighbours.
+"""The Pipeline Smoother: what arrives at each stage next, and smoothing across neighbours.
 
-Neighbours: post-processes ``corrector.ReplicaCorrector.targets`` (guarded per-stage targets
-with reasons) using per-stage CV predictions from ``propagation.py`` (QNA) or ``gat.py``
-(GAT) and the G/G/c model of ``queueing.py``; ``quart.py`` composes corrector -> smoother ->
-``compensator.CpuCompensator``. Pure and stateless: no I/O, no clock.
+Neighbours: reads per-stage CV predictions from ``propagation.py`` (QNA) or ``gat.py``
+(GAT); ``quart.py`` composes predictor -> ``forecast`` -> corrector (the joint planner) ->
+``smooth`` -> ``compensator.CpuCompensator``. Pure and stateless: no I/O, no clock.
 
-Per tick, in this order (every change appends a reason to the stage's reason):
-
-1. **Pre-provisioning.** The corrector sizes a stage from its *measured* arrival SCV and
-   rate. The predictor says what arrives over the next horizon: stage ``k``'s predicted CV
-   (from the burst now at stage ``k-1``) and rate (``max`` of the measured and the upstream
-   rate). When either exceeds the measured one by more than ``deadband_frac``, the G/G/c
-   model (``replicas_for_slo`` with the predicted ``ca²``) is asked again; what it adds to
-   the corrector's model estimate is added to the target ("replicas before the burst
-   arrives"). A prediction never lowers a target.
-2. **Neighbour smoothing** with the prototype's ``β(CV) = α + (1-α)·σ(CV/θ - 1)``: a bursty
-   stage keeps its own count, a smooth one is pulled toward its neighbours. ``"counts"``
-   applies the prototype's rule to replica counts (``smooth_replicas``); ``"headroom"``
-   (default) applies the same rule to each stage's headroom ``target/need`` and converts
-   back, so a light stage beside a heavy one is not given the heavy one's count (the
-   prototype's rule would, since counts of unequal stages differ by design). Smoothing may
-   raise a stage (within ``max_replicas`` and ``max_step_up``) and may lower it only when it
-   is not critical, never below its need under the predicted CV, and never below
-   ``min(current, corrector target)`` - smoothing never bypasses the corrector's downscale
-   delay and cooldowns.
+1. **Forecast** (``forecast``): the corrector plans on each stage's *measured* arrivals;
+   a burst measured upstream now reaches stage ``k`` after the upstream sojourn times
+   ``d_k = Σ_{j<k} E[T_j]`` (measured mean time in stage ``j``, else its service mean).
+   When ``d_k`` is within the planning horizon (``horizon_s``, default the snapshot's
+   window: the plan stands until the next window of measurements), stage ``k``'s
+   predicted arrival SCV and rate go to the tail model as its burst factor and rate (the
+   larger of the measured and the forecast, ``inputs.stage_load``). The prediction changes
+   replica counts only through the planner; it never adds replicas on its own. (The old
+   rule added ``need - model`` on top of the corrector's target every tick, ignoring
+   replicas already starting: a constant snapshot drove a stage from 6 to 32 replicas.)
+2. **Neighbour smoothing** (off by default; ``neighbour="headroom"`` or ``"counts"``) with
+   the prototype's ``β(CV) = α + (1-α)·σ(CV/θ - 1)``: a bursty stage keeps its own count, a
+   smooth one is pulled toward its neighbours. Off by default because the joint plan
+   already sizes neighbours together: a count raised above the plan is undone by the
+   next scale-down (after the downscale delay) and raised again, a slow oscillation.
+   Smoothing may raise a stage (within ``max_replicas`` and ``max_step_up``) and may lower
+   it only when it is not critical, never below its need under the predicted CV, and never
+   below ``min(current, corrector target)``.
 3. **Replica budget** (optional, ``replica_budget``): when the pipeline's total exceeds it,
    replicas are taken, one at a time from the stage with the most slack, first from
    over-provisioned stages (utilisation below ``over_utilisation_frac × target_utilisation``)
    down to their need, then smoother raises of non-critical and then of critical stages,
    then non-critical stages down to their minimum. Critical stages never go below the
-   corrector's target; if the budget still cannot be met, the reason says so. This is the
-   capacity the prototype's README claimed to move from over-provisioned to critical stages.
+   corrector's target; if the budget still cannot be met, the reason says so.
 
 Bounds ``[min_replicas, max_replicas]`` and the floor hold after every step.
 """
@@ -44,7 +41,7 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from quartfaas.control.config import ControllerConfig
-from quartfaas.control.corrector import CorrectorTargets, StageTarget
+from quartfaas.control.corrector import ArrivalForecast, CorrectorTargets, StageTarget
 from quartfaas.control.corrector.queueing import replicas_for_slo
 from quartfaas.control.smoother.propagation import CvPrediction, utilisation
 from quartfaas.control.snapshot import PipelineSnapshot, StageSnapshot
@@ -60,9 +57,17 @@ class SmootherConfig(BaseModel):
     )
     theta: float = Field(default=1.0, gt=0, le=100, description="CV scale of the smoothing sigmoid")
     floor: int = Field(default=1, ge=0, le=4096, description="least replicas smoothing may leave")
-    preprovision: bool = Field(default=True, description="size stages for their predicted arrivals")
+    preprovision: bool = Field(
+        default=True, description="plan stages for their forecast arrivals (the tail model)"
+    )
+    horizon_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="a burst reaching a stage within this is planned for (None: the window)",
+    )
     neighbour: Literal["headroom", "counts", "off"] = Field(
-        default="headroom", description="what neighbour smoothing averages (or off)"
+        default="off", description="what neighbour smoothing averages (or off)"
     )
     deadband_frac: float = Field(
         default=0.2,
@@ -179,17 +184,16 @@ class PipelineSmoother:
         self.cfg = config if config is not None else ControllerConfig.model_validate({})
         self.sc = smoother if smoother is not None else SmootherConfig()
 
-    def _need(
-        self, s: StageSnapshot, t: StageTarget, p: CvPrediction | None
-    ) -> tuple[int | None, str]:
-        """Replicas the predicted arrivals need, and what drove it (text for the reason)."""
+    def _need(self, s: StageSnapshot, t: StageTarget, p: CvPrediction | None) -> int | None:
+        """Replicas the predicted arrivals need within the stage's derived budget (G/G/c;
+        the floor neighbour smoothing and the replica budget respect). None: unknown."""
         lam = s.arrival_rate if s.arrival_rate is not None and s.arrival_rate > 0 else 0.0
         mean = s.service_mean_s
         if p is None or t.budget_s is None or mean is None or not mean > 0:
-            return None, ""
+            return None
         lam_hat = max(lam, p.rate_per_s or 0.0)
         if lam_hat <= 0:
-            return None, ""
+            return None
         scv_s = s.service_scv if s.service_scv is not None and s.service_scv >= 0 else 1.0
         plan = replicas_for_slo(
             lam_hat,
@@ -203,14 +207,7 @@ class PipelineSmoother:
             c_max=max(1, s.max_replicas),
             c_min=1,
         )
-        scv_m = s.arrival_cv * s.arrival_cv if s.arrival_cv is not None else 1.0
-        db = 1.0 + self.sc.deadband_frac
-        driver = []
-        if p.scv > scv_m * db:
-            driver.append(f"CV {p.cv:.2f} (ca² {p.scv:.3g} > measured {scv_m:.3g}, {p.source})")
-        if lam_hat > lam * db:
-            driver.append(f"λ {lam_hat:.3g}/s from upstream (measured {lam:.3g}/s)")
-        return plan.replicas, " and ".join(driver)
+        return plan.replicas
 
     def _prepare(
         self,
@@ -227,18 +224,8 @@ class PipelineSmoother:
             # The floor never lifts a stage the corrector deliberately sent below it (to 0).
             lo = max(s.min_replicas, min(self.sc.floor, t.target))
             hi = max(lo, s.max_replicas)
-            need, driver = self._need(s, t, preds.get(s.name))
-            value, note = t.target, []
-            if self.sc.preprovision and need is not None and driver:
-                base = t.model if t.model is not None else t.target
-                up_to = min(hi, max(t.target, t.current + self.cfg.max_step_up))
-                raised = min(up_to, t.target + max(0, need - base))
-                if raised > t.target:
-                    note.append(
-                        f"smoother: predicted {driver}: G/G/c needs {need} vs {base}; "
-                        f"{t.target}->{raised} before the burst arrives"
-                    )
-                    value = raised
+            need = self._need(s, t, preds.get(s.name))
+            value, note = t.target, list[str]()
             rho = utilisation(s)
             spare = not t.critical and rho is not None and rho < spare_below
             stages.append(_Stage(s, t, lo, hi, need, spare))
@@ -320,6 +307,38 @@ class PipelineSmoother:
             return values, f"replica budget {budget} exceeded by {excess}: critical stages keep"
         donors = sum(1 for n in taken if n)
         return values, f"replica budget {budget}: took {total - budget} from {donors} stage(s)"
+
+    def forecast(
+        self, snapshot: PipelineSnapshot, predictions: Sequence[CvPrediction]
+    ) -> tuple[ArrivalForecast, ...]:
+        """Per stage, the arrivals to plan for (module docstring, step 1).
+
+        Stage 0 has no upstream (its prediction is its own measurement): no forecast. A
+        stage whose upstream delay exceeds the horizon gets none either."""
+        if not self.sc.preprovision:
+            return ()
+        preds = {p.stage: p for p in predictions}
+        horizon = self.sc.horizon_s if self.sc.horizon_s is not None else snapshot.window_s
+        out: list[ArrivalForecast] = []
+        delay = 0.0
+        for k, s in enumerate(snapshot.stages):
+            p = preds.get(s.name)
+            if k > 0 and p is not None:
+                up = snapshot.stages[k - 1].name
+                rate = "?" if p.rate_per_s is None else f"{p.rate_per_s:.3g}/s"
+                if delay <= horizon:
+                    why = (
+                        f"{p.source} CV {p.cv:.2f}, λ {rate} from {up}, arriving in "
+                        f"{delay:.3g}s <= horizon {horizon:g}s"
+                    )
+                    out.append(ArrivalForecast(s.name, p.scv, p.rate_per_s, why))
+                else:
+                    why = f"upstream burst {delay:.3g}s away > horizon {horizon:g}s"
+                    out.append(ArrivalForecast(s.name, None, None, why))
+            mean = s.latency.mean_s if s.latency.mean_s is not None else s.service_mean_s
+            if mean is not None and math.isfinite(mean) and mean > 0:
+                delay += mean
+        return tuple(out)
 
     def smooth(
         self,

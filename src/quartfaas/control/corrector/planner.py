@@ -1,0 +1,387 @@
+"""Joint replica planner: the cheapest replica vector whose modelled end-to-end quantile
+meets the SLO (pure maths, no I/O).
+
+Neighbours: the model is ``tailmodel.py`` (stage sojourns convolved); ``feedback.py``
+corrects the model's inputs before a plan; ``hysteresis.py`` turns a plan into actions.
+The SLO is not split into per-stage budgets: budgets are an *output* (each stage's
+modelled sojourn quantile at the plan, for reasons and dashboards).
+
+Search, on a grid of ``grid`` points over ``[0, SLO - deterministic service]``:
+
+1. start every stage at its bound ``min_replicas`` raised to the fewest replicas with
+   utilisation ``<= max_util``;
+2. greedy: add the replica with the largest reduction of ``P(T > SLO)`` per unit cost
+   until ``P(T > SLO) <= 1 - q`` (the quantile meets the SLO exactly when the tail
+   probability at the SLO is at most ``1 - q``, so only one point of the CDF is needed);
+3. trim: remove the replica whose removal saves most cost while staying feasible (by the
+   smallest tail increase per unit cost), until none can go;
+4. check with ``tailmodel.e2e_quantile`` (its own grid, ``check_grid`` points) and add
+   replicas greedily if it disagrees, so a feasible plan's modelled quantile meets the
+   SLO by that function.
+
+Speed: the wait of each stage has a closed-form transform on the grid (a rounded
+exponential is a truncated geometric series), so a candidate's end-to-end transform is
+the current product times one ratio; each greedy step is one matrix-vector product over
+all stages (``benchmarks/planner_time.py`` measures it). Service spectra are fixed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+from quartfaas.control.corrector.queueing import service_percentile
+from quartfaas.control.corrector.tailmodel import (
+    StageLoad,
+    WaitTail,
+    e2e_quantile,
+    service_pmf,
+    wait_tail,
+)
+
+ComplexArray = npt.NDArray[np.complex128]
+PLAN_GRID = 128
+CHECK_GRID = 512  # the grid of the final e2e_quantile check
+_WRAP = 4
+# Every mass at grid point i is multiplied by e^{-αi} with α = _TILT/length before the
+# transforms (an exponential tilt), and untilted in the weights. Mass that wraps around
+# the circular transform (a sum beyond 4x the SLO) then arrives damped by e^{-_TILT}, so
+# a far-from-feasible start does not read wrapped tail mass as mass below the SLO.
+_TILT = 30.0
+_MAX_STEPS = 100_000
+
+
+class PlanOutcome(StrEnum):
+    FEASIBLE = "feasible"
+    INFEASIBLE = "infeasible"  # no vector within the bounds meets the SLO
+    IDLE = "idle"  # no stage has arrivals: every stage at its minimum
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A planner's answer. ``replicas`` is the best vector found (the cheapest feasible
+    one, or for ``INFEASIBLE`` the one with the lowest modelled quantile within bounds).
+    ``budgets_s`` are derived: each stage's modelled sojourn ``q`` quantile (service plus
+    wait quantiles, an upper bound) at ``replicas``."""
+
+    outcome: PlanOutcome
+    replicas: tuple[int, ...]
+    cost: float
+    quantile_s: float
+    slo_s: float
+    q: float
+    budgets_s: tuple[float, ...]
+    reason: str
+
+    @property
+    def feasible(self) -> bool:
+        return self.outcome is not PlanOutcome.INFEASIBLE
+
+
+def _wait_spectra(  # noqa: PLR0917 - arrays positionally, as the numpy kernels
+    p_wait: npt.NDArray[np.float64],
+    rate: npt.NDArray[np.float64],
+    delta: float,
+    n: int,
+    omega: ComplexArray,
+    omega_n1: ComplexArray,
+) -> ComplexArray:
+    """Transforms of the rounded, cut waits (rows: stages; 0 for an unstable stage).
+
+    Masses: point 0 gets ``1 - C·e^{-rΔ/2}``, point ``i`` in 1..n-1 gets
+    ``2C·sinh(rΔ/2)·e^{-riΔ}``; the transform of the geometric part is
+    ``A·x(1 - x^{n-1})/(1 - x)`` with ``x = e^{-rΔ - α}·ω`` (masses tilted by ``e^{-αi}``,
+    see ``_TILT``).
+    """
+    stable = rate > 0
+    r = np.where(stable, rate, 1.0)
+    rd = np.minimum(r * delta, 700.0)
+    z = np.exp(-rd - _TILT / (_WRAP * n))[:, None]
+    amp = (2.0 * p_wait * np.sinh(0.5 * rd))[:, None]
+    p0 = (1.0 - p_wait * np.exp(-0.5 * rd))[:, None]
+    x = z * omega[None, :]
+    geo = x * (1.0 - z ** (n - 1) * omega_n1[None, :]) / (1.0 - x)
+    spec = p0 + amp * geo
+    return np.where(stable[:, None], spec, 0.0)
+
+
+class _Model:
+    """The planner's grid: fixed service spectra, wait spectra per replica count."""
+
+    def __init__(self, stages: Sequence[StageLoad], slo_s: float, grid: int) -> None:
+        self.stages = stages
+        self._erlang_b: list[list[float]] = [[1.0] for _ in stages]
+        self.shift = sum(s.service_mean_s for s in stages if s.deterministic)
+        span = slo_s - self.shift
+        self.n = grid
+        self.delta = span / (grid - 0.5) if span > 0 else 1.0
+        length = _WRAP * grid
+        j = np.arange(length // 2 + 1)
+        self.omega = np.exp(-2j * np.pi * j / length)
+        self.omega_n1 = self.omega ** (grid - 1)
+        i = np.arange(grid)
+        alpha = _TILT / length
+        tilt = np.exp(-alpha * i)
+        rows = [service_pmf(s, self.delta, grid) * tilt for s in stages if not s.deterministic]
+        if rows:
+            svc = np.prod(np.fft.rfft(np.stack(rows), length, axis=1), axis=0)
+        else:
+            svc = np.ones(j.size, dtype=np.complex128)
+        # P(T <= SLO) = sum of the first n masses = Re(Φ · weights) (untilting each mass):
+        # the rfft half-spectrum counts every frequency but 0 and Nyquist twice.
+        kernel = (np.exp(alpha * i)[None, :] * np.exp(2j * np.pi * np.outer(j, i) / length)).sum(
+            axis=1
+        )
+        coef = np.full(j.size, 2.0)
+        coef[0] = 1.0
+        coef[-1] = 1.0
+        self.weights = svc * kernel * coef / length
+
+    def wait_tail(self, k: int, c: int) -> WaitTail:
+        """``tailmodel.wait_tail`` with this stage's Erlang-B recursion kept across calls."""
+        s = self.stages[k]
+        m = c * s.servers_per_replica
+        bs = self._erlang_b[k]
+        a = s.offered_load
+        while len(bs) <= m:
+            ab = a * bs[-1]
+            bs.append(ab / (len(bs) + ab))
+        return wait_tail(s, c, erlang_b=bs[m])
+
+    def waits(self, replicas: npt.NDArray[np.int64]) -> ComplexArray:
+        return self.waits_at(np.arange(len(self.stages)), replicas)
+
+    def waits_at(self, idx: npt.NDArray[np.int64], replicas: npt.NDArray[np.int64]) -> ComplexArray:
+        """Wait transforms of stages ``idx`` at ``replicas`` (rows in that order)."""
+        tails = [self.wait_tail(int(k), int(c)) for k, c in zip(idx, replicas, strict=True)]
+        p = np.array([t.p_wait for t in tails])
+        r = np.array([(t.rate if t.stable else 0.0) for t in tails])
+        r = np.where(np.isinf(r), 1e300, r)
+        return _wait_spectra(p, r, self.delta, self.n, self.omega, self.omega_n1)
+
+
+def _ratio(num: ComplexArray, den: ComplexArray) -> ComplexArray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / den
+    return np.where(np.abs(den) > 1e-300, out, 0.0)
+
+
+def _budgets(stages: Sequence[StageLoad], replicas: Sequence[int], q: float) -> tuple[float, ...]:
+    out = []
+    for s, c in zip(stages, replicas, strict=True):
+        svc = (
+            s.service_mean_s
+            if s.deterministic
+            else service_percentile(s.service_mean_s, min(s.service_scv, 100.0), q)
+        )
+        out.append(svc + wait_tail(s, c).quantile(q))
+    return tuple(out)
+
+
+def _start(stages: Sequence[StageLoad], max_util: float) -> list[int]:
+    out = []
+    for s in stages:
+        need = 0
+        if s.arrival_rate > 0:
+            need = math.ceil(s.offered_load / (s.servers_per_replica * max_util) - 1e-9)
+            if s.offered_load >= need * s.servers_per_replica:
+                need += 1
+        out.append(max(s.min_replicas, need))
+    return out
+
+
+def _wait_floor(
+    model: _Model,
+    start: npt.NDArray[np.int64],
+    hi: npt.NDArray[np.int64],
+    room_s: float,
+    q: float,
+) -> npt.NDArray[np.int64]:
+    out = start.copy()
+    for k in range(out.size):
+        while out[k] < hi[k] and model.wait_tail(k, int(out[k])).quantile(q) > room_s:
+            out[k] += 1
+    return out
+
+
+def plan_replicas(
+    stages: Sequence[StageLoad],
+    slo_s: float,
+    q: float = 0.99,
+    *,
+    max_util: float = 0.98,
+    grid: int = PLAN_GRID,
+    check_grid: int = CHECK_GRID,
+) -> Plan:
+    """The cheapest replica vector found whose modelled end-to-end ``q`` quantile is at
+    most ``slo_s`` (see the module docstring). Never raises for an infeasible SLO: the
+    answer's ``outcome`` says so and carries the best vector found."""
+    if not 0 < q < 1 or not slo_s > 0 or not 0 < max_util <= 1 or grid < 8:
+        raise ValueError(f"bad planner input: q={q}, slo_s={slo_s}, max_util={max_util}")
+    if not stages:
+        raise ValueError("need at least one stage")
+    costs = np.array([s.cost for s in stages])
+    lo = np.array([s.min_replicas for s in stages], dtype=np.int64)
+    hi = np.array([s.max_replicas for s in stages], dtype=np.int64)
+
+    def answer(outcome: PlanOutcome, reps: Sequence[int], quant: float, why: str) -> Plan:
+        r = tuple(int(c) for c in reps)
+        cost = float(np.dot(costs, r))
+        return Plan(outcome, r, cost, quant, slo_s, q, _budgets(stages, r, q), why)
+
+    if all(s.arrival_rate == 0 for s in stages):
+        reps = lo.tolist()
+        return answer(PlanOutcome.IDLE, reps, e2e_quantile(stages, reps, q), "no arrivals")
+    start = np.minimum(np.array(_start(stages, max_util), dtype=np.int64), hi)
+    over = [
+        s.name
+        for s, c in zip(stages, start, strict=True)
+        if c * s.servers_per_replica <= s.offered_load
+    ]
+    if over:
+        quant = math.inf
+        return answer(
+            PlanOutcome.INFEASIBLE,
+            hi.tolist(),
+            quant,
+            f"max_replicas cannot carry the load of {', '.join(over)}",
+        )
+    model = _Model(stages, slo_s, grid)
+    if slo_s <= model.shift or 1.0 - float(model.weights.sum().real) > 1.0 - q:
+        idle = [replace(s, arrival_rate=0.0) for s in stages]
+        floor_s = e2e_quantile(idle, [1] * len(stages), q, grid=check_grid)
+        reps = hi.tolist()
+        return answer(
+            PlanOutcome.INFEASIBLE,
+            reps,
+            e2e_quantile(stages, reps, q, grid=check_grid),
+            f"service alone has a p{q * 100:g} of {floor_s:.3g}s"
+            + (f" > SLO {slo_s:.3g}s" if floor_s > slo_s else f", too close to SLO {slo_s:.3g}s"),
+        )
+    # A necessary condition (T >= W_k + the deterministic service): each stage's own wait
+    # quantile fits in the SLO's random part. Starting there saves most greedy steps.
+    start = np.minimum(_wait_floor(model, start, hi, slo_s - model.shift, q), hi)
+    reps = start.copy()
+    target = 1.0 - q
+    reps = _greedy(model, reps, hi, costs, target)
+    reps = _trim(model, reps, start, costs, target)
+    # Final check against the reference quantile; add greedily where the grids disagree.
+    quant = e2e_quantile(stages, reps.tolist(), q, grid=check_grid)
+    steps = 0
+    while quant > slo_s and steps < _MAX_STEPS:
+        tighter = target * 0.9 ** (steps + 1)
+        nxt = _greedy(model, reps.copy(), hi, costs, tighter)
+        if np.array_equal(nxt, reps):
+            break
+        reps = nxt
+        quant = e2e_quantile(stages, reps.tolist(), q, grid=check_grid)
+        steps += 1
+    if quant > slo_s:
+        return answer(
+            PlanOutcome.INFEASIBLE,
+            reps.tolist(),
+            quant,
+            f"best vector within max_replicas gives {quant:.3g}s > SLO {slo_s:.3g}s",
+        )
+    return answer(
+        PlanOutcome.FEASIBLE,
+        reps.tolist(),
+        quant,
+        f"modelled p{q * 100:g} {quant:.3g}s <= SLO {slo_s:.3g}s",
+    )
+
+
+def _greedy(
+    model: _Model,
+    reps: npt.NDArray[np.int64],
+    hi: npt.NDArray[np.int64],
+    costs: npt.NDArray[np.float64],
+    target: float,
+) -> npt.NDArray[np.int64]:
+    """Add replicas, one a step to the stage with the largest tail reduction per cost,
+    until the tail at the SLO is within ``target``."""
+    cur = model.waits(reps)
+    nxt = model.waits(reps + 1)
+    ratio = _ratio(nxt, cur)
+    phi = np.prod(cur, axis=0)
+    for _ in range(_MAX_STEPS):
+        v = phi * model.weights
+        tail_now = 1.0 - float(v.sum().real)
+        if tail_now <= target:
+            break
+        tails = 1.0 - np.einsum("kf,f->k", ratio, v).real
+        gain = (tail_now - tails) / costs
+        gain[reps >= hi] = -np.inf
+        best = float(gain.max())
+        if not math.isfinite(best):
+            break
+        if best > 0:
+            pick = _batch(gain, tails, tail_now, target)
+        else:  # no single replica moves the tail on this grid: add the cheapest
+            room = np.flatnonzero(reps < hi)
+            pick = room[[int(np.argmin(costs[room]))]]
+        phi = phi * np.prod(ratio[pick], axis=0)
+        reps[pick] += 1
+        cur[pick] = nxt[pick]
+        nxt[pick] = model.waits_at(pick, reps[pick] + 1)
+        ratio[pick] = _ratio(nxt[pick], cur[pick])
+    return reps
+
+
+def _batch(
+    gain: npt.NDArray[np.float64],
+    tails: npt.NDArray[np.float64],
+    tail_now: float,
+    target: float,
+) -> npt.NDArray[np.int64]:
+    """Stages to add one replica to this step: the best by gain per cost, as many as
+    together (taking log-tail reductions as additive) close half the remaining log gap,
+    so a far start takes a few steps and the last steps add one replica at a time."""
+    order = np.argsort(-gain)
+    order = order[gain[order] > 0]
+    with np.errstate(divide="ignore"):
+        logs = np.log(tail_now) - np.log(np.maximum(tails[order], 1e-300))
+    need = 0.5 * (math.log(tail_now) - math.log(target))
+    m = int(np.searchsorted(np.cumsum(logs), need)) + 1
+    return order[: max(1, min(m, order.size))]
+
+
+def _trim(
+    model: _Model,
+    reps: npt.NDArray[np.int64],
+    floors: npt.NDArray[np.int64],
+    costs: npt.NDArray[np.float64],
+    target: float,
+) -> npt.NDArray[np.int64]:
+    """Remove replicas while the tail at the SLO stays within ``target``. Candidates are
+    the stages whose removal alone keeps feasibility, costliest first (then smallest tail
+    increase); a batch of them is tried together and halved until it stays feasible."""
+    cur = model.waits(reps)
+    prev = model.waits(np.maximum(reps - 1, floors))
+    ratio = _ratio(prev, cur)
+    phi = np.prod(cur, axis=0)
+    for _ in range(_MAX_STEPS):
+        v = phi * model.weights
+        tails = 1.0 - np.einsum("kf,f->k", ratio, v).real
+        ok = np.flatnonzero((tails <= target) & (reps > floors))
+        if ok.size == 0:
+            break
+        order = ok[np.lexsort((tails[ok], -costs[ok]))]
+        m = order.size
+        while m > 1:
+            trial = phi * np.prod(ratio[order[:m]], axis=0)
+            if 1.0 - float((trial * model.weights).sum().real) <= target:
+                break
+            m //= 2
+        pick = order[:m]
+        phi = phi * np.prod(ratio[pick], axis=0)
+        reps[pick] -= 1
+        cur[pick] = prev[pick]
+        prev[pick] = model.waits_at(pick, np.maximum(reps[pick] - 1, floors[pick]))
+        ratio[pick] = _ratio(prev[pick], cur[pick])
+    return reps
