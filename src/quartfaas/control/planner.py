@@ -193,6 +193,14 @@ class _Model:
         r = np.where(none, 1e300, np.where(stable, rate, 0.0))
         return p, r
 
+    def tails(self, replicas: npt.NDArray[np.int64]) -> list[WaitTail]:
+        """``tailmodel.wait_tail`` of every stage at ``replicas`` (from ``params``)."""
+        p, r = self.params(np.arange(len(self.stages)), replicas)
+        return [
+            WaitTail(0.0, math.inf) if ri >= 1e300 else WaitTail(float(pi), float(ri))
+            for pi, ri in zip(p, r, strict=True)
+        ]
+
     def waits(self, replicas: npt.NDArray[np.int64]) -> ComplexArray:
         return self.waits_at(np.arange(len(self.stages)), replicas)
 
@@ -216,15 +224,22 @@ def _ratio(num: ComplexArray, den: ComplexArray) -> ComplexArray:
     return out
 
 
-def _budgets(stages: Sequence[StageLoad], replicas: Sequence[int], q: float) -> tuple[float, ...]:
+def _budgets(
+    stages: Sequence[StageLoad],
+    replicas: Sequence[int],
+    q: float,
+    tails: Sequence[WaitTail] | None = None,
+) -> tuple[float, ...]:
+    if tails is None:
+        tails = [wait_tail(s, c) for s, c in zip(stages, replicas, strict=True)]
     out = []
-    for s, c in zip(stages, replicas, strict=True):
+    for s, wt in zip(stages, tails, strict=True):
         svc = (
             s.service_mean_s
             if s.deterministic
             else service_percentile(s.service_mean_s, min(s.service_scv, 100.0), q)
         )
-        out.append(svc + wait_tail(s, c).quantile(q))
+        out.append(svc + wt.quantile(q))
     return tuple(out)
 
 
@@ -282,10 +297,16 @@ def plan_replicas(
     lo = np.array([s.min_replicas for s in stages], dtype=np.int64)
     hi = np.array([s.max_replicas for s in stages], dtype=np.int64)
 
-    def answer(outcome: PlanOutcome, reps: Sequence[int], quant: float, why: str) -> Plan:
+    def answer(
+        outcome: PlanOutcome,
+        reps: Sequence[int],
+        quant: float,
+        why: str,
+        tails: Sequence[WaitTail] | None = None,
+    ) -> Plan:
         r = tuple(int(c) for c in reps)
         cost = float(np.dot(costs, r))
-        return Plan(outcome, r, cost, quant, slo_s, q, _budgets(stages, r, q), why)
+        return Plan(outcome, r, cost, quant, slo_s, q, _budgets(stages, r, q, tails), why)
 
     if all(s.arrival_rate == 0 for s in stages):
         reps = lo.tolist()
@@ -324,7 +345,8 @@ def plan_replicas(
     reps = _greedy(model, reps, hi, costs, target)
     reps = _trim(model, reps, start, costs, target)
     # Final check against the reference quantile; add greedily where the grids disagree.
-    quant = e2e_quantile(stages, reps.tolist(), q, grid=check_grid)
+    tails = model.tails(reps)
+    quant = e2e_quantile(stages, reps.tolist(), q, grid=check_grid, tails=tails)
     steps = 0
     while quant > slo_s and steps < _MAX_STEPS:
         tighter = target * 0.9 ** (steps + 1)
@@ -332,7 +354,8 @@ def plan_replicas(
         if np.array_equal(nxt, reps):
             break
         reps = nxt
-        quant = e2e_quantile(stages, reps.tolist(), q, grid=check_grid)
+        tails = model.tails(reps)
+        quant = e2e_quantile(stages, reps.tolist(), q, grid=check_grid, tails=tails)
         steps += 1
     if quant > slo_s:
         return answer(
@@ -340,12 +363,14 @@ def plan_replicas(
             reps.tolist(),
             quant,
             f"best vector within max_replicas gives {quant:.3g}s > SLO {slo_s:.3g}s",
+            tails,
         )
     return answer(
         PlanOutcome.FEASIBLE,
         reps.tolist(),
         quant,
         f"modelled p{q * 100:g} {quant:.3g}s <= SLO {slo_s:.3g}s",
+        tails,
     )
 
 

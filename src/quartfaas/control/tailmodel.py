@@ -496,12 +496,20 @@ def e2e_distribution(
 
 
 def e2e_quantile(
-    stages: Sequence[StageLoad], replicas: Sequence[int], q: float, *, grid: int = DEFAULT_GRID
+    stages: Sequence[StageLoad],
+    replicas: Sequence[int],
+    q: float,
+    *,
+    grid: int = DEFAULT_GRID,
+    tails: Sequence[WaitTail] | None = None,
 ) -> float:
     """Modelled ``q`` quantile of the end-to-end latency, seconds (``inf`` if a stage is
     unstable). The grid ends 1.25x above a union bound of the quantile, so it is covered."""
     _check_inputs(stages, replicas, q)
-    tails = [wait_tail(s, c) for s, c in zip(stages, replicas, strict=True)]
+    if tails is None:
+        tails = [wait_tail(s, c) for s, c in zip(stages, replicas, strict=True)]
+    elif len(tails) != len(stages):
+        raise ValueError(f"{len(tails)} wait tails for {len(stages)} stages")
     bound = _union_bound(stages, replicas, q, tails)
     if math.isinf(bound):
         return math.inf
