@@ -19,10 +19,22 @@ Search, on a grid of ``grid`` points over ``[0, SLO - deterministic service]``:
    replicas greedily if it disagrees, so a feasible plan's modelled quantile meets the
    SLO by that function.
 
-Speed: the wait of each stage has a closed-form transform on the grid (a rounded
-exponential is a truncated geometric series), so a candidate's end-to-end transform is
-the current product times one ratio; each greedy step is one matrix-vector product over
-all stages (``benchmarks/planner_time.py`` measures it). Service spectra are fixed.
+The planner's own grid convolves every stage's wait independently; the check's model
+(deterministic-stage grouping, comonotone burst share) is never below it for
+deterministic tandems, so the greedy is conservative there and the check adds replicas
+only where the burst share raises the tail.
+
+Speed: a candidate's end-to-end transform is the current product times one ratio of wait
+transforms; each greedy step is one contraction over all stages. Wait tails and Erlang B
+are vectorised over stages (an Erlang-B table grown for all stages at once), wait masses
+go through one real FFT, service spectra are fixed per plan, and the final check reuses
+the wait tails. ``benchmarks/planner_time.py`` measured a 64-stage plan at a median
+6.3 ms of CPU time (``time.process_time``) and 16.9 ms wall on the shared 2-CPU host at
+load average ~19, against 10.2 ms CPU / 29.5 ms wall for this branch's first version in
+the same minute: above the issue's 5 ms on this host.
+
+Over 400 lines: the search (start, greedy, trim, check) shares the ``_Model`` grid state;
+a split would pass that state across modules.
 """
 
 from __future__ import annotations
