@@ -20,9 +20,9 @@ Search, on a grid of ``grid`` points over ``[0, SLO - deterministic service]``:
    SLO by that function.
 
 The planner's own grid convolves every stage's wait independently; the check's model
-(deterministic-stage grouping, comonotone burst share) is never below it for
-deterministic tandems, so the greedy is conservative there and the check adds replicas
-only where the burst share raises the tail.
+(deterministic-stage grouping, comonotone burst share) is never above it for
+deterministic tandems (grouping only removes waits), so the greedy is conservative there
+and the check adds replicas only where the burst share raises the tail.
 
 Speed: a candidate's end-to-end transform is the current product times one ratio of wait
 transforms; each greedy step is one contraction over all stages. Wait tails and Erlang B
