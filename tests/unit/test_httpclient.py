@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -141,6 +143,27 @@ def test_stale_pooled_connection_is_retried_once_on_a_fresh_one() -> None:
             assert (await c.post(b"two", {}, deadline()))[2] == b"two"
             assert srv.connections == 2
             assert [r[2] for r in srv.requests] == [b"one", b"two"]  # "two" ran once
+            c.close()
+
+    asyncio.run(main())
+
+
+def test_pooled_connection_reset_while_idle_is_retried_not_a_crash() -> None:
+    async def reset_after_reply(_: int, body: bytes, w: asyncio.StreamWriter) -> bool:
+        w.write(ok_reply(body))
+        await w.drain()
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()  # close with RST, as a server that drops a connection does
+        return False
+
+    async def main() -> None:
+        async with TinyServer(reset_after_reply) as srv:
+            c = EndpointClient(srv.url)
+            assert (await c.post(b"one", {}, deadline()))[2] == b"one"
+            await asyncio.sleep(0.05)  # the RST reaches the pooled connection
+            assert (await c.post(b"two", {}, deadline()))[2] == b"two"
+            assert srv.connections == 2
             c.close()
 
     asyncio.run(main())
