@@ -111,6 +111,21 @@ def test_unparseable_headers_are_framing_errors(raw: bytes, message: str) -> Non
         framing.parse_header(frame(None, raw_header=raw))
 
 
+def test_many_huge_dimensions_are_refused_without_big_number_work() -> None:
+    # ~1 MiB of 62-bit dimensions: their full product would be a 3-million-bit number.
+    shape = [2**62] * 45_000
+    body = frame({"x": tensor(shape=shape, offsets=(0, 0))})
+    assert len(body) < (1 << 20)
+    with pytest.raises(FramingError, match=r"overflows a 64-bit size") as err:
+        framing.parse_header(body)
+    assert len(str(err.value)) < 300  # the shape is quoted, not printed in full
+
+
+def test_a_zero_dimension_makes_an_empty_tensor_whatever_the_others() -> None:
+    header = {"x": tensor(shape=(0, 2**40), offsets=(0, 0))}
+    assert framing.parse_header(frame(header)) == header
+
+
 def test_length_prefix_cases() -> None:
     with pytest.raises(FramingError, match="shorter than its 8-byte length prefix"):
         framing.parse_header(b"\1\0\0")

@@ -21,7 +21,6 @@ Neighbours: ``dataplane/worker.py`` (decodes inputs, encodes outputs) and
 from __future__ import annotations
 
 import json
-import math
 import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -84,10 +83,8 @@ def parse_header(body: bytes, max_bytes: int | None = None) -> dict[str, Any]:
             )
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
             raise FramingError(f"tensor {name!r}: shape {shape!r} must be a list of ints >= 0")
-        # Python ints, not numpy's int64: a product that wraps around (2**31 * 2**31 * 4)
-        # would otherwise match a 0-byte tensor.
-        count = math.prod(shape)
-        if any(d > _INT64_MAX for d in shape) or count * _DTYPE_SIZES[dtype] > _INT64_MAX:
+        count = _element_count(shape)
+        if count is None or count * _DTYPE_SIZES[dtype] > _INT64_MAX:
             raise FramingError(
                 f"tensor {name!r}: shape {_short(shape)} overflows a 64-bit size"
             )
@@ -105,6 +102,22 @@ def parse_header(body: bytes, max_bytes: int | None = None) -> dict[str, Any]:
                 f"shape {shape} of {dtype} needs {want}"
             )
     return header
+
+
+def _element_count(shape: list[int]) -> int | None:
+    """Elements of ``shape``, or ``None`` past int64. Python ints, not numpy's int64 (whose
+    product wraps: 2**31 * 2**31 * 4 became 0 and matched an empty tensor), and an early
+    stop, so a header of thousands of huge dimensions costs no big-number arithmetic."""
+    if any(d > _INT64_MAX for d in shape):
+        return None
+    if 0 in shape:
+        return 0
+    count = 1
+    for d in shape:
+        count *= d
+        if count > _INT64_MAX:
+            return None
+    return count
 
 
 def _short(shape: list[int]) -> str:
