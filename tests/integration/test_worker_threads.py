@@ -27,6 +27,7 @@ import pytest
 from helpers import tiny_bert_spec
 from quartfaas.backends.cpu import set_worker_threads
 from quartfaas.dataplane import framing
+from quartfaas.dataplane.worker import MAX_THREADS
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -111,11 +112,17 @@ def test_control_threads_changes_a_real_worker_in_place(worker: tuple[str, int])
         assert r.status_code == 200, r.text
         out = framing.decode_numpy(r.content)
         assert out and all(a.size and np.isfinite(a).all() for a in out.values())
-        for bad in ({"threads": 0}, {"threads": "many"}, {"nope": 1}, [1]):
+        too_many = MAX_THREADS + 1
+        for bad in ({"threads": 0}, {"threads": "many"}, {"nope": 1}, [1], {"threads": 2.5},
+                    {"threads": True}, {"threads": too_many}):  # fmt: skip
             r = c.post("/control/threads", json=bad)
             assert r.status_code == 400 and "threads" in r.json()["error"], bad
-        r = c.post("/control/threads", content=b"{not json")
-        assert r.status_code == 400
+        for raw in (b"{not json", b'{"threads": 1e999}', b'{"threads": ' + b"9" * 5000 + b"}",
+                    b"[" * 100_000 + b"]" * 100_000):  # fmt: skip
+            r = c.post("/control/threads", content=raw)
+            assert r.status_code == 400 and r.headers["content-type"].startswith(
+                "application/json"
+            ), (raw[:20], r.text[:200])
         assert c.post("/control/threads", json={"threads": 1}).json()["previous"] == 3
         assert _threads_gauge(c) == 1.0
     assert os.path.exists(f"/proc/{pid}")  # the worker served all of it and still lives
