@@ -15,7 +15,8 @@ stage and decodes only the last stage's float32 output with numpy (``decode_nump
 Workers decode to torch (``decode_torch``), which also handles bfloat16.
 
 Neighbours: ``dataplane/worker.py`` (decodes inputs, encodes outputs) and
-``dataplane/gateway.py`` (encodes the tokenised request, decodes the result).
+``dataplane/gateway/`` (``inputs.py`` encodes the tokenised request, ``pipeline.py``
+decodes the result).
 """
 
 from __future__ import annotations
