@@ -44,9 +44,12 @@ def serve(
         async def main() -> None:
             rt = EmbeddedRuntime(pipeline, host=host, port=port, controller=controller,
                                  environ=ENV)  # fmt: skip
-            await rt.start()
+            def listening(url: str) -> None:
+                console.print(f"listening on {url}; starting replicas (/readyz: 200 when ready)")
+
+            await rt.start(on_listening=listening)
             console.print(
-                f"[green]serving[/green] {pipeline.name} at {rt.url} "
+                f"[green]ready: serving[/green] {pipeline.name} at {rt.url} "
                 f"(functions: {', '.join(rt.gateway.function_names())}); Ctrl-C stops"
             )
             console.print(rt.cpu.report.describe(), highlight=False)

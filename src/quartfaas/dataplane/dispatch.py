@@ -9,7 +9,14 @@ while later stages run (the prototype's nested synchronous chaining did hold the
 Replicas come and go through ``add``/``remove``/``drain``, called by the runtime when the
 backend reports a replica ready, gone or stopping. A replica that fails a request at the
 connection level is taken out of rotation at once (``mark_failed``) and the backend is
-told, so the crash is confirmed and the replica replaced.
+told, so the crash is confirmed and the replica replaced. Until the backend reports it
+gone (after it has started the replacement), a failed replica still counts as a
+prospect, so the requests queued behind it wait for the replacement instead of failing.
+
+Outlier ejection (``dataplane/outlier.py``): each endpoint carries a ``Health``; call
+outcomes and health probes update it (``observe``), an ejected endpoint leaves rotation
+until a probe answers, is not counted ready, and the calls in flight on it are cancelled
+so their callers retry them on another replica (stages are idempotent).
 
 Everything here runs on the gateway's event loop; nothing blocks.
 """
@@ -19,12 +26,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from quartfaas.dataplane.httpclient import EndpointClient
+from quartfaas.dataplane.outlier import Health, OutlierPolicy, observe
 from quartfaas.errors import NoReplicas, QueueFull, StageTimeout
 
+log = logging.getLogger("quartfaas.dispatch")
 
 @dataclass(eq=False)
 class Endpoint:
@@ -36,15 +47,23 @@ class Endpoint:
     inflight: int = 0
     draining: bool = False
     failed: bool = False
+    health: Health = field(default_factory=Health)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     client: EndpointClient = field(init=False)
+    # Calls in flight here, and those cancelled because this replica was ejected.
+    calls: set[asyncio.Task[Any]] = field(default_factory=set)
+    ejected_calls: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.client = EndpointClient(self.url)
 
     @property
+    def usable(self) -> bool:
+        return not self.draining and not self.failed and not self.health.ejected
+
+    @property
     def routable(self) -> bool:
-        return not self.draining and not self.failed and self.inflight < self.capacity
+        return self.usable and self.inflight < self.capacity
 
 
 class StagePool:
@@ -59,6 +78,8 @@ class StagePool:
         *,
         on_demand: Callable[[str], None] | None = None,
         on_failed: Callable[[str, str], None] | None = None,
+        outlier: OutlierPolicy | None = None,
+        start_wait_s: float = 0.0,
     ) -> None:
         self.name = name
         self.capacity = capacity_per_replica
@@ -70,6 +91,10 @@ class StagePool:
         self.last_start_error = ""
         self._on_demand = on_demand
         self._on_failed = on_failed
+        self.outlier = outlier or OutlierPolicy()
+        # How long a request waits for a stage's *first* replica (start-up, scale from
+        # zero): the replica start timeout, not the stage's per-call timeout.
+        self.start_wait_s = start_wait_s
 
     # -- observation --------------------------------------------------------------
 
@@ -83,11 +108,24 @@ class StagePool:
 
     @property
     def ready_replicas(self) -> int:
-        return sum(1 for e in self.endpoints.values() if not e.draining and not e.failed)
+        """Replicas in rotation (an ejected one is not ready until it answers again)."""
+        return sum(1 for e in self.endpoints.values() if e.usable)
+
+    @property
+    def ejected_replicas(self) -> int:
+        return sum(1 for e in self.endpoints.values() if e.health.ejected and not e.failed)
 
     def has_prospect(self) -> bool:
-        """Could a slot still come: a usable replica now, or one starting."""
-        return self.ready_replicas > 0 or self.starting > 0
+        """Could a slot still come: a usable replica now, one starting, one ejected (it
+        may answer again), or a failed one the backend has not yet reported gone (it
+        starts the replacement before it does)."""
+        if self.ready_replicas > 0 or self.starting > 0:
+            return True
+        return any(not e.draining for e in self.endpoints.values())
+
+    def waiting_for_start(self) -> bool:
+        """No replica in rotation and none ejected: a request waits for one to start."""
+        return not any(e.usable or e.health.ejected for e in self.endpoints.values())
 
     # -- membership ---------------------------------------------------------------
 
@@ -101,16 +139,35 @@ class StagePool:
             ep.failed = True
             ep.idle.set()
             ep.client.close()
-        self.fail_waiters_if_hopeless()
+        self._revive()
         return ep
 
     def mark_failed(self, ep: Endpoint, why: str) -> None:
-        """Stop routing to a replica that failed at the connection level."""
+        """Stop routing to a replica that failed at the connection level.
+
+        Waiters keep waiting: the backend confirms the crash, starts a replacement and
+        only then reports this one gone (``remove``)."""
         if not ep.failed:
             ep.failed = True
             if self._on_failed is not None:
                 self._on_failed(ep.replica_id, why)
-        self.fail_waiters_if_hopeless()
+
+    # -- outlier ejection -----------------------------------------------------------
+
+    def record(self, ep: Endpoint, ok: bool, now: float, why: str = "") -> None:
+        """One call or probe outcome of ``ep``: eject it, or return it to rotation."""
+        was = ep.health.ejected
+        ep.health = observe(ep.health, ok, now, self.outlier, why)
+        if ep.health.ejected and not was:
+            log.warning("stage %s: replica %s ejected (%s)", self.name, ep.replica_id,
+                        ep.health.reason)  # fmt: skip
+            for task in list(ep.calls):  # retried elsewhere by call_stage
+                ep.ejected_calls.add(task)
+                task.cancel()
+        elif was and not ep.health.ejected:
+            log.info("stage %s: replica %s answers again; back in rotation", self.name,
+                     ep.replica_id)  # fmt: skip
+            self._hand_off()
 
     async def drain(self, replica_id: str, timeout_s: float) -> bool:
         """Stop routing new work to a replica and wait for its in-flight work to finish."""
@@ -128,10 +185,18 @@ class StagePool:
         finally:
             self.endpoints.pop(replica_id, None)
             ep.client.close()
-            self.fail_waiters_if_hopeless()
+            self._revive()
+
+    def _revive(self) -> None:
+        """The last replica left with requests still queued: start one for them (scale
+        from zero) rather than failing them; fail them only if none can start."""
+        if self.waiters and not self.has_prospect() and self._on_demand is not None:
+            self._on_demand(self.name)
+        self.fail_waiters_if_hopeless()
 
     def fail_waiters_if_hopeless(self) -> None:
-        """With no replica and none starting, waiting is pointless: answer 503 now."""
+        """With no replica, none starting and none that may come back, waiting is
+        pointless: answer 503 now."""
         if self.has_prospect() or not self.waiters:
             return
         why = f"; last start failure: {self.last_start_error}" if self.last_start_error else ""
@@ -151,7 +216,11 @@ class StagePool:
         return best
 
     async def acquire(self, deadline: float) -> Endpoint:
-        """A slot on a replica, FIFO behind earlier waiters, before ``deadline`` (loop time)."""
+        """A slot on a replica, FIFO behind earlier waiters, before ``deadline`` (loop time).
+
+        While the stage has no replica in rotation (start-up, scale from zero, the only
+        one crashed), the wait lasts at least ``start_wait_s``: a replica start is what it
+        waits for, and the caller's deadline is for answering, not for starting."""
         if not self.waiters:
             ep = self._pick()
             if ep is not None:
@@ -172,6 +241,8 @@ class StagePool:
                     + (f": {self.last_start_error}" if self.last_start_error else "")
                 )
         loop = asyncio.get_running_loop()
+        if self.waiting_for_start():
+            deadline = max(deadline, loop.time() + self.start_wait_s)
         fut: asyncio.Future[Endpoint] = loop.create_future()
         self.waiters.append(fut)
         timer = loop.call_at(deadline, self._expire, fut)
@@ -199,7 +270,7 @@ class StagePool:
 
     def release(self, ep: Endpoint) -> None:
         ep.inflight -= 1
-        if ep.inflight == 0 and (ep.draining or ep.failed):
+        if ep.inflight == 0 and (ep.draining or ep.failed or ep.health.ejected):
             ep.idle.set()
         self._hand_off()
 
