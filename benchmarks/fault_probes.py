@@ -120,7 +120,9 @@ def cgroup_dirs(name: str) -> list[Path]:
     found: list[Path] = []
     for parent in [CGROUP_ROOT / "quartfaas", *CGROUP_ROOT.glob("*/quartfaas")]:
         with contextlib.suppress(OSError):
+            # g<gateway pid>.<pipeline>.<replica> (and <stage>-<n> before issue #13)
             found += [p for p in parent.glob(f"{name}-*") if p.is_dir()]
+            found += [p for p in parent.glob(f"g*.{name}.*") if p.is_dir()]
     return found
 
 
@@ -221,15 +223,24 @@ class Server:
 # -- the spec ---------------------------------------------------------------------------
 
 
-def write_spec(work: Path, name: str, weights: Path) -> tuple[Path, list[str]]:
+def write_spec(
+    work: Path, name: str, weights: Path, stage_ms: float = 0.0
+) -> tuple[Path, list[str]]:
+    """The tiny spec renamed; with ``stage_ms`` its stages are synthetic ones sleeping that
+    long (same names, replicas and concurrency), so requests stay in flight."""
     data = yaml.safe_load(TINY.read_text())
     data["name"] = name
     data["gateway"] = {**data.get("gateway", {}), "port": 0}
+    if stage_ms > 0:
+        data["model"] = {"kind": "synthetic"}
     stages = []
     for s in data["stages"]:
         base = s["name"]
         s["name"] = f"{name}-{base.split('-', 1)[1]}"
-        s["weights"] = str(weights / f"{base}.safetensors")
+        if stage_ms > 0:
+            s["synthetic"] = {"work": "sleep", "mean_ms": stage_ms, "scv": 0.0}
+        else:
+            s["weights"] = str(weights / f"{base}.safetensors")
         stages.append(s["name"])
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -265,7 +265,24 @@ async def f_sigterm_inflight(ctx: Ctx) -> None:
 async def f_kill_gateway(ctx: Ctx) -> None:
     ctx.stop_load.set()
     ctx.server.kill()
-    ctx.notes.append("kill -9 of the gateway under load")
+    # What the dead gateway left (its workers exit on their own: lifeline), then a new
+    # gateway of the same pipeline, started and stopped with Ctrl-C: its start-up sweeps
+    # the dead one's leftovers; the row's columns count what is left after both.
+    deadline = time.monotonic() + ctx.args.settle_s
+    while marked_pids(ctx.server.marker) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    left = {k: len(v) for k, v in leftovers(ctx.server.name).items()}
+    again = Server(ctx.server.spec_path, ctx.server.name, ctx.server.log_path.with_suffix(".2"))
+    try:
+        await asyncio.to_thread(again.start, ctx.args.start_timeout_s)
+        again.signal(signal.SIGINT)
+        exited = await again.wait_exit(ctx.args.exit_timeout_s)
+    finally:
+        again.kill()
+    ctx.notes.append(
+        f"kill -9 of the gateway under load; left {left}; a second gateway started and "
+        + ("stopped" if exited else "was killed")
+    )
 
 
 FAULTS: dict[str, Callable[[Ctx], Awaitable[None]]] = {
@@ -281,11 +298,17 @@ FAULTS: dict[str, Callable[[Ctx], Awaitable[None]]] = {
 }
 
 
+# Requests in flight at the gateway's SIGTERM: with the tiny stages (~ms) the 150 would be
+# answered before the signal lands, so this row uses synthetic stages of --stage-ms.
+SLOW_ROWS = {"sigterm-150-inflight"}
+
+
 # -- one row ---------------------------------------------------------------------------
 
 
 async def run_row(fault: str, name: str, work: Path, weights: Path, args: Any) -> dict[str, Any]:
-    spec_path, stages = write_spec(work, name, weights)
+    stage_ms = args.stage_ms if fault in SLOW_ROWS else 0.0
+    spec_path, stages = write_spec(work, name, weights, stage_ms)
     server = Server(spec_path, name, work / f"{name}.log")
     row: dict[str, Any] = {"fault": fault, "name": name}
     try:
@@ -386,6 +409,8 @@ def main() -> None:
     ap.add_argument("--settle-s", type=float, default=10.0, help="for workers to exit")
     ap.add_argument("--start-timeout-s", type=float, default=180.0)
     ap.add_argument("--row-timeout-s", type=float, default=300.0)
+    ap.add_argument("--stage-ms", type=float, default=50.0,
+                    help=f"synthetic stage time of the rows {sorted(SLOW_ROWS)}")  # fmt: skip
     ap.add_argument("--burst-max", type=int, default=3000, help="cap on the burst's requests")
     ap.add_argument("--json", type=Path, default=None, help="write the rows as JSON")
     args = ap.parse_args()

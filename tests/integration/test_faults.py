@@ -69,7 +69,7 @@ def test_requests_queued_on_a_killed_only_replica_wait_for_its_replacement(
     kill_leftovers: list[str],
 ) -> None:
     spec = synthetic_spec(
-        1, name="orph", mean_ms=10.0,
+        1, name="orph", work="sleep", mean_ms=10.0,
         stage_overrides={0: {"max_concurrency": 1, "timeout_s": 60.0}},
     )  # fmt: skip
 
@@ -92,7 +92,7 @@ def test_requests_queued_on_a_killed_only_replica_wait_for_its_replacement(
 
 def test_hung_replica_is_ejected_and_returns_when_it_answers(kill_leftovers: list[str]) -> None:
     spec = synthetic_spec(
-        1, name="hung", mean_ms=5.0,
+        1, name="hung", work="sleep", mean_ms=5.0,
         stage_overrides={0: {"min_replicas": 3, "max_concurrency": 2, "timeout_s": 60.0}},
     )  # fmt: skip
 
@@ -158,7 +158,7 @@ def test_stop_answers_every_accepted_request_then_stops_workers(
     kill_leftovers: list[str],
 ) -> None:
     spec = synthetic_spec(
-        1, name="drain", mean_ms=20.0, stage_overrides={0: {"max_concurrency": 2}},
+        1, name="drain", work="sleep", mean_ms=20.0, stage_overrides={0: {"max_concurrency": 2}},
         slo={"timeout_budget_s": 60.0},
     )  # fmt: skip
 
@@ -184,7 +184,7 @@ def test_stop_answers_every_accepted_request_then_stops_workers(
 def test_stop_with_no_grace_cuts_requests_short(kill_leftovers: list[str]) -> None:
     # The grace period is used (not aiohttp's 60 s): with 0.5 s, a 60 s queue is cut.
     spec = synthetic_spec(
-        1, name="cut", mean_ms=200.0, stage_overrides={0: {"max_concurrency": 1}},
+        1, name="cut", work="sleep", mean_ms=200.0, stage_overrides={0: {"max_concurrency": 1}},
         slo={"timeout_budget_s": 120.0},
     )  # fmt: skip
 
@@ -214,7 +214,7 @@ def test_replica_states_after_stop_are_finished(kill_leftovers: list[str]) -> No
         await rt.start()
         kill_leftovers.append(str(rt.files.dir))
         gone: list[str] = []
-        rt.backend._on_exit = lambda info: gone.append(info.replica_id)  # noqa: SLF001
+        rt.backend._on_exit = lambda info: gone.append(info.replica_id)
         before = {r.replica_id for r in rt.backend.list_replicas()}
         assert all(r.state is ReplicaState.READY for r in rt.backend.list_replicas())
         await rt.stop()
