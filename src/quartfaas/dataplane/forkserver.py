@@ -376,4 +376,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # No interpreter teardown: a template owns no files to flush, and tearing down torch
+    # and its imports took seconds per template on a loaded machine (Ctrl-C waited).
+    os._exit(code)

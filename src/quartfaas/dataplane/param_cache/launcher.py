@@ -120,8 +120,7 @@ class ParamCacheLauncher:
         for task in starting:
             task.cancel()  # _start_template kills its process on the way out
         await asyncio.gather(*starting, return_exceptions=True)
-        for t in list(self.templates.values()):
-            await self._stop_template(t)
+        await asyncio.gather(*(self._stop_template(t) for t in list(self.templates.values())))
         self.templates.clear()
         shutil.rmtree(self.shm_dir, ignore_errors=True)
 
