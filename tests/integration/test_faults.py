@@ -132,6 +132,32 @@ def test_hung_replica_is_ejected_and_returns_when_it_answers(kill_leftovers: lis
     asyncio.run(main())
 
 
+def test_a_hung_only_replica_gets_a_stand_in_and_no_request_fails(
+    kill_leftovers: list[str],
+) -> None:
+    spec = synthetic_spec(
+        1, name="solo", work="sleep", mean_ms=5.0,
+        stage_overrides={0: {"max_concurrency": 2, "timeout_s": 60.0}},
+    )  # fmt: skip
+
+    async def main() -> None:
+        async with EmbeddedRuntime(spec) as rt, client(rt) as c:
+            kill_leftovers.append(str(rt.files.dir))
+            (victim,) = rt.backend.list_replicas("solo-s0")
+            assert victim.pid is not None
+            calls = [asyncio.ensure_future(invoke(c, "solo")) for _ in range(40)]
+            os.kill(victim.pid, signal.SIGSTOP)
+            try:
+                more = [asyncio.ensure_future(invoke(c, "solo")) for _ in range(40)]
+                codes = await asyncio.gather(*calls, *more)
+            finally:
+                os.kill(victim.pid, signal.SIGCONT)
+            assert codes == [200] * 80
+            assert len(rt.backend.list_replicas("solo-s0")) == 2  # the stand-in
+
+    asyncio.run(main())
+
+
 def test_requests_before_the_first_replica_is_ready_wait_for_it(kill_leftovers: list[str]) -> None:
     # A stage timeout far shorter than a worker's start: the request must wait for the
     # start (as a scale-from-zero request does), not time out.

@@ -118,3 +118,14 @@ def test_a_request_waits_for_a_starting_first_replica_past_its_own_deadline() ->
             await p.acquire(loop.time() - 1.0)
 
     asyncio.run(main())
+
+
+def test_when_every_replica_is_ejected_a_stand_in_is_asked_for() -> None:
+    asked: list[str] = []
+    p = pool(on_all_ejected=asked.append)
+    p.add("r1", "http://127.0.0.1:1/invoke")
+    p.add("r2", "http://127.0.0.1:2/invoke")
+    p.record(p.endpoints["r1"], False, 1.0, "probe: silent")
+    assert asked == []
+    p.record(p.endpoints["r2"], False, 2.0, "probe: silent")
+    assert asked == ["s"] and p.waiting_for_start()

@@ -80,6 +80,7 @@ class StagePool:
         on_failed: Callable[[str, str], None] | None = None,
         outlier: OutlierPolicy | None = None,
         start_wait_s: float = 0.0,
+        on_all_ejected: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self.capacity = capacity_per_replica
@@ -92,6 +93,7 @@ class StagePool:
         self._on_demand = on_demand
         self._on_failed = on_failed
         self.outlier = outlier or OutlierPolicy()
+        self._on_all_ejected = on_all_ejected
         # How long a request waits for a stage's *first* replica (start-up, scale from
         # zero): the replica start timeout, not the stage's per-call timeout.
         self.start_wait_s = start_wait_s
@@ -124,8 +126,9 @@ class StagePool:
         return any(not e.draining for e in self.endpoints.values())
 
     def waiting_for_start(self) -> bool:
-        """No replica in rotation and none ejected: a request waits for one to start."""
-        return not any(e.usable or e.health.ejected for e in self.endpoints.values())
+        """No replica in rotation: a request waits for one to start (or an ejected one to
+        answer again), as long as a start may take."""
+        return not any(e.usable for e in self.endpoints.values())
 
     # -- membership ---------------------------------------------------------------
 
@@ -164,6 +167,8 @@ class StagePool:
             for task in list(ep.calls):  # retried elsewhere by call_stage
                 ep.ejected_calls.add(task)
                 task.cancel()
+            if self.ready_replicas == 0 and self.starting == 0 and self._on_all_ejected:
+                self._on_all_ejected(self.name)  # a stand-in; requests wait for it
         elif was and not ep.health.ejected:
             log.info("stage %s: replica %s answers again; back in rotation", self.name,
                      ep.replica_id)  # fmt: skip

@@ -9,7 +9,8 @@ failed a request (``on_failed_replica``: the runtime kills it if it lives on).
 
 ``probe_forever`` is the outlier detector's active half (``dataplane/outlier.py``):
 every ``probe_interval_s`` it asks each replica's ``/healthz`` with a deadline; a silent
-replica is ejected, an ejected one returns on its first answer. ``readiness`` says
+replica is ejected, an ejected one returns on its first answer; when every replica of a
+stage is ejected, a stand-in is started (within ``max_replicas``). ``readiness`` says
 whether every stage has its ``min_replicas`` in rotation (the gateway's ``/readyz``).
 """
 
@@ -53,6 +54,7 @@ class StageReplicas:
                 on_failed=self._replica_failed,
                 outlier=self.outlier,
                 start_wait_s=spec.gateway.replica_start_timeout_s,
+                on_all_ejected=self._stand_in,
             )
             self.pools[stage.name] = pool
             self.order.append(pool)
@@ -101,6 +103,20 @@ class StageReplicas:
         live = (ReplicaState.STARTING, ReplicaState.READY)
         if any(r.state in live for r in self.backend.list_replicas(stage)):
             return  # the backend already has one coming (e.g. a crash's replacement)
+        try:
+            self.backend.start_replica(stage)
+        except QuartfaasError as exc:
+            self.pools[stage].last_start_error = str(exc)
+
+    def _stand_in(self, stage: str) -> None:
+        """Every replica of ``stage`` is ejected (hung): start one more, within
+        ``max_replicas``, so the queued requests need not wait for a hung one to return."""
+        if self.backend is None or self._starting[stage]:
+            return
+        most = self.spec.stages[self.spec.stage_index(stage)].max_replicas
+        if len(self.backend.list_replicas(stage)) >= most:
+            return
+        log.warning("stage %s: every replica is ejected; starting a stand-in", stage)
         try:
             self.backend.start_replica(stage)
         except QuartfaasError as exc:
