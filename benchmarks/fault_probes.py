@@ -233,6 +233,9 @@ def write_spec(
     data["gateway"] = {**data.get("gateway", {}), "port": 0}
     if stage_ms > 0:
         data["model"] = {"kind": "synthetic"}
+        # A queue of 150 x stage_ms must fit in the stage timeout: the row tests the
+        # shutdown, not the queue's deadline.
+        data["slo"] = {**data.get("slo", {}), "timeout_budget_s": 60.0}
     stages = []
     for s in data["stages"]:
         base = s["name"]
