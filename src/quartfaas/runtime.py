@@ -275,8 +275,8 @@ class EmbeddedRuntime:
             if not drained:
                 log.warning("requests still in flight after %.1f s: closing them", grace)
             # aiohttp waits for handlers still running (new keep-alive requests) at most
-            # the rest of the grace period, not its 60 s default.
-            left = 0.0 if self._hurry.is_set() else max(0.1, grace - (loop.time() - t0))
+            # the rest of the grace period, not its 60 s default (and 0 means no limit).
+            left = 0.01 if self._hurry.is_set() else max(0.1, grace - (loop.time() - t0))
             runner._shutdown_timeout = left
             await runner.cleanup()
         await self.backend.close(0.1 if self._hurry.is_set() else 5.0)
