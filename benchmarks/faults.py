@@ -341,6 +341,10 @@ async def run_row(fault: str, name: str, work: Path, weights: Path, args: Any) -
             else:
                 row["untracked"] = None
         t = ctx.tally
+        # What the gateway said about its replicas (outlier ejections, stand-ins, crashes).
+        said = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
+        events = {k: said.count(k) for k in ("ejected", "stand-in", "while serving")}
+        ctx.notes.append("gateway log: " + ", ".join(f"{k} x{v}" for k, v in events.items()))
         row.update(sent=t.sent, ok=t.ok, errors=t.errors_text(), lost=t.lost, refused=t.refused,
                    lost_why=dict(t.lost_why), notes="; ".join(ctx.notes))  # fmt: skip
         # Workers exit on their own when the gateway is gone (lifeline); give them time.
