@@ -129,3 +129,21 @@ def test_when_every_replica_is_ejected_a_stand_in_is_asked_for() -> None:
     assert asked == []
     p.record(p.endpoints["r2"], False, 2.0, "probe: silent")
     assert asked == ["s"] and p.waiting_for_start()
+
+
+def test_requests_queued_behind_a_crashed_only_replica_get_time_for_its_replacement() -> None:
+    async def main() -> None:
+        p = pool(start_wait_s=30.0)
+        p.add("r1", "http://127.0.0.1:1/invoke")
+        loop = asyncio.get_running_loop()
+        ep = await p.acquire(loop.time() + 60)
+        waiter = asyncio.ensure_future(p.acquire(loop.time()))  # due at the next tick
+        await asyncio.sleep(0)
+        p.mark_failed(ep, "connection reset")  # before its timer fires
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not waiter.done()
+        p.add("r2", "http://127.0.0.1:2/invoke")
+        assert (await waiter).replica_id == "r2"
+
+    asyncio.run(main())

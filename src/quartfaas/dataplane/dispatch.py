@@ -94,6 +94,7 @@ class StagePool:
         self._on_failed = on_failed
         self.outlier = outlier or OutlierPolicy()
         self._on_all_ejected = on_all_ejected
+        self._timers: dict[asyncio.Future[Endpoint], asyncio.TimerHandle] = {}
         # How long a request waits for a stage's *first* replica (start-up, scale from
         # zero): the replica start timeout, not the stage's per-call timeout.
         self.start_wait_s = start_wait_s
@@ -142,6 +143,7 @@ class StagePool:
             ep.failed = True
             ep.idle.set()
             ep.client.close()
+        self._outage()
         self._revive()
         return ep
 
@@ -154,6 +156,20 @@ class StagePool:
             ep.failed = True
             if self._on_failed is not None:
                 self._on_failed(ep.replica_id, why)
+        self._outage()
+
+    def _outage(self) -> None:
+        """The stage just lost its last replica in rotation: the requests queued behind it
+        now wait for a replacement, so each gets at least ``start_wait_s`` from now (the
+        time lost to the crash is not theirs to pay)."""
+        if not self._timers or not self.waiting_for_start():
+            return
+        loop = asyncio.get_running_loop()
+        later = loop.time() + self.start_wait_s
+        for fut, timer in list(self._timers.items()):
+            if timer.when() < later and not fut.done():
+                timer.cancel()
+                self._timers[fut] = loop.call_at(later, self._expire, fut)
 
     # -- outlier ejection -----------------------------------------------------------
 
@@ -169,6 +185,7 @@ class StagePool:
                 task.cancel()
             if self.ready_replicas == 0 and self.starting == 0 and self._on_all_ejected:
                 self._on_all_ejected(self.name)  # a stand-in; requests wait for it
+            self._outage()
         elif was and not ep.health.ejected:
             log.info("stage %s: replica %s answers again; back in rotation", self.name,
                      ep.replica_id)  # fmt: skip
@@ -250,7 +267,7 @@ class StagePool:
             deadline = max(deadline, loop.time() + self.start_wait_s)
         fut: asyncio.Future[Endpoint] = loop.create_future()
         self.waiters.append(fut)
-        timer = loop.call_at(deadline, self._expire, fut)
+        self._timers[fut] = loop.call_at(deadline, self._expire, fut)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -260,7 +277,9 @@ class StagePool:
                 self._forget(fut)
             raise
         finally:
-            timer.cancel()
+            timer = self._timers.pop(fut, None)
+            if timer is not None:
+                timer.cancel()
 
     def _forget(self, fut: asyncio.Future[Endpoint]) -> None:
         with contextlib.suppress(ValueError):
