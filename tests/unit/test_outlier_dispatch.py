@@ -23,7 +23,8 @@ def test_consecutive_failures_eject_and_one_success_returns() -> None:
     assert h.ejected and h.ejected_at == 3.0
     h = observe(h, False, 4.0, POLICY, "timeout")
     assert h.ejected_at == 3.0  # stays ejected since its first ejection
-    assert observe(h, True, 5.0, POLICY) == Health()
+    assert observe(h, True, 5.0, POLICY) == h  # answers a probe, but within base_ejection_s
+    assert observe(h, True, 3.0 + POLICY.base_ejection_s, POLICY) == Health()
 
 
 def test_a_success_between_failures_resets_the_count() -> None:
@@ -33,9 +34,10 @@ def test_a_success_between_failures_resets_the_count() -> None:
     assert not h.ejected
 
 
-def test_a_silent_probe_ejects_at_once() -> None:
+def test_a_silent_probe_ejects_at_once_and_an_answered_one_returns_it() -> None:
     h = observe(Health(), False, 1.0, POLICY, "probe: no answer within 2.0 s")
     assert h.ejected and h.reason.startswith("probe")
+    assert observe(h, True, 1.5, POLICY) == Health()
 
 
 def pool(**kw: object) -> StagePool:

@@ -2,15 +2,17 @@
 
 As Envoy's outlier detection does, a replica leaves its stage's rotation when it
 
-- fails ``max_consecutive_failures`` calls in a row (connection errors, timeouts,
-  5xx answers), or
+- fails ``max_consecutive_failures`` calls in a row (5xx answers; not call timeouts,
+  which an overloaded stage gives its healthy replicas too), or
 - answers nothing to a health probe within ``probe_timeout_s`` (a hung or SIGSTOPped
   process still accepts connections in the kernel, so only a deadline tells),
 
-and comes back on its first answered probe. Decisions are pure functions of a frozen
-``Health`` and ``now`` (``observe``); the dispatcher (``dataplane/dispatch.py``) keeps one
-``Health`` per endpoint and acts on the result (routes around it, retries the calls in
-flight on it elsewhere, counts it as not ready for the controller). The probe loop that
+and comes back on its first answered probe (after ``base_ejection_s`` if it was ejected
+for failed calls, which a replica that answers probes may keep failing). Decisions are
+pure functions of a frozen ``Health`` and ``now`` (``observe``); the dispatcher
+(``dataplane/dispatch.py``) keeps one ``Health`` per endpoint and acts on the result
+(routes around it, retries the calls in flight on it elsewhere, counts it as not ready
+for the controller). The probe loop that
 feeds ``observe`` lives with the stage pools (``dataplane/gateway/replicas.py``).
 """
 
@@ -29,6 +31,7 @@ class OutlierPolicy:
     max_consecutive_failures: int = 3
     probe_interval_s: float = 0.5
     probe_timeout_s: float = 2.0
+    base_ejection_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,16 @@ class Health:
 def observe(h: Health, ok: bool, now: float, policy: OutlierPolicy, why: str = "") -> Health:
     """The replica's health after one call or probe outcome.
 
-    A success clears the failure count and returns an ejected replica to rotation; a
+    A success clears the failure count and returns an ejected replica to rotation (one
+    ejected for failed calls only after ``base_ejection_s``); a
     failure ejects once ``max_consecutive_failures`` have come in a row. A probe with no
     answer within its deadline ejects at once (pass ``why`` starting with ``"probe"``):
     one silent probe is already ``probe_timeout_s`` of silence.
     """
     if ok:
+        by_calls = h.ejected_at is not None and not h.reason.startswith("probe")
+        if by_calls and h.ejected_at is not None and now - h.ejected_at < policy.base_ejection_s:
+            return h  # ejected for failed calls: out for base_ejection_s at least
         return Health()
     n = h.consecutive_failures + 1
     if h.ejected:

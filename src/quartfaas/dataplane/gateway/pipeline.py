@@ -91,8 +91,7 @@ class Pipeline:
             try:
                 status, headers, data = await ep.client.post(body, _FRAME_HEADERS, deadline)
             except TimeoutError:
-                pool.release(ep)
-                pool.record(ep, False, loop.time(), "timeout")
+                pool.release(ep)  # not an outlier failure: overload times out healthy ones
                 raise StageTimeout(
                     f"stage {pool.name} did not answer within its timeout of {timeout_s:.2f} s"
                 ) from None
