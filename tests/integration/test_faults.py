@@ -158,14 +158,20 @@ def test_a_hung_only_replica_gets_a_stand_in_and_no_request_fails(
     asyncio.run(main())
 
 
-def test_requests_before_the_first_replica_is_ready_wait_for_it(kill_leftovers: list[str]) -> None:
-    # A stage timeout far shorter than a worker's start: the request must wait for the
+def test_requests_before_the_first_replica_is_ready_wait_for_it(
+    tmp_path: Any, kill_leftovers: list[str]
+) -> None:
+    # The stage's first start takes longer than its timeout (its template's interpreter
+    # sleeps 4 s at start-up, a stage timeout of 2 s): the request must wait for the
     # start (as a scale-from-zero request does), not time out.
-    spec = synthetic_spec(1, name="early", stage_overrides={0: {"timeout_s": 0.05}})
+    (tmp_path / "sitecustomize.py").write_text("import time\ntime.sleep(4)\n")
+    spec = synthetic_spec(1, name="early", stage_overrides={0: {"timeout_s": 2.0}})
 
     async def main() -> None:
         rt = EmbeddedRuntime(spec)
         kill_leftovers.append(str(rt.files.dir))
+        paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+        rt.files.worker_env["PYTHONPATH"] = os.pathsep.join(paths)
         try:
             await rt.start(wait_ready=False)
             async with client(rt) as c:

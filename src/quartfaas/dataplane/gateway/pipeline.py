@@ -80,11 +80,12 @@ class Pipeline:
         retried = False
         task = asyncio.current_task()
         while True:
+            cold = pool.waiting_for_start()
             ep = await pool.acquire(deadline)
             now = loop.time()
             queued = now - start
-            if now >= deadline - 0.001:  # waited for a replica to start: a full call now
-                deadline = now + timeout_s
+            if cold or now >= deadline:  # waited for a replica to start: a full call now
+                deadline = max(deadline, now + timeout_s)
             ejected = False
             if task is not None:
                 ep.calls.add(task)
