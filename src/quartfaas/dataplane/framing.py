@@ -127,12 +127,6 @@ def _short(shape: list[int]) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def metadata(body: bytes) -> dict[str, str]:
-    """The frame's ``__metadata__`` (empty if none)."""
-    meta = parse_header(body).get("__metadata__", {})
-    return dict(meta)
-
-
 def encode_numpy(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str] | None = None) -> bytes:
     from safetensors.numpy import save
 
