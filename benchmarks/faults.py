@@ -27,6 +27,9 @@ counting (``benchmarks/fault_probes.py``). Run::
 
 The goal of issue #13 is lost = 0 and every leak column 0 in every row, errors only for
 requests on a killed replica past their one retry, and 429s for the burst.
+
+(Over 400 lines: the load, one function per fault and the row runner read top to
+bottom in one place; the probes and the server live in ``fault_probes.py``.)
 """
 
 from __future__ import annotations

@@ -149,3 +149,22 @@ def test_requests_queued_behind_a_crashed_only_replica_get_time_for_its_replacem
         assert (await waiter).replica_id == "r2"
 
     asyncio.run(main())
+
+
+def test_probe_tells_a_hung_replica_from_a_gone_one() -> None:
+    import socket
+
+    from quartfaas.dataplane.outlier import probe
+
+    async def main() -> None:
+        silent = socket.create_server(("127.0.0.1", 0))  # accepts in the kernel, never answers
+        gone = socket.create_server(("127.0.0.1", 0))
+        gone_port = gone.getsockname()[1]
+        gone.close()
+        try:
+            assert await probe(f"http://127.0.0.1:{silent.getsockname()[1]}", 0.2) is False
+            assert await probe(f"http://127.0.0.1:{gone_port}", 0.2) is None
+        finally:
+            silent.close()
+
+    asyncio.run(main())

@@ -69,8 +69,10 @@ def observe(h: Health, ok: bool, now: float, policy: OutlierPolicy, why: str = "
     return Health(consecutive_failures=n)
 
 
-async def probe(url: str, timeout_s: float) -> bool:
-    """``GET /healthz`` on the replica behind ``url``: True on a 200 within ``timeout_s``.
+async def probe(url: str, timeout_s: float) -> bool | None:
+    """``GET /healthz`` on the replica behind ``url``: True on a 200 within ``timeout_s``,
+    False on no answer in time (hung), None if the connection is refused or reset (the
+    process is gone: a crash, which the backend replaces; not an outlier).
 
     A raw one-shot request on its own connection (not the pooled invoke client), so a
     probe never waits behind a pooled request and never disturbs one.
@@ -85,9 +87,13 @@ async def probe(url: str, timeout_s: float) -> bool:
             writer.write(head.encode())
             await writer.drain()
             line = await reader.readline()
+            if not line:
+                return None  # closed without a word: exiting
             return line.split(b" ", 2)[1:2] == [b"200"]
-    except (TimeoutError, OSError, IndexError):
+    except TimeoutError:
         return False
+    except OSError:
+        return None
     finally:
         if writer is not None:
             writer.close()

@@ -148,7 +148,9 @@ class StageReplicas:
         ok = await probe(base, self.outlier.probe_timeout_s)
         if pool.endpoints.get(ep.replica_id) is not ep or ep.failed:
             return  # gone or failed meanwhile
-        if ok:
+        if ok is None:  # refused: the process is gone; the backend replaces it
+            pool.mark_failed(ep, "health probe: connection refused")
+        elif ok:
             if ep.health.ejected:
                 pool.record(ep, True, loop.time())
         else:
