@@ -6,9 +6,14 @@ dispatch, ``dataplane/gateway/``), a ``LocalBackend`` (worker processes,
 It sits above both: the local backend imports the data plane's launch seam, the data
 plane imports neither (import-linter contracts in ``pyproject.toml``).
 
-It starts each stage's ``min_replicas``, waits (with a deadline) until the pipeline can
-serve, and shuts everything down cleanly: stop taking requests, let in-flight requests
-finish for a grace period, stop the workers, leave no processes behind.
+It listens first (``/healthz`` is liveness; ``/readyz`` turns 200 once every stage has
+its ``min_replicas`` in rotation; a request sent before then waits for its stage's first
+replica), starts each stage's ``min_replicas`` and templates concurrently, waits (with a
+deadline) until the pipeline can serve, and shuts everything down cleanly (``stop``):
+stop accepting, answer every accepted request within ``grace_s``, then stop the workers
+(SIGTERM, then SIGKILL), release their CPU groups and remove the runtime folder; a second
+SIGINT/SIGTERM skips the wait. At start it sweeps what dead gateways (kill -9) left:
+runtime folders, tmpfs weight copies and CPU groups, each recognised by its owner's pid.
 
 With ``cache.enabled`` replicas start through the parameter cache
 (``dataplane/param_cache/``: fork from a stage template); otherwise each replica is a
@@ -40,7 +45,7 @@ from quartfaas.clock import Clock, MonotonicClock
 from quartfaas.control.backend import ReplicaInfo, ReplicaState, reconcile
 from quartfaas.control.loop import ControlLoop, run_live
 from quartfaas.dataplane.gateway import Gateway
-from quartfaas.dataplane.launch import Launcher, ReplicaFiles
+from quartfaas.dataplane.launch import Launcher, ReplicaFiles, pid_alive, sweep_stale_dirs
 from quartfaas.errors import BackendError
 from quartfaas.metrics.proc_cpu import ProcessCpuMeter
 from quartfaas.spec import PipelineSpec
@@ -70,6 +75,7 @@ class EmbeddedRuntime:
         self.clock = clock or MonotonicClock()
         self.environ = dict(os.environ if environ is None else environ)
         self.gateway = Gateway(spec, clock=self.clock, environ=self.environ)
+        sweep_stale_dirs(base_dir)
         self.files = ReplicaFiles(spec, base_dir)
         if launcher_factory is not None:
             launcher: Launcher | None = launcher_factory(self.files)
@@ -80,6 +86,11 @@ class EmbeddedRuntime:
         else:
             launcher = None
         self.cpu = CpuActuator.detect(environ=self.environ)
+        if self.cpu.cgroup is not None:
+            self.cpu.cgroup.own_prefix(spec.name, os.getpid())
+            swept = self.cpu.cgroup.sweep_stale(pid_alive)
+            if swept:
+                log.info("removed %d CPU group(s) of dead gateways", len(swept))
         self.backend = LocalBackend(
             spec,
             self.gateway.replicas,
@@ -98,6 +109,7 @@ class EmbeddedRuntime:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second SIGINT/SIGTERM: no more waiting
         self._started_at = self.clock.now()
         self._cpu_meters: dict[str, ProcessCpuMeter] = {}
         self.url = ""
@@ -109,8 +121,16 @@ class EmbeddedRuntime:
     async def __aexit__(self, *_: object) -> None:
         await self.stop()
 
-    async def start(self, *, wait_ready: bool = True) -> str:
-        self._runner = web.AppRunner(self.gateway.app(), access_log=None)
+    async def start(
+        self, *, wait_ready: bool = True, on_listening: Callable[[str], None] | None = None
+    ) -> str:
+        """Listen, start every stage's replicas (templates in parallel), and with
+        ``wait_ready`` wait until ``/readyz`` would answer 200. ``on_listening(url)`` is
+        called as soon as the port is bound (requests sent from then on wait for their
+        stage's first replica)."""
+        self._runner = web.AppRunner(
+            self.gateway.app(), access_log=None, shutdown_timeout=self.spec.gateway.drain_timeout_s
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()
@@ -118,12 +138,21 @@ class EmbeddedRuntime:
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else self.port
         self.url = f"http://{self.host}:{port}"
+        if on_listening is not None:
+            on_listening(self.url)
         log.info("%s", self.cpu.report.describe())
         for stage in self.spec.stages:
-            if stage.min_replicas == 0:
-                await self.backend.launcher.prewarm(stage.name)
             reconcile(self.backend, stage.name, stage.min_replicas)
-        if any(s.min_replicas == 0 for s in self.spec.stages):
+        self.add_task(self.gateway.replicas.probe_forever(), "outlier-probes")
+        # Templates of stages that may scale from zero load now, together (their loads
+        # and the replicas' templates above overlap instead of queueing).
+        zero = [s.name for s in self.spec.stages if s.min_replicas == 0]
+        if zero:
+            try:
+                await asyncio.gather(*(self.backend.launcher.prewarm(name) for name in zero))
+            except BaseException:
+                await self.stop()
+                raise
             self.add_task(self._idle_reaper(), "idle-reaper")
         if wait_ready:
             try:
@@ -226,7 +255,11 @@ class EmbeddedRuntime:
     def add_task(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting, answer every accepted request within ``grace_s`` (default
+        ``gateway.drain_timeout_s``), then stop the workers. A second SIGINT/SIGTERM
+        (``serve_forever``) cuts the wait short."""
+        grace = self.spec.gateway.drain_timeout_s if grace_s is None else grace_s
         self._stop.set()
         for task in self._tasks:
             task.cancel()
@@ -235,23 +268,57 @@ class EmbeddedRuntime:
                 await task
         self._tasks.clear()
         if self._runner is not None:
-            # Stop accepting, give in-flight requests a grace period, then stop workers.
-            await self._runner.shutdown()
-            await asyncio.sleep(0)
-            await self._runner.cleanup()
-            self._runner = None
-        await self.backend.close()
+            runner, self._runner = self._runner, None
+            for site in list(runner.sites):
+                await site.stop()  # no new connections; accepted ones go on
+            await asyncio.sleep(0)  # requests already read start their handlers
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            drained = await self._drain(grace)
+            if not drained:
+                log.warning("requests still in flight after %.1f s: closing them", grace)
+            # aiohttp waits for handlers still running (new keep-alive requests) at most
+            # the rest of the grace period, not its 60 s default (and 0 means no limit).
+            left = 0.01 if self._hurry.is_set() else max(0.1, grace - (loop.time() - t0))
+            runner._shutdown_timeout = left
+            await runner.cleanup()
+        await self.backend.close(0.1 if self._hurry.is_set() else 5.0)
         await self.gateway.close()
         self.files.close()
+        if self.cpu.cgroup is not None:
+            self.cpu.cgroup.remove_parent()  # only if empty: other gateways may use it
+
+    async def _drain(self, grace_s: float) -> bool:
+        """Until no request is in the gateway, ``grace_s`` passes, or a second signal."""
+        pipeline = self.gateway.pipeline
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        idle = asyncio.ensure_future(pipeline.idle.wait())
+        try:
+            await asyncio.wait({hurry, idle}, timeout=grace_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurry.cancel()
+            idle.cancel()
+        return pipeline.active == 0
 
     async def serve_forever(self) -> None:
-        """Run until SIGINT/SIGTERM, then stop cleanly."""
+        """Run until SIGINT/SIGTERM, then stop cleanly; a second signal stops at once."""
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if self._stop.is_set():
+                log.warning("second signal: stopping now")
+                self._hurry.set()
+            else:
+                log.info("stopping: answering the requests in flight (Ctrl-C again: at once)")
+                self._stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, on_signal)
         try:
             await self._stop.wait()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            await self.stop()
+            try:
+                await self.stop()
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -151,9 +152,38 @@ def test_real_stage_forks_share_weights(tiny_weights: Any, kill_leftovers: list[
             r = await c.post(f"/function/{spec.name}", json={"inputs": "hello forked world"})
             assert r.status_code == 200, r.text
             pids = [x.pid for x in rt.backend.list_replicas(stage) if x.state is ReplicaState.READY]
-            assert all(p is not None and (pss_bytes(p) or 0) > 0 for p in pids)
+            assert len(pids) == 3 and all(p is not None for p in pids)
+            assert all((pss_bytes(p) or 0) > 0 for p in pids if p is not None)
+            launcher = rt.backend.launcher
+            assert isinstance(launcher, ParamCacheLauncher)
+            weights = launcher.shm_dir / f"{stage}.safetensors"
+            size = weights.stat().st_size
+            maps = [mapping_memory(p, weights) for p in pids if p is not None]
+            # Every replica has the weights resident (its warm-up forward touched them) ...
+            assert all(rss >= 0.9 * size for rss, _ in maps), (size, maps)
+            # ... as pages shared with the template and the other replicas: their summed
+            # proportional share is at most one copy, not one copy per replica (3x).
+            assert sum(pss for _, pss in maps) <= size, (size, maps)
+            assert all(pss <= rss / 2 for rss, pss in maps), maps
 
     asyncio.run(main())
+
+
+def mapping_memory(pid: int, path: Path) -> tuple[int, int]:
+    """(Rss, Pss) in bytes of a process's mappings of ``path`` (from /proc/PID/smaps)."""
+    rss = pss = 0
+    inside = False
+    target = str(path.resolve())
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if len(head) >= 5 and "-" in head[0] and ":" not in head[0]:  # a mapping header
+                inside = len(head) == 6 and head[5].strip() == target
+            elif inside and line.startswith("Rss:"):
+                rss += int(line.split()[1]) * 1024
+            elif inside and line.startswith("Pss:"):
+                pss += int(line.split()[1]) * 1024
+    return rss, pss
 
 
 def test_corrupt_weights_fail_with_the_file_named(tmp_path: Any, kill_leftovers: list[str]) -> None:

@@ -1,7 +1,9 @@
 """cgroup CPU groups for local replicas: one group per replica, a quota, counters.
 
 The adapters under ``backends/cpu.py``'s lever detection and ``CpuActuator``: each replica
-gets its own group ``<parent>/<replica_id>`` under a ``quartfaas`` parent group; its
+gets its own group ``<parent>/<prefix><replica_id>`` under a ``quartfaas`` parent group,
+where the runtime sets ``prefix`` to ``g<gateway pid>.<pipeline>.`` so two gateways of one
+pipeline never share a group and ``sweep_stale`` can remove a dead gateway's groups; its
 process moves in through ``cgroup.procs``; the quota uses a 100 ms period (20 ms periods
 measured worse on this kind of host) as v1 ``cpu.cfs_period_us``/``cpu.cfs_quota_us`` or
 v2 ``cpu.max``; ``cpu.stat`` gives throttling counters. Removing a group first moves any
@@ -18,7 +20,7 @@ import errno
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +71,9 @@ def _pids_in(group: Path) -> list[int]:
     return [int(tok) for tok in text.split() if tok.isdigit()]
 
 
+_OWNER = re.compile(r"^g(\d+)\.")
+
+
 def _safe_name(replica_id: str) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", replica_id)
     return name if name.strip(".") else f"_{name}"
@@ -96,12 +101,41 @@ class CgroupCpu:
         self.period_us = period_us
         self.proc_root = Path(proc_root)
         self._origin: dict[int, Path] = {}
+        self.prefix = ""  # e.g. "g1234.tiny.": whose replicas these are
 
     def _result(self, ok: bool, message: str) -> LeverResult:
         return LeverResult(ok, self.lever, message)
 
     def group_dir(self, replica_id: str) -> Path:
-        return self.parent_dir / _safe_name(replica_id)
+        return self.parent_dir / _safe_name(self.prefix + replica_id)
+
+    def own_prefix(self, pipeline: str, pid: int) -> str:
+        """Name this gateway's groups ``g<pid>.<pipeline>.<replica>``; returns the prefix."""
+        self.prefix = f"g{pid}.{_safe_name(pipeline)}."
+        return self.prefix
+
+    def sweep_stale(self, alive: Callable[[int], bool]) -> list[Path]:
+        """Remove the groups of gateways that are gone (``g<pid>.`` with ``pid`` dead).
+
+        Their workers exited with them (lifeline), so the groups are empty; a pid still
+        inside is moved out first, as ``remove_group`` does."""
+        removed: list[Path] = []
+        try:
+            groups = [d for d in self.parent_dir.iterdir() if d.is_dir()]
+        except OSError:
+            return removed
+        for group in groups:
+            m = _OWNER.match(group.name)
+            if m is None or alive(int(m.group(1))):
+                continue
+            for pid in _pids_in(group):
+                self._move_out(pid)
+            try:
+                group.rmdir()
+                removed.append(group)
+            except OSError:
+                continue
+        return removed
 
     def _prepare_parent(self) -> None:
         self.parent_dir.mkdir(exist_ok=True)

@@ -20,6 +20,7 @@ the gateway dies, workers see EOF and exit (no orphans).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import signal
@@ -34,6 +35,9 @@ from quartfaas.errors import BackendError, ReplicaStartTimeout
 from quartfaas.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
+
+# Longest wait for a drained replica to exit on SIGTERM before SIGKILL.
+TERM_GRACE_S = 5.0
 
 
 class ReplicaListener(Protocol):
@@ -189,8 +193,7 @@ class LocalBackend:
         rep.launched = launched
         self._set(rep, pid=launched.pid, tier=tier)
         if rep.stopping:  # stopped while launching: _stop() left the process to us
-            launched.signal(signal.SIGTERM)
-            await launched.wait()
+            await self._terminate(launched)
             self._finish(rep, ReplicaState.STOPPED)
             return
         try:
@@ -220,11 +223,14 @@ class LocalBackend:
         code = await launched.wait()
         if rep.stopping:
             return  # _stop() finishes the bookkeeping
-        # Exited while serving: a crash. Retry its requests elsewhere, replace it.
+        # Exited while serving: a crash. Start the replacement *first*, so the requests
+        # queued behind this replica see one coming and wait for it, then report it gone
+        # (its in-flight requests are retried elsewhere by the gateway).
         tail = read_tail(self.files.log_path(rep.info.replica_id), 4)
         log.warning("replica %s exited with code %s while serving", rep.info.replica_id, code)
+        if not self.closed:
+            self.start_replica(stage)
         self._finish(rep, ReplicaState.FAILED, f"exited with code {code}: {tail}")
-        self.start_replica(stage)
 
     async def _await_ready(self, rep: _Replica, launched: Launched) -> int:
         port: int | None = None
@@ -268,35 +274,42 @@ class LocalBackend:
                 log.warning("replica %s did not drain in time", rep.info.replica_id)
         if rep.launched is None:
             return  # still launching: _run() sees `stopping` and stops the process
-
-        rep.launched.signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(rep.launched.wait(), 10.0)
-        except TimeoutError:
-            rep.launched.signal(signal.SIGKILL)
-            await rep.launched.wait()
+        await self._terminate(rep.launched)
         self._finish(rep, ReplicaState.STOPPED)
 
-    async def close(self) -> None:
-        """Stop every replica (no drain: the gateway has stopped taking requests)."""
+    async def _terminate(self, launched: Launched, grace_s: float | None = None) -> int:
+        """SIGTERM, a bounded wait, then SIGKILL: a process that ignores or never sees the
+        SIGTERM (one signalled right after its fork) still goes. The wait is short: the
+        replica has been drained, so it has nothing left to finish."""
+        grace = min(TERM_GRACE_S, self.spec.gateway.drain_timeout_s) if grace_s is None else grace_s
+        launched.signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(asyncio.shield(launched.wait()), max(0.1, grace))
+        except TimeoutError:
+            log.warning("pid %s ignored SIGTERM for %.1f s: SIGKILL", launched.pid, grace)
+            launched.signal(signal.SIGKILL)
+            return await launched.wait()
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Stop every replica (no drain: the gateway has stopped taking requests).
+
+        SIGTERM to all, up to ``grace_s`` for them to exit, then SIGKILL; each replica is
+        then finished as on any stop, so its CPU group is released (``on_exit``)."""
         self.closed = True
         reps = list(self._replicas.values())
         for rep in reps:
             rep.stopping = True
-            if rep.launched is not None:
-                rep.launched.signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10.0
-        for rep in reps:
-            if rep.launched is not None:
-                try:
-                    await asyncio.wait_for(
-                        rep.launched.wait(), max(0.1, deadline - time.monotonic())
-                    )
-                except TimeoutError:
-                    rep.launched.signal(signal.SIGKILL)
-                    await rep.launched.wait()
-            if rep.task is not None and not rep.task.done():
-                rep.task.cancel()
+        await asyncio.gather(*(self._close_one(rep, grace_s) for rep in reps))
         self._replicas.clear()
         await self.launcher.close()
         self.files.close()
+
+    async def _close_one(self, rep: _Replica, grace_s: float) -> None:
+        if rep.launched is not None:
+            await self._terminate(rep.launched, grace_s)
+        if rep.task is not None and not rep.task.done():
+            rep.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await rep.task
+        if rep.launched is not None:
+            self._finish(rep, ReplicaState.STOPPED)

@@ -87,8 +87,15 @@ def serve(
         async def main() -> None:
             rt = EmbeddedRuntime(pipeline, host=host, port=port, controller=controller,
                                  environ=ENV, decision_log=decision_log)  # fmt: skip
+
+            def listening(url: str) -> None:
+                console.print(
+                    f"listening on {url}; starting replicas (/readyz: 200 when ready)",
+                    highlight=False,
+                )
+
             try:
-                await rt.start()
+                await rt.start(on_listening=listening)
             except OSError:  # the port is taken: nothing may stay behind
                 await rt.stop()
                 raise
@@ -99,7 +106,7 @@ def serve(
                     "(serve --no-controller to scale by hand)"
                 )
             console.print(
-                f"[green]serving[/green] {pipeline.name} at {rt.url} "
+                f"[green]ready: serving[/green] {pipeline.name} at {rt.url} "
                 f"(functions: {', '.join(rt.gateway.function_names())}); Ctrl-C stops",
                 highlight=False,
             )

@@ -9,7 +9,14 @@ while later stages run (the prototype's nested synchronous chaining did hold the
 Replicas come and go through ``add``/``remove``/``drain``, called by the runtime when the
 backend reports a replica ready, gone or stopping. A replica that fails a request at the
 connection level is taken out of rotation at once (``mark_failed``) and the backend is
-told, so the crash is confirmed and the replica replaced.
+told, so the crash is confirmed and the replica replaced. Until the backend reports it
+gone (after it has started the replacement), a failed replica still counts as a
+prospect, so the requests queued behind it wait for the replacement instead of failing.
+
+Outlier ejection (``dataplane/outlier.py``): each endpoint carries a ``Health``; call
+outcomes and health probes update it (``observe``), an ejected endpoint leaves rotation
+until a probe answers, is not counted ready, and the calls in flight on it are cancelled
+so their callers retry them on another replica (stages are idempotent).
 
 Everything here runs on the gateway's event loop; nothing blocks.
 
@@ -23,13 +30,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from quartfaas.dataplane.httpclient import EndpointClient
+from quartfaas.dataplane.outlier import Health, OutlierPolicy, observe
 from quartfaas.errors import NoReplicas, QueueFull, StageTimeout
 
+log = logging.getLogger("quartfaas.dispatch")
 
 @dataclass(eq=False)
 class Endpoint:
@@ -41,18 +51,26 @@ class Endpoint:
     inflight: int = 0
     draining: bool = False
     failed: bool = False
+    health: Health = field(default_factory=Health)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     # (replica_id, url) -> a client with EndpointClient's post/close; None: HTTP
     client_factory: Callable[[str, str], Any] | None = None
     client: EndpointClient = field(init=False)
+    # Calls in flight here, and those cancelled because this replica was ejected.
+    calls: set[asyncio.Task[Any]] = field(default_factory=set)
+    ejected_calls: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         make = self.client_factory
         self.client = EndpointClient(self.url) if make is None else make(self.replica_id, self.url)
 
     @property
+    def usable(self) -> bool:
+        return not self.draining and not self.failed and not self.health.ejected
+
+    @property
     def routable(self) -> bool:
-        return not self.draining and not self.failed and self.inflight < self.capacity
+        return self.usable and self.inflight < self.capacity
 
 
 class StagePool:
@@ -67,6 +85,9 @@ class StagePool:
         *,
         on_demand: Callable[[str], None] | None = None,
         on_failed: Callable[[str, str], None] | None = None,
+        outlier: OutlierPolicy | None = None,
+        start_wait_s: float = 0.0,
+        on_all_ejected: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self.capacity = capacity_per_replica
@@ -80,6 +101,12 @@ class StagePool:
         self._on_failed = on_failed
         # (replica_id, url) -> endpoint client; None: HTTP (set by non-HTTP backends)
         self.client_factory: Callable[[str, str], Any] | None = None
+        self.outlier = outlier or OutlierPolicy()
+        self._on_all_ejected = on_all_ejected
+        self._timers: dict[asyncio.Future[Endpoint], asyncio.TimerHandle] = {}
+        # How long a request waits for a stage's *first* replica (start-up, scale from
+        # zero): the replica start timeout, not the stage's per-call timeout.
+        self.start_wait_s = start_wait_s
 
     # -- observation --------------------------------------------------------------
 
@@ -93,11 +120,25 @@ class StagePool:
 
     @property
     def ready_replicas(self) -> int:
-        return sum(1 for e in self.endpoints.values() if not e.draining and not e.failed)
+        """Replicas in rotation (an ejected one is not ready until it answers again)."""
+        return sum(1 for e in self.endpoints.values() if e.usable)
+
+    @property
+    def ejected_replicas(self) -> int:
+        return sum(1 for e in self.endpoints.values() if e.health.ejected and not e.failed)
 
     def has_prospect(self) -> bool:
-        """Could a slot still come: a usable replica now, or one starting."""
-        return self.ready_replicas > 0 or self.starting > 0
+        """Could a slot still come: a usable replica now, one starting, one ejected (it
+        may answer again), or a failed one the backend has not yet reported gone (it
+        starts the replacement before it does)."""
+        if self.ready_replicas > 0 or self.starting > 0:
+            return True
+        return any(not e.draining for e in self.endpoints.values())
+
+    def waiting_for_start(self) -> bool:
+        """No replica in rotation: a request waits for one to start (or an ejected one to
+        answer again), as long as a start may take."""
+        return not any(e.usable for e in self.endpoints.values())
 
     # -- membership ---------------------------------------------------------------
 
@@ -113,16 +154,53 @@ class StagePool:
             ep.failed = True
             ep.idle.set()
             ep.client.close()
-        self.fail_waiters_if_hopeless()
+        self._outage()
+        self._revive()
         return ep
 
     def mark_failed(self, ep: Endpoint, why: str) -> None:
-        """Stop routing to a replica that failed at the connection level."""
+        """Stop routing to a replica that failed at the connection level.
+
+        Waiters keep waiting: the backend confirms the crash, starts a replacement and
+        only then reports this one gone (``remove``)."""
         if not ep.failed:
             ep.failed = True
             if self._on_failed is not None:
                 self._on_failed(ep.replica_id, why)
-        self.fail_waiters_if_hopeless()
+        self._outage()
+
+    def _outage(self) -> None:
+        """The stage just lost its last replica in rotation: the requests queued behind it
+        now wait for a replacement, so each gets at least ``start_wait_s`` from now (the
+        time lost to the crash is not theirs to pay)."""
+        if not self._timers or not self.waiting_for_start():
+            return
+        loop = asyncio.get_running_loop()
+        later = loop.time() + self.start_wait_s
+        for fut, timer in list(self._timers.items()):
+            if timer.when() < later and not fut.done():
+                timer.cancel()
+                self._timers[fut] = loop.call_at(later, self._expire, fut)
+
+    # -- outlier ejection -----------------------------------------------------------
+
+    def record(self, ep: Endpoint, ok: bool, now: float, why: str = "") -> None:
+        """One call or probe outcome of ``ep``: eject it, or return it to rotation."""
+        was = ep.health.ejected
+        ep.health = observe(ep.health, ok, now, self.outlier, why)
+        if ep.health.ejected and not was:
+            log.warning("stage %s: replica %s ejected (%s)", self.name, ep.replica_id,
+                        ep.health.reason)  # fmt: skip
+            for task in list(ep.calls):  # retried elsewhere by call_stage
+                ep.ejected_calls.add(task)
+                task.cancel()
+            if self.ready_replicas == 0 and self.starting == 0 and self._on_all_ejected:
+                self._on_all_ejected(self.name)  # a stand-in; requests wait for it
+            self._outage()
+        elif was and not ep.health.ejected:
+            log.info("stage %s: replica %s answers again; back in rotation", self.name,
+                     ep.replica_id)  # fmt: skip
+            self._hand_off()
 
     async def drain(self, replica_id: str, timeout_s: float) -> bool:
         """Stop routing new work to a replica and wait for its in-flight work to finish."""
@@ -140,10 +218,18 @@ class StagePool:
         finally:
             self.endpoints.pop(replica_id, None)
             ep.client.close()
-            self.fail_waiters_if_hopeless()
+            self._revive()
+
+    def _revive(self) -> None:
+        """The last replica left with requests still queued: start one for them (scale
+        from zero) rather than failing them; fail them only if none can start."""
+        if self.waiters and not self.has_prospect() and self._on_demand is not None:
+            self._on_demand(self.name)
+        self.fail_waiters_if_hopeless()
 
     def fail_waiters_if_hopeless(self) -> None:
-        """With no replica and none starting, waiting is pointless: answer 503 now."""
+        """With no replica, none starting and none that may come back, waiting is
+        pointless: answer 503 now."""
         if self.has_prospect() or not self.waiters:
             return
         why = f"; last start failure: {self.last_start_error}" if self.last_start_error else ""
@@ -163,7 +249,11 @@ class StagePool:
         return best
 
     async def acquire(self, deadline: float) -> Endpoint:
-        """A slot on a replica, FIFO behind earlier waiters, before ``deadline`` (loop time)."""
+        """A slot on a replica, FIFO behind earlier waiters, before ``deadline`` (loop time).
+
+        While the stage has no replica in rotation (start-up, scale from zero, the only
+        one crashed), the wait lasts at least ``start_wait_s``: a replica start is what it
+        waits for, and the caller's deadline is for answering, not for starting."""
         if not self.waiters:
             ep = self._pick()
             if ep is not None:
@@ -184,9 +274,11 @@ class StagePool:
                     + (f": {self.last_start_error}" if self.last_start_error else "")
                 )
         loop = asyncio.get_running_loop()
+        if self.waiting_for_start():
+            deadline = max(deadline, loop.time() + self.start_wait_s)
         fut: asyncio.Future[Endpoint] = loop.create_future()
         self.waiters.append(fut)
-        timer = loop.call_at(deadline, self._expire, fut)
+        self._timers[fut] = loop.call_at(deadline, self._expire, fut)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -196,7 +288,9 @@ class StagePool:
                 self._forget(fut)
             raise
         finally:
-            timer.cancel()
+            timer = self._timers.pop(fut, None)
+            if timer is not None:
+                timer.cancel()
 
     def _forget(self, fut: asyncio.Future[Endpoint]) -> None:
         with contextlib.suppress(ValueError):
@@ -211,7 +305,7 @@ class StagePool:
 
     def release(self, ep: Endpoint) -> None:
         ep.inflight -= 1
-        if ep.inflight == 0 and (ep.draining or ep.failed):
+        if ep.inflight == 0 and (ep.draining or ep.failed or ep.health.ejected):
             ep.idle.set()
         self._hand_off()
 

@@ -15,9 +15,11 @@ Fork pitfalls handled here:
   raises its own thread count after the fork.
 - **No CUDA in the template.** A child on a GPU stage copies weights from host memory to
   its device after the fork; the template never touches CUDA.
-- **Signals, sockets, fds.** Children reset signal handlers, close the template's control
-  socket and the other children's channels, and keep only their event fd and the
-  gateway's lifeline (EOF on it means the gateway died: exit).
+- **Signals, sockets, fds.** Signals are blocked across ``fork`` and children reset
+  their handlers before unblocking them (``fork_with_default_signals``: a SIGTERM sent
+  to a just-forked child is never swallowed by the template's handler). Children close
+  the template's control socket and the other children's channels, and keep only their
+  event fd and the gateway's lifeline (EOF on it means the gateway died: exit).
 - **Reaping.** SIGCHLD wakes the loop (``signal.set_wakeup_fd``); exited children are
   reaped with ``waitpid(WNOHANG)`` and reported to the gateway with their exit codes.
 
@@ -95,6 +97,34 @@ def recv_msg(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     return json.loads(data), list(fds)
 
 
+# The signals the template handles itself; a child must never run those handlers.
+CHILD_DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
+
+
+def fork_with_default_signals() -> int:
+    """``os.fork()`` whose child has default signal handlers from its first instruction.
+
+    The template's SIGTERM handler only sets its loop's ``stop`` flag: a child that
+    inherited it would swallow a SIGTERM sent before it reset its handlers (the gateway
+    sends one the moment a scale-down meets a fresh fork), and then never exit. So the
+    signals are blocked across the fork; the child resets the handlers and the wakeup
+    fd (the template's pipe) while they are blocked, then unblocks them, and a SIGTERM
+    that arrived meanwhile takes its default action then. The parent restores its mask.
+    """
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, CHILD_DEFAULT_SIGNALS)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        raise
+    if pid == 0:
+        signal.set_wakeup_fd(-1)
+        for sig in CHILD_DEFAULT_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return pid
+
+
 class Template:
     """The template's state: the loaded stage, its idle warmed children, its live replicas."""
 
@@ -134,7 +164,7 @@ class Template:
     def _fork(self, activate: tuple[str, int] | None) -> tuple[int, socket.socket | None]:
         """Fork a child: a replica now (``activate`` = (replica_id, event_fd)) or idle."""
         parent_end, child_end = message_pair() if activate is None else (None, None)
-        pid = os.fork()
+        pid = fork_with_default_signals()
         if pid == 0:  # child: never returns into the template's loop
             code = 1
             try:
@@ -150,9 +180,6 @@ class Template:
         return pid, parent_end
 
     def _child_main(self, activate: tuple[str, int] | None, channel: socket.socket | None) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
         self.control.close()
         for ch in self.idle.values():
             ch.close()
@@ -489,4 +516,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # No interpreter teardown: a template owns no files to flush, and tearing down torch
+    # and its imports took seconds per template on a loaded machine (Ctrl-C waited).
+    os._exit(code)

@@ -40,6 +40,11 @@ _DTYPE_SIZES = {
     "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
 }  # fmt: skip
 _MAX_HEADER = 1 << 20
+_INT64_MAX = (1 << 63) - 1  # torch sizes and the safetensors parser's counts are 64-bit
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def parse_header(body: bytes, max_bytes: int | None = None) -> dict[str, Any]:
@@ -56,8 +61,10 @@ def parse_header(body: bytes, max_bytes: int | None = None) -> dict[str, Any]:
         raise FramingError(f"frame header length {n} does not fit a body of {len(body)} bytes")
     try:
         header = json.loads(bytes(body[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over 4300 digits
         raise FramingError(f"frame header is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise FramingError("frame header is not valid JSON: nested too deeply") from None
     if not isinstance(header, dict):
         raise FramingError("frame header must be a JSON object")
     data_len = len(body) - 8 - n
@@ -75,22 +82,49 @@ def parse_header(body: bytes, max_bytes: int | None = None) -> dict[str, Any]:
             raise FramingError(
                 f"tensor {name!r}: dtype {dtype!r} is not one of {sorted(_DTYPE_SIZES)}"
             )
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
             raise FramingError(f"tensor {name!r}: shape {shape!r} must be a list of ints >= 0")
+        count = _element_count(shape)
+        if count is None or count * _DTYPE_SIZES[dtype] > _INT64_MAX:
+            raise FramingError(
+                f"tensor {name!r}: shape {_short(shape)} overflows a 64-bit size"
+            )
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(isinstance(o, int) for o in offsets)
+            or not all(_is_int(o) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1] <= data_len
         ):
             raise FramingError(f"tensor {name!r}: data_offsets {offsets!r} outside the body")
-        want = int(np.prod(shape, dtype=np.int64)) * _DTYPE_SIZES[dtype]
+        want = count * _DTYPE_SIZES[dtype]
         if offsets[1] - offsets[0] != want:
             raise FramingError(
                 f"tensor {name!r}: {offsets[1] - offsets[0]} bytes given, "
                 f"shape {shape} of {dtype} needs {want}"
             )
     return header
+
+
+def _element_count(shape: list[int]) -> int | None:
+    """Elements of ``shape``, or ``None`` past int64. Python ints, not numpy's int64 (whose
+    product wraps: 2**31 * 2**31 * 4 became 0 and matched an empty tensor), and an early
+    stop, so a header of thousands of huge dimensions costs no big-number arithmetic."""
+    if any(d > _INT64_MAX for d in shape):
+        return None
+    if 0 in shape:
+        return 0
+    count = 1
+    for d in shape:
+        count *= d
+        if count > _INT64_MAX:
+            return None
+    return count
+
+
+def _short(shape: list[int]) -> str:
+    """A shape for an error message: a 5000-digit dimension is not quoted in full."""
+    text = str(shape)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def encode_numpy(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str] | None = None) -> bytes:

@@ -10,7 +10,9 @@ pooled, one outstanding request per connection, a deadline via ``asyncio.timeout
 Errors: a connection that fails (refused, reset, closed early) raises
 ``WorkerConnectionError``, which the dispatcher treats as a crashed replica (retry once
 elsewhere); a deadline raises ``TimeoutError``. A connection that saw either is closed,
-never reused.
+never reused. A pooled connection that turns out closed or reset before any reply byte
+(the replica closed it while idle) is not a crash: the request is sent again on a fresh
+connection.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ from urllib.parse import urlsplit
 
 class WorkerConnectionError(ConnectionError):
     """The replica could not be reached or dropped the connection."""
+
+
+def _stale(exc: BaseException) -> bool:
+    """Did a pooled connection fail before any byte of a reply arrived?"""
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return not exc.partial
+    return isinstance(exc, ConnectionResetError | BrokenPipeError)
 
 
 class _Conn:
@@ -86,9 +95,10 @@ class EndpointClient:
             raise
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             conn.close()
-            if not fresh and isinstance(exc, asyncio.IncompleteReadError) and not exc.partial:
-                # A pooled connection the server had already closed (idle timeout): retry
-                # once on a fresh connection; the request never reached the replica.
+            if not fresh and _stale(exc):
+                # A pooled connection the server had already closed (idle timeout: EOF, or
+                # a reset if it closed with unread data): retry on a fresh connection
+                # instead of reporting a healthy replica as crashed.
                 return await self.post(body, headers, deadline)
             raise WorkerConnectionError(
                 f"{self.host}:{self.port}: {type(exc).__name__}: {exc}"

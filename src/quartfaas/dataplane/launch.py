@@ -11,7 +11,10 @@ handle the backend watches (pid, JSON-lines events, exit code, signals):
 
 ``ReplicaFiles`` holds what every replica of one gateway shares: the spec as JSON, a
 log file per process, the environment, and the *lifeline* pipe whose write end only the
-gateway process holds: if the gateway dies, workers see EOF and exit (no orphans).
+gateway process holds: if the gateway dies, workers see EOF and exit (no orphans). Its
+folder ``<tmp>/quartfaas-<name>-*`` records the gateway's pid (``gateway.pid``); a clean
+shutdown removes it, and ``sweep_stale_dirs`` removes those of gateways that died
+(kill -9) when the next one starts.
 
 The data plane never imports a concrete backend; the backend imports this module
 (import-linter contract "one way" in ``pyproject.toml``).
@@ -22,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -32,6 +37,41 @@ from typing import Protocol
 
 from quartfaas.control.backend import StartTier
 from quartfaas.spec import PipelineSpec
+
+log = logging.getLogger("quartfaas.launch")
+
+PID_FILE = "gateway.pid"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a zombie counts; EPERM means someone else's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_dirs(base_dir: Path | None = None) -> list[Path]:
+    """Remove ``quartfaas-*`` runtime folders (ours by uid) whose gateway pid is dead."""
+    base = Path(base_dir or tempfile.gettempdir())
+    removed: list[Path] = []
+    for d in base.glob("quartfaas-*"):
+        try:
+            if d.stat().st_uid != os.getuid():
+                continue
+            pid = int((d / PID_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours, or from a version without a pid file: leave it
+        if pid != os.getpid() and not pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    if removed:
+        log.info("removed %d runtime folder(s) of dead gateways: %s", len(removed),
+                 ", ".join(p.name for p in removed))  # fmt: skip
+    return removed
 
 
 class Launched(Protocol):
@@ -69,6 +109,7 @@ class ReplicaFiles:
         self.dir = Path(tempfile.mkdtemp(prefix=f"quartfaas-{spec.name}-", dir=base_dir))
         self.spec_json = self.dir / "spec.json"
         self.spec_json.write_text(spec.model_dump_json())
+        (self.dir / PID_FILE).write_text(f"{os.getpid()}\n")
         self.lifeline_read, self.lifeline_write = os.pipe()
         os.set_inheritable(self.lifeline_read, True)
         self.worker_env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
@@ -77,9 +118,12 @@ class ReplicaFiles:
         return self.dir / f"{replica_id}.log"
 
     def close(self) -> None:
+        """Close the lifeline (workers still alive see EOF) and remove the folder."""
         for fd in (self.lifeline_read, self.lifeline_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self.lifeline_read = self.lifeline_write = -1
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def read_tail(path: Path, lines: int = 8) -> str:

@@ -43,6 +43,8 @@ from quartfaas.spec import PipelineSpec, parse_spec
 log = logging.getLogger("quartfaas.worker")
 
 SERVICE_HEADER = "X-Quartfaas-Service-Ms"
+# A sanity cap for /control/threads: OpenMP would try to start an absurd count (10**9).
+MAX_THREADS = 1024
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -124,13 +126,14 @@ def make_app(state: WorkerState) -> web.Application:
         return web.Response(body=generate_latest(state.registry), content_type="text/plain")
 
     async def threads(request: web.Request) -> web.Response:
+        most = MAX_THREADS
         try:
             data = await request.json()
-            n = int(data["threads"])
-            if n < 1:
+            n = data["threads"]
+            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= most:
                 raise ValueError
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-            return _json_error(400, 'expected JSON {"threads": <int >= 1>}')
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return _json_error(400, f'expected JSON {{"threads": <int in 1..{most}>}}')
         if state.runner is None:
             return _json_error(503, "not loaded yet")
         previous = state.runner.set_threads(n)

@@ -119,9 +119,17 @@ class Gateway:
             metrics=self.handle_metrics,
         )
         calls = calls_middleware(self.namespaces, self.function_names, self.calls, self.clock)
-        return make_app(
+        app = make_app(
             handlers, max_body_bytes=self.spec.gateway.max_body_bytes, auth=self.auth, calls=calls
         )
+        app.router.add_get("/readyz", self.handle_readyz)
+        return app
+
+    async def handle_readyz(self, _: web.Request) -> web.Response:
+        """200 once every stage has its ``min_replicas`` in rotation, else 503 (``/healthz``
+        is liveness: the process answers). Lists each stage's ``ready/min``."""
+        ready, stages = self.replicas.readiness()
+        return web.json_response({"ready": ready, "stages": stages}, status=200 if ready else 503)
 
     async def handle_metrics(self, _: web.Request) -> web.Response:
         self.metrics.set_now(self.clock.now())

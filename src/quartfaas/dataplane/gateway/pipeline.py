@@ -64,25 +64,39 @@ class Pipeline:
         self.inputs = inputs
         self.timeouts = {s.name: spec.stage_timeout_s(i) for i, s in enumerate(spec.stages)}
         self._ids = itertools.count(1)
+        # Requests being handled; ``idle`` is set when there are none (graceful drain).
+        self.active = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     async def call_stage(self, pool: StagePool, body: Any) -> tuple[Any, float, float]:
         """One stage: slot -> POST /invoke -> release. Returns (frame, service_s, queue_s).
 
-        A replica that fails at the connection level (crashed) is taken out of rotation
-        and the request is retried once on another replica of the stage.
+        A call that fails with no answer (the replica crashed, or was ejected as an
+        outlier while the call was in flight) is retried once on another replica of the
+        stage: stages are idempotent, and the retry waits for the replacement if there
+        is no other. Each outcome feeds the replica's outlier health.
         """
         loop = asyncio.get_running_loop()
         timeout_s = self.timeouts[pool.name]
         start = loop.time()
         deadline = start + timeout_s
         retried = False
+        task = asyncio.current_task()
         while True:
+            cold = pool.waiting_for_start()
             ep = await pool.acquire(deadline)
-            queued = loop.time() - start
+            now = loop.time()
+            queued = now - start
+            if cold or now >= deadline:  # waited for a replica to start: a full call now
+                deadline = max(deadline, now + timeout_s)
+            ejected = False
+            if task is not None:
+                ep.calls.add(task)
             try:
                 status, headers, data = await ep.client.post(body, _FRAME_HEADERS, deadline)
             except TimeoutError:
-                pool.release(ep)
+                pool.release(ep)  # not an outlier failure: overload times out healthy ones
                 raise StageTimeout(
                     f"stage {pool.name} did not answer within its timeout of {timeout_s:.2f} s"
                 ) from None
@@ -96,8 +110,28 @@ class Pipeline:
                     ) from None
                 retried = True
                 continue
+            except asyncio.CancelledError:
+                if task is None or task not in ep.ejected_calls:
+                    pool.release(ep)
+                    raise
+                task.uncancel()  # cancelled by the ejection of ep, not by our caller
+                ep.ejected_calls.discard(task)
+                pool.release(ep)
+                ejected = True
+            finally:
+                if task is not None:
+                    ep.calls.discard(task)
+            if ejected:
+                if retried:
+                    raise UpstreamFailed(
+                        f"stage {pool.name}: replica {ep.replica_id} stopped answering "
+                        f"({ep.health.reason}) and the retry failed too"
+                    )
+                retried = True
+                continue
             service_ms = headers.get(SERVICE_HEADER_LC)
             pool.release(ep)
+            pool.record(ep, status < 500, loop.time(), f"answered {status}")
             if status == 200:
                 return data, float(service_ms or 0.0) / 1000.0, queued
             message = _error_text(data)
@@ -140,11 +174,18 @@ class Pipeline:
 
     async def handle_function(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        if name == self.spec.name:
-            return await self._invoke_pipeline(request)
-        if name in self.pools:
-            return await self._invoke_stage(request, self.pools[name])
-        raise unknown_function(self.spec, name)
+        self.active += 1
+        self.idle.clear()
+        try:
+            if name == self.spec.name:
+                return await self._invoke_pipeline(request)
+            if name in self.pools:
+                return await self._invoke_stage(request, self.pools[name])
+            raise unknown_function(self.spec, name)
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self.idle.set()
 
     async def _invoke_pipeline(self, request: web.Request) -> web.StreamResponse:
         m = self.metrics.e2e

@@ -6,15 +6,23 @@ time and tier recorded), failed to start (waiters that cannot be served fail at 
 gone (removed), or to be drained. The other way round, a pool asks it for a replica
 when a request finds its stage at zero (scale from zero), and reports a replica that
 failed a request (``on_failed_replica``: the runtime kills it if it lives on).
+
+``probe_forever`` is the outlier detector's active half (``dataplane/outlier.py``):
+every ``probe_interval_s`` it asks each replica's ``/healthz`` with a deadline; a silent
+replica is ejected, an ejected one returns on its first answer; when every replica of a
+stage is ejected, a stand-in is started (within ``max_replicas``). ``readiness`` says
+whether every stage has its ``min_replicas`` in rotation (the gateway's ``/readyz``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
-from quartfaas.control.backend import Backend, ReplicaInfo
-from quartfaas.dataplane.dispatch import StagePool
+from quartfaas.control.backend import Backend, ReplicaInfo, ReplicaState
+from quartfaas.dataplane.dispatch import Endpoint, StagePool
+from quartfaas.dataplane.outlier import OutlierPolicy, probe
 from quartfaas.errors import QuartfaasError
 from quartfaas.metrics.gateway_metrics import GatewayMetrics, StageGauges
 from quartfaas.spec import PipelineSpec
@@ -25,8 +33,12 @@ log = logging.getLogger("quartfaas.gateway")
 class StageReplicas:
     """The stage pools the dispatcher routes to, fed by the backend's replica events."""
 
-    def __init__(self, spec: PipelineSpec, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, spec: PipelineSpec, metrics: GatewayMetrics, outlier: OutlierPolicy | None = None
+    ) -> None:
+        self.spec = spec
         self.metrics = metrics
+        self.outlier = outlier or OutlierPolicy()
         self.backend: Backend | None = None
         # Set by the runtime: told when a replica fails a request (kill it if it lives on).
         self.on_failed_replica: Callable[[str, str], None] | None = None
@@ -40,6 +52,9 @@ class StageReplicas:
                 spec.gateway.retry_after_s,
                 on_demand=self._scale_from_zero,
                 on_failed=self._replica_failed,
+                outlier=self.outlier,
+                start_wait_s=spec.gateway.replica_start_timeout_s,
+                on_all_ejected=self._stand_in,
             )
             self.pools[stage.name] = pool
             self.order.append(pool)
@@ -83,18 +98,77 @@ class StageReplicas:
     # -- from the pools -------------------------------------------------------------
 
     def _scale_from_zero(self, stage: str) -> None:
-        if self.backend is not None and not self._starting[stage]:
-            try:
-                self.backend.start_replica(stage)
-            except QuartfaasError as exc:
-                self.pools[stage].last_start_error = str(exc)
+        if self.backend is None or self._starting[stage]:
+            return
+        live = (ReplicaState.STARTING, ReplicaState.READY)
+        if any(r.state in live for r in self.backend.list_replicas(stage)):
+            return  # the backend already has one coming (e.g. a crash's replacement)
+        try:
+            self.backend.start_replica(stage)
+        except QuartfaasError as exc:
+            self.pools[stage].last_start_error = str(exc)
+
+    def _stand_in(self, stage: str) -> None:
+        """Every replica of ``stage`` is ejected (hung): start one more, within
+        ``max_replicas``, so the queued requests need not wait for a hung one to return."""
+        if self.backend is None or self._starting[stage]:
+            return
+        most = self.spec.stages[self.spec.stage_index(stage)].max_replicas
+        if len(self.backend.list_replicas(stage)) >= most:
+            return
+        log.warning("stage %s: every replica is ejected; starting a stand-in", stage)
+        try:
+            self.backend.start_replica(stage)
+        except QuartfaasError as exc:
+            self.pools[stage].last_start_error = str(exc)
 
     def _replica_failed(self, replica_id: str, why: str) -> None:
         log.warning("replica %s failed a request: %s", replica_id, why)
         if self.on_failed_replica is not None:
             self.on_failed_replica(replica_id, why)
 
+    # -- outlier probes ---------------------------------------------------------------
+
+    async def probe_forever(self) -> None:
+        """Probe every replica's ``/healthz`` each ``probe_interval_s``, concurrently."""
+        loop = asyncio.get_running_loop()
+        while True:
+            targets = [
+                (pool, ep)
+                for pool in self.order
+                for ep in list(pool.endpoints.values())
+                if not ep.failed and not ep.draining
+            ]
+            if targets:
+                await asyncio.gather(*(self._probe(pool, ep, loop) for pool, ep in targets))
+            await asyncio.sleep(self.outlier.probe_interval_s)
+
+    async def _probe(self, pool: StagePool, ep: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+        base = ep.url.rsplit("/invoke", 1)[0]
+        ok = await probe(base, self.outlier.probe_timeout_s)
+        if pool.endpoints.get(ep.replica_id) is not ep or ep.failed:
+            return  # gone or failed meanwhile
+        if ok is None:  # refused: the process is gone; the backend replaces it
+            pool.mark_failed(ep, "health probe: connection refused")
+        elif ok:
+            if ep.health.ejected:
+                pool.record(ep, True, loop.time())
+        else:
+            timeout = self.outlier.probe_timeout_s
+            pool.record(ep, False, loop.time(), f"probe: no answer within {timeout:.1f} s")
+
     # -- reads ----------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Whether every stage has its ``min_replicas`` in rotation, and each stage's
+        ``ready/min``: what ``/readyz`` answers (``/healthz`` is liveness only)."""
+        stages: dict[str, str] = {}
+        ready = True
+        for stage in self.spec.stages:
+            n = self.pools[stage.name].ready_replicas
+            stages[stage.name] = f"{n}/{stage.min_replicas}"
+            ready = ready and n >= stage.min_replicas
+        return ready, stages
 
     def list(self, stage: str) -> list[ReplicaInfo]:
         """The backend's replicas of ``stage`` (none while no backend is attached)."""

@@ -1,7 +1,9 @@
 """``ParamCacheLauncher``: replicas start through the cache tiers (package docstring).
 
 It owns the stage templates and the ``KeysManager`` that keeps them within
-``cache.memory_threshold_frac`` of host memory.
+``cache.memory_threshold_frac`` of host memory. Its tmpfs copies live in
+``<shm_dir>/<pipeline>-<gateway pid>``: removed at ``close``, and swept at the next start
+(``sweep_stale_shm``) when a gateway died without closing (kill -9).
 """
 
 from __future__ import annotations
@@ -22,12 +24,30 @@ from typing import Any
 from quartfaas.control.backend import PoolStatus, StartTier
 from quartfaas.control.placement.keys_manager import KeysManager, gib
 from quartfaas.dataplane.forkserver import message_pair, recv_msg, send_msg
-from quartfaas.dataplane.launch import EventPipe, Launched, ReplicaFiles, read_tail
+from quartfaas.dataplane.launch import EventPipe, Launched, ReplicaFiles, pid_alive, read_tail
 from quartfaas.dataplane.param_cache.host import copy_verified, meminfo, set_child_subreaper
 from quartfaas.dataplane.param_cache.templates import ForkedReplica, Template
 from quartfaas.errors import BackendError, InsufficientMemory, WeightsError
 
 log = logging.getLogger("quartfaas.param_cache")
+
+
+def sweep_stale_shm(shm_dir: Path) -> list[Path]:
+    """Remove ``<shm_dir>/<name>-<pid>`` weight copies whose gateway pid is dead."""
+    removed: list[Path] = []
+    with contextlib.suppress(OSError):
+        for d in shm_dir.iterdir():
+            _, _, pid = d.name.rpartition("-")
+            if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):
+                if d.stat().st_uid != os.getuid():
+                    continue
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    if removed:
+        log.info("removed weight copies of dead gateways: %s", ", ".join(str(p) for p in removed))
+    return removed
 
 
 class ParamCacheLauncher:
@@ -49,6 +69,7 @@ class ParamCacheLauncher:
         self.clock = clock
         self.python = python
         self.shm_dir = Path(cache.shm_dir) / f"{self.spec.name}-{os.getpid()}"
+        sweep_stale_shm(self.shm_dir.parent)
         self.templates: dict[str, Template] = {}
         self._starting: dict[str, asyncio.Task[Template]] = {}
         self._closing = False
@@ -120,10 +141,11 @@ class ParamCacheLauncher:
 
     async def close(self) -> None:
         self._closing = True
-        for task in self._starting.values():
-            task.cancel()
-        for t in list(self.templates.values()):
-            await self._stop_template(t)
+        starting = list(self._starting.values())
+        for task in starting:
+            task.cancel()  # _start_template kills its process on the way out
+        await asyncio.gather(*starting, return_exceptions=True)
+        await asyncio.gather(*(self._stop_template(t) for t in list(self.templates.values())))
         self.templates.clear()
         shutil.rmtree(self.shm_dir, ignore_errors=True)
 
@@ -229,9 +251,11 @@ class ParamCacheLauncher:
             msg = await asyncio.wait_for(asyncio.shield(t.ready), timeout)
         except TimeoutError:
             msg = {"op": "failed", "message": f"not ready within {timeout:.0f} s"}
+        except asyncio.CancelledError:  # shutdown while it loads: no template outlives us
+            await _kill(proc)
+            raise
         if msg.get("op") != "ready":
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            await _kill(proc)
             tail = read_tail(log_path, 6)
             raise BackendError(
                 f"template of stage {stage} failed to start: {msg.get('message')}"
@@ -282,3 +306,10 @@ class ParamCacheLauncher:
 
     def template_pids(self) -> dict[str, int]:
         return {s: t.proc.pid for s, t in self.templates.items() if t.alive}
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a template that never became ready, and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.wait()

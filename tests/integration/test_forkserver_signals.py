@@ -1,0 +1,122 @@
+"""A real stage template: a SIGTERM sent the moment a replica is forked ends that replica.
+
+Regression test for issue #13 item 1: a forked child kept the template's SIGTERM handler
+(which only sets the template loop's ``stop`` flag) until it reset its handlers, so a
+SIGTERM that arrived in between was swallowed and the replica never exited. The gateway
+sends exactly that SIGTERM when a scale-down meets a fresh fork.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import synthetic_spec
+from quartfaas.dataplane.forkserver import message_pair, recv_msg, send_msg
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _recv(sock: object, timeout_s: float) -> dict[str, object] | None:
+    readable, _, _ = select.select([sock], [], [], timeout_s)
+    if not readable:
+        raise AssertionError(f"no message from the template within {timeout_s:.0f} s")
+    msg, fds = recv_msg(sock)  # type: ignore[arg-type]
+    for fd in fds:
+        os.close(fd)
+    return msg
+
+
+def test_sigterm_right_after_spawn_ends_every_replica(tmp_path: Path) -> None:
+    spec = synthetic_spec(1, name="sigfork")
+    spec_json = tmp_path / "spec.json"
+    spec_json.write_text(spec.model_dump_json())
+    parent, child = message_pair()
+    os.set_inheritable(child.fileno(), True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quartfaas.dataplane.forkserver", "--spec-json", str(spec_json),
+         "--stage", "sigfork-s0", "--control-fd", str(child.fileno()), "--prefork", "0"],
+        pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    child.close()
+    pids: list[int] = []
+    try:
+        t0 = time.monotonic()
+        ready = _recv(parent, 120.0)
+        assert ready is not None and ready["op"] == "ready", ready
+        # The template's start (imports) measures this machine's speed right now; a
+        # replica that takes SIGTERM's default action exits in far less than that.
+        deadline_s = max(5.0, 3 * (time.monotonic() - t0))
+        codes: dict[int, int] = {}
+
+        def note_exit(msg: dict[str, object] | None) -> None:
+            if msg is not None and msg.get("op") == "exited":
+                codes[int(str(msg["pid"]))] = int(str(msg["code"]))
+
+        for i in range(12):
+            r, w = os.pipe()
+            send_msg(parent, {"op": "spawn", "replica_id": f"r{i}"}, [w])
+            os.close(w)
+            os.close(r)
+            msg = _recv(parent, deadline_s)
+            while msg is not None and msg.get("op") == "exited":
+                note_exit(msg)
+                msg = _recv(parent, deadline_s)
+            assert msg is not None and msg["op"] == "spawned", msg
+            pid = int(str(msg["pid"]))
+            os.kill(pid, signal.SIGTERM)  # at once, as the backend does on a quick scale-down
+            pids.append(pid)
+        end = time.monotonic() + deadline_s
+        while len(codes) < len(pids) and time.monotonic() < end:
+            with contextlib.suppress(AssertionError):
+                note_exit(_recv(parent, max(0.1, end - time.monotonic())))
+        alive = [p for p in pids if p not in codes]
+        assert not alive, f"replicas {alive} survived a SIGTERM sent right after their fork"
+        assert set(codes.values()) == {-signal.SIGTERM}, codes
+    finally:
+        with contextlib.suppress(OSError):
+            send_msg(parent, {"op": "exit"})
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        parent.close()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_forked_child_has_default_handlers_and_parent_keeps_its_own() -> None:
+    """In a helper process with a swallowing SIGTERM handler, as the template has."""
+    code = """
+import os, signal, sys
+from quartfaas.dataplane.forkserver import fork_with_default_signals
+signal.signal(signal.SIGTERM, lambda *_: None)
+r, w = os.pipe()
+os.set_blocking(w, False)
+signal.set_wakeup_fd(w)
+before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+pid = fork_with_default_signals()
+if pid == 0:
+    ok = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.set_wakeup_fd(-1) == -1
+    os.kill(os.getpid(), signal.SIGTERM)  # default action: this child dies here
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before, "parent mask changed"
+assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "parent handler changed"
+print(os.waitstatus_to_exitcode(status))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == str(-signal.SIGTERM), out.stdout + out.stderr
+

@@ -1,0 +1,170 @@
+"""Outlier ejection decisions and the dispatcher's prospects: no sleeping, no processes
+(the pools' endpoints are never called)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from quartfaas.dataplane.dispatch import StagePool
+from quartfaas.dataplane.outlier import Health, OutlierPolicy, observe
+from quartfaas.errors import NoReplicas, StageTimeout
+
+POLICY = OutlierPolicy(max_consecutive_failures=3, probe_interval_s=0.5, probe_timeout_s=2.0)
+
+
+def test_consecutive_failures_eject_and_one_success_returns() -> None:
+    h = Health()
+    h = observe(h, False, 1.0, POLICY, "answered 500")
+    h = observe(h, False, 2.0, POLICY, "timeout")
+    assert not h.ejected and h.consecutive_failures == 2
+    h = observe(h, False, 3.0, POLICY, "timeout")
+    assert h.ejected and h.ejected_at == 3.0
+    h = observe(h, False, 4.0, POLICY, "timeout")
+    assert h.ejected_at == 3.0  # stays ejected since its first ejection
+    assert observe(h, True, 5.0, POLICY) == h  # answers a probe, but within base_ejection_s
+    assert observe(h, True, 3.0 + POLICY.base_ejection_s, POLICY) == Health()
+
+
+def test_a_success_between_failures_resets_the_count() -> None:
+    h = observe(observe(Health(), False, 1.0, POLICY), False, 2.0, POLICY)
+    h = observe(h, True, 3.0, POLICY)
+    h = observe(observe(h, False, 4.0, POLICY), False, 5.0, POLICY)
+    assert not h.ejected
+
+
+def test_a_silent_probe_ejects_at_once_and_an_answered_one_returns_it() -> None:
+    h = observe(Health(), False, 1.0, POLICY, "probe: no answer within 2.0 s")
+    assert h.ejected and h.reason.startswith("probe")
+    assert observe(h, True, 1.5, POLICY) == Health()
+
+
+def pool(**kw: object) -> StagePool:
+    return StagePool("s", 1, 100, 1.0, outlier=POLICY, **kw)  # type: ignore[arg-type]
+
+
+def test_a_failed_replica_keeps_its_waiters_until_the_replacement_serves_them() -> None:
+    async def main() -> None:
+        p = pool()
+        p.add("r1", "http://127.0.0.1:1/invoke")
+        loop = asyncio.get_running_loop()
+        ep = await p.acquire(loop.time() + 60)
+        waiters = [asyncio.ensure_future(p.acquire(loop.time() + 60)) for _ in range(5)]
+        await asyncio.sleep(0)
+        p.release(ep)
+        p.mark_failed(ep, "connection reset")  # the crash, seen by a request
+        await asyncio.sleep(0)
+        assert p.queue_len == 4 and not any(w.done() for w in waiters[1:])
+        p.starting = 1  # the backend starts the replacement, then reports r1 gone
+        p.remove("r1")
+        assert not any(w.done() for w in waiters[1:])
+        p.starting = 0
+        p.add("r2", "http://127.0.0.1:2/invoke")
+        got = await waiters[1]
+        assert got.replica_id == "r2"
+
+    asyncio.run(main())
+
+
+def test_no_replica_and_none_coming_fails_waiters_at_once() -> None:
+    async def main() -> None:
+        p = pool()
+        p.add("r1", "http://127.0.0.1:1/invoke")
+        loop = asyncio.get_running_loop()
+        ep = await p.acquire(loop.time() + 60)
+        waiter = asyncio.ensure_future(p.acquire(loop.time() + 60))
+        await asyncio.sleep(0)
+        p.remove("r1")  # stopped, no replacement, no scale from zero
+        with pytest.raises(NoReplicas):
+            await waiter
+        p.release(ep)
+
+    asyncio.run(main())
+
+
+def test_ejection_takes_a_replica_out_of_rotation_and_cancels_its_calls() -> None:
+    async def main() -> None:
+        p = pool()
+        p.add("r1", "http://127.0.0.1:1/invoke")
+        p.add("r2", "http://127.0.0.1:2/invoke")
+        ep = p.endpoints["r1"]
+        call = asyncio.ensure_future(asyncio.sleep(3600))
+        ep.calls.add(call)
+        p.record(ep, False, 1.0, "probe: no answer within 2.0 s")
+        assert p.ready_replicas == 1 and p.ejected_replicas == 1
+        await asyncio.sleep(0)
+        assert call.cancelled() and call in ep.ejected_calls
+        loop = asyncio.get_running_loop()
+        got = [await p.acquire(loop.time() + 1) for _ in range(1)]
+        assert [e.replica_id for e in got] == ["r2"]
+        p.record(ep, True, 2.0)
+        assert p.ready_replicas == 2 and p.ejected_replicas == 0
+
+    asyncio.run(main())
+
+
+def test_a_request_waits_for_a_starting_first_replica_past_its_own_deadline() -> None:
+    async def main() -> None:
+        p = pool(start_wait_s=30.0)
+        p.starting = 1
+        loop = asyncio.get_running_loop()
+        waiter = asyncio.ensure_future(p.acquire(loop.time() - 1.0))  # deadline passed
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        p.starting = 0
+        p.add("r1", "http://127.0.0.1:1/invoke")
+        assert (await waiter).replica_id == "r1"
+        # With a replica in rotation (busy), the request's own deadline applies.
+        with pytest.raises(StageTimeout):
+            await p.acquire(loop.time() - 1.0)
+
+    asyncio.run(main())
+
+
+def test_when_every_replica_is_ejected_a_stand_in_is_asked_for() -> None:
+    asked: list[str] = []
+    p = pool(on_all_ejected=asked.append)
+    p.add("r1", "http://127.0.0.1:1/invoke")
+    p.add("r2", "http://127.0.0.1:2/invoke")
+    p.record(p.endpoints["r1"], False, 1.0, "probe: silent")
+    assert asked == []
+    p.record(p.endpoints["r2"], False, 2.0, "probe: silent")
+    assert asked == ["s"] and p.waiting_for_start()
+
+
+def test_requests_queued_behind_a_crashed_only_replica_get_time_for_its_replacement() -> None:
+    async def main() -> None:
+        p = pool(start_wait_s=30.0)
+        p.add("r1", "http://127.0.0.1:1/invoke")
+        loop = asyncio.get_running_loop()
+        ep = await p.acquire(loop.time() + 60)
+        waiter = asyncio.ensure_future(p.acquire(loop.time()))  # due at the next tick
+        await asyncio.sleep(0)
+        p.mark_failed(ep, "connection reset")  # before its timer fires
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not waiter.done()
+        p.add("r2", "http://127.0.0.1:2/invoke")
+        assert (await waiter).replica_id == "r2"
+
+    asyncio.run(main())
+
+
+def test_probe_tells_a_hung_replica_from_a_gone_one() -> None:
+    import socket
+
+    from quartfaas.dataplane.outlier import probe
+
+    async def main() -> None:
+        silent = socket.create_server(("127.0.0.1", 0))  # accepts in the kernel, never answers
+        gone = socket.create_server(("127.0.0.1", 0))
+        gone_port = gone.getsockname()[1]
+        gone.close()
+        try:
+            assert await probe(f"http://127.0.0.1:{silent.getsockname()[1]}", 0.2) is False
+            assert await probe(f"http://127.0.0.1:{gone_port}", 0.2) is None
+        finally:
+            silent.close()
+
+    asyncio.run(main())
