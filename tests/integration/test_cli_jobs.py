@@ -148,7 +148,7 @@ def test_train_smoother_writes_a_loadable_predictor(tmp_path: Path, unit_s: floa
         assert metrics["test"][predictor]["n"] > 0
         assert metrics["test"][predictor]["mae"] >= 0
         assert f"{metrics['test'][predictor]['mae']:.4f}" in r.stdout  # the printed table
-    from quartfaas.control.gat import GatPredictor
+    from quartfaas.control.smoother.gat import GatPredictor
 
     predictor = GatPredictor(out)
     predictor.load()  # the files are the predictor the controller would load

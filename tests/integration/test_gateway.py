@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from helpers import synthetic_spec, worker_pids
-from quartfaas.backends.base import ReplicaState
+from quartfaas.control.backend import ReplicaState
 from quartfaas.dataplane import framing
-from quartfaas.dataplane.runtime import EmbeddedRuntime
 from quartfaas.errors import BackendError
+from quartfaas.runtime import EmbeddedRuntime
 from quartfaas.spec import PipelineSpec
 
 pytestmark = pytest.mark.timeout(120)

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from helpers import synthetic_spec
-from quartfaas.backends.base import ReplicaState, reconcile
 from quartfaas.backends.gateway import GatewayBackend
-from quartfaas.dataplane.runtime import EmbeddedRuntime
+from quartfaas.control.backend import ReplicaState, reconcile
 from quartfaas.errors import BackendError
+from quartfaas.runtime import EmbeddedRuntime
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,10 +14,11 @@ import httpx
 import pytest
 
 from helpers import synthetic_spec, tiny_bert_spec
-from quartfaas.backends.base import ReplicaState, StartTier
-from quartfaas.dataplane.param_cache import ParamCacheLauncher, pss_bytes
-from quartfaas.dataplane.runtime import EmbeddedRuntime
+from quartfaas.control.backend import ReplicaState, StartTier
+from quartfaas.dataplane.param_cache import ParamCacheLauncher
+from quartfaas.dataplane.param_cache.host import pss_bytes
 from quartfaas.errors import BackendError
+from quartfaas.runtime import EmbeddedRuntime
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -205,7 +206,7 @@ def test_corrupt_weights_fail_with_the_file_named(tmp_path: Any, kill_leftovers:
 
 
 def test_stage_larger_than_the_cache_is_refused(tiny_weights: Any, kill_leftovers: list[str]) -> None:
-    from quartfaas.control.keys_manager import KeysManager
+    from quartfaas.control.placement.keys_manager import KeysManager
 
     spec = tiny_weights
     kill_leftovers.append(spec.stages[0].name)

@@ -35,7 +35,7 @@ def test_numpy_round_trip_keeps_values_dtypes_and_metadata() -> None:
         "empty": np.zeros((0, 5), dtype=np.float16),
     }
     body = framing.encode_numpy(arrays, {"request": "r1"})
-    assert framing.metadata(body) == {"request": "r1"}
+    assert framing.parse_header(body)["__metadata__"] == {"request": "r1"}
     back = framing.decode_numpy(body)
     assert back.keys() == arrays.keys()
     for k, v in arrays.items():
@@ -50,7 +50,7 @@ def test_torch_round_trip_includes_bfloat16() -> None:
     back = framing.decode_torch(body)
     assert back["x"].dtype == torch.bfloat16 and torch.equal(back["x"], x)
     assert torch.equal(back["n"], torch.arange(4))
-    assert framing.metadata(body) == {"k": "v"}
+    assert framing.parse_header(body)["__metadata__"] == {"k": "v"}
     with pytest.raises(FramingError, match="bfloat16"):
         framing.decode_numpy(body)
 

@@ -15,7 +15,8 @@ stage and decodes only the last stage's float32 output with numpy (``decode_nump
 Workers decode to torch (``decode_torch``), which also handles bfloat16.
 
 Neighbours: ``dataplane/worker.py`` (decodes inputs, encodes outputs) and
-``dataplane/gateway.py`` (encodes the tokenised request, decodes the result).
+``dataplane/gateway/`` (``inputs.py`` encodes the tokenised request, ``pipeline.py``
+decodes the result).
 """
 
 from __future__ import annotations
@@ -124,12 +125,6 @@ def _short(shape: list[int]) -> str:
     """A shape for an error message: a 5000-digit dimension is not quoted in full."""
     text = str(shape)
     return text if len(text) <= 120 else text[:117] + "..."
-
-
-def metadata(body: bytes) -> dict[str, str]:
-    """The frame's ``__metadata__`` (empty if none)."""
-    meta = parse_header(body).get("__metadata__", {})
-    return dict(meta)
 
 
 def encode_numpy(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str] | None = None) -> bytes:

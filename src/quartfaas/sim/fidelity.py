@@ -1,7 +1,7 @@
 """Fidelity check: the same pipeline and arrivals on the live runtime and in the simulator.
 
 1. **Live**: a synthetic spec (sleep stages with known service distributions, fixed
-   replicas, controller off) runs on ``dataplane/runtime.EmbeddedRuntime``; the open-loop
+   replicas, controller off) runs on ``quartfaas/runtime.py`` ``EmbeddedRuntime``; the open-loop
    generator (``workload/loadgen.run_open_loop``) sends the arrivals.
 2. **Measured profile**: from the gateway's ``timings_ms`` of every answered request, per
    stage: service (the worker's own time), queue (waiting for a replica slot) and hop
@@ -18,9 +18,10 @@
 How the gateway's overhead is modelled (measured, never assumed):
 
 - **per hop** (~1-2 ms a stage on a 2-core machine): the gateway holds the replica slot
-  from ``acquire`` until the worker's answer is read (``dataplane/gateway.call_stage``), so
-  the hop is *slot-holding* time: it is added to the stage's work, where it also raises
-  the stage's utilisation as it does live. Modelling it as a pure delay after the slot would
+  from ``acquire`` until the worker's answer is read
+  (``dataplane/gateway/pipeline.py``, ``Pipeline.call_stage``), so the hop is
+  *slot-holding* time: it is added to the stage's work, where it also raises the stage's
+  utilisation as it does live. Modelling it as a pure delay after the slot would
   understate queueing.
 - **per request** (client <-> gateway HTTP, JSON parsing, the tokeniser): the client's
   latency minus the sum of the stages' queue + service + hop; added to every simulated
@@ -37,7 +38,6 @@ Neighbours: ``tests/integration/test_fidelity.py`` (short), ``benchmarks/fidelit
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -47,14 +47,15 @@ import numpy as np
 
 from quartfaas.control.baselines import make_policy
 from quartfaas.control.config import ControllerConfig
-from quartfaas.dataplane.runtime import EmbeddedRuntime
 from quartfaas.errors import SimulationError
+from quartfaas.runtime import EmbeddedRuntime
 from quartfaas.sim.cluster import cluster_preset
 from quartfaas.sim.engine import Engine
 from quartfaas.sim.pipelines import SimPipeline, from_spec
 from quartfaas.sim.run import simulate
 from quartfaas.spec import PipelineSpec, parse_spec
-from quartfaas.workload.loadgen import RequestRecord, run_open_loop
+from quartfaas.workload.loadgen import run_open_loop
+from quartfaas.workload.records import RequestRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,11 +349,3 @@ def compare(
         lateness_p99_s=live.lateness_p99_s,
         profile=live.profile,
     )
-
-
-def run_fidelity(
-    spec: PipelineSpec, arrivals_s: np.ndarray, *, seeds: Sequence[int] = range(5)
-) -> FidelityReport:
-    """Live run then simulated replay (blocking; for scripts and tests)."""
-    live = asyncio.run(run_live(spec, np.asarray(arrivals_s, dtype=np.float64)))
-    return compare(spec, live, seeds=seeds)
