@@ -40,6 +40,7 @@ from quartfaas.clock import Clock, MonotonicClock
 from quartfaas.control.backend import ReplicaInfo, ReplicaState, reconcile
 from quartfaas.control.loop import ControlLoop, run_live
 from quartfaas.dataplane.gateway import Gateway
+from quartfaas.dataplane.gateway.routes import server_options
 from quartfaas.dataplane.launch import Launcher, ReplicaFiles
 from quartfaas.errors import BackendError
 from quartfaas.metrics.proc_cpu import ProcessCpuMeter
@@ -110,7 +111,7 @@ class EmbeddedRuntime:
         await self.stop()
 
     async def start(self, *, wait_ready: bool = True) -> str:
-        self._runner = web.AppRunner(self.gateway.app(), access_log=None)
+        self._runner = web.AppRunner(self.gateway.app(), **server_options(self.spec))
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()

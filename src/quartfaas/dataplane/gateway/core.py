@@ -91,4 +91,5 @@ class Gateway:
         return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
 
     async def close(self) -> None:
+        self.inputs.close()
         await self.replicas.close()
