@@ -15,7 +15,7 @@ from quartfaas.errors import QueueFull
 
 
 def test_queue_cap_is_what_the_timeout_allows() -> None:
-    # 2 slots, 50 ms a request: 40 req/s; a 5 s timeout serves 0.9 * 200 = 180, minus
+    # 2 slots, 50 ms a request: 40 req/s; a 5 s timeout serves 0.8 * 200 = 160, minus
     # the 2 requests on the slots.
     load = StageLoad(queue_len=0, slots=2, hold_s=0.05)
     assert queue_cap(load, 5.0, 1024) == int(40 * 5.0 * DEADLINE_SHARE) - 2
@@ -39,7 +39,7 @@ def test_more_slots_or_a_longer_timeout_never_lower_the_cap() -> None:
 def test_a_full_queue_is_refused_with_its_drain_time() -> None:
     load = StageLoad(queue_len=20, slots=2, hold_s=0.1)
     assert admit_queue("s", StageLoad(5, 2, 0.1), 2.0, 1024, 1.0) is None
-    refused = admit_queue("s", load, 1.0, 1024, 0.5)  # 1 s serves 0.9 * 20 - 2 = 16 waiting
+    refused = admit_queue("s", load, 1.0, 1024, 0.5)  # 1 s serves 0.8 * 20 - 2 = 14 waiting
     assert refused is not None
     assert refused.retry_after_s == pytest.approx(20 * 0.1 / 2)  # the queue drains in 1 s
     assert "stage s" in refused.reason and "timeout of 1 s" in refused.reason
