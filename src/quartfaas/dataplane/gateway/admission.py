@@ -9,36 +9,39 @@ than memory growth or a ``504`` after the stage timeout:
   or running on the stage;
 - **queue length by deadline**: a request that joins a queue of ``q`` waits about
   ``q / rate`` seconds before its own turn, where ``rate`` = slots / (mean seconds a
-  request holds a slot); past ``0.8 x rate x stage timeout - slots`` it would time out
-  anyway, so the queue is capped there (never above ``gateway.max_queue_len``). Before
-  any measurement, or while no replica is ready, the cap is ``max_queue_len``.
+  request holds a slot, the median of its recent calls; slots of replicas being started
+  count); past ``0.8 x rate x stage timeout - slots`` it would time out anyway, so the
+  queue is capped there (never above ``gateway.max_queue_len``). Before any measurement,
+  or while no replica is ready or starting, the cap is ``max_queue_len``.
 
 ``queue_cap`` and ``admit_queue`` are pure (numbers in, a decision out); ``Admission``
-holds the byte counters and reads the stage pools and metrics. A single body larger than
+holds the byte counters and the recent holds, and reads the stage pools. A single body larger than
 a whole budget is still admitted when nothing else is in flight, so a request within
 ``max_body_bytes`` can always be served on an idle gateway.
 
 Neighbours: ``pipeline.py`` asks before reading a body and before each stage;
-``dispatch.StagePool`` keeps the queue itself; ``metrics/gateway_metrics.py`` the windows.
+``dispatch.StagePool`` keeps the queue itself.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
-from quartfaas.clock import Clock
 from quartfaas.dataplane.dispatch import StagePool
 from quartfaas.errors import QueueFull
-from quartfaas.metrics.gateway_metrics import GatewayMetrics
 from quartfaas.spec import PipelineSpec
 
 # The share of a stage's timeout a queued request may be expected to use; the rest absorbs
 # a hold time longer than measured (a busier machine, a burst's own parsing work): at 0.9,
 # 7 of 80 burst requests still timed out on this 2-vCPU machine at load average 16.
 DEADLINE_SHARE = 0.8
+HOLD_SAMPLES = 256  # recent holds per stage the estimate is the median of
+MIN_HOLDS = 5  # fewer: not measured yet (the cap is max_queue_len)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +119,7 @@ class ByteBudget:
 class Admission:
     """The gateway's budgets; ``request`` and ``stage`` raise ``QueueFull`` (429)."""
 
-    def __init__(
-        self,
-        spec: PipelineSpec,
-        pools: dict[str, StagePool],
-        metrics: GatewayMetrics,
-        clock: Clock,
-    ) -> None:
+    def __init__(self, spec: PipelineSpec, pools: dict[str, StagePool]) -> None:
         g = spec.gateway
         self.retry_after_s = g.retry_after_s
         self.max_queue_len = g.max_queue_len
@@ -132,21 +129,25 @@ class Admission:
             for name in pools
         }
         self.pools = pools
-        self.metrics = metrics
-        self.clock = clock
+        self._holds: dict[str, deque[float]] = {name: deque(maxlen=HOLD_SAMPLES) for name in pools}
 
     def request(self, nbytes: int | None) -> AbstractContextManager[None]:
         """Hold a request's declared body size for its whole life in the gateway."""
         return self.total.hold(nbytes or 0, self.retry_after_s)
 
+    def observe(self, stage: str, hold_s: float) -> None:
+        """A request held a slot of ``stage`` for ``hold_s`` (its call, without queueing)."""
+        self._holds[stage].append(hold_s)
+
     def load(self, pool: StagePool) -> StageLoad:
-        sm = self.metrics.stages[pool.name]
-        now = self.clock.now()
-        latency, wait = sm.latency_s.mean(now), sm.wait_s.mean(now)
-        hold = latency - wait if latency is not None and wait is not None else None
-        if hold is None or hold <= 0:
-            hold = sm.service_s.mean(now)
-        return StageLoad(pool.queue_len, pool.ready_replicas * pool.capacity, hold)
+        # The median of recent holds, not the mean: a stall of the machine inflates every
+        # request in flight at once, and a mean would then refuse for a whole window what
+        # the queue, once the stall is over, serves in time. Replicas being started count:
+        # waiters are served by them as soon as they are ready.
+        holds = self._holds[pool.name]
+        hold = statistics.median(holds) if len(holds) >= MIN_HOLDS else None
+        slots = (pool.ready_replicas + pool.starting) * pool.capacity
+        return StageLoad(pool.queue_len, slots, hold)
 
     @contextmanager
     def stage(self, pool: StagePool, nbytes: int, timeout_s: float) -> Iterator[None]:

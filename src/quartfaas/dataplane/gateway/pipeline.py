@@ -62,7 +62,7 @@ class Pipeline:
         self._body_s = spec.gateway.body_timeout_s
         self.timeouts = {s.name: spec.stage_timeout_s(i) for i, s in enumerate(spec.stages)}
         self._ids = itertools.count(1)
-        self.admission = Admission(spec, self.pools, metrics, clock)
+        self.admission = Admission(spec, self.pools)
 
     async def call_stage(self, pool: StagePool, body: bytes) -> tuple[bytes, float, float]:
         """One stage: slot -> POST /invoke -> release. Returns (frame, service_s, queue_s).
@@ -124,6 +124,7 @@ class Pipeline:
                 raise
             t_done = now()
             latency = t_done - t_arr
+            self.admission.observe(pool.name, latency - queue_s)
             sm.done(t_done, latency, service_s, queue_s)
             timings.append(
                 {
