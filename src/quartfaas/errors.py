@@ -15,6 +15,7 @@ values, not exceptions. Exceptions are for what a caller must handle or a user m
     ├── GatewayError            an HTTP-mappable failure on the request path
     │   ├── UnknownFunction         404
     │   ├── BadRequest              400
+    │   ├── RequestTimeout          408 (the body did not arrive in time)
     │   ├── PayloadTooLarge         413
     │   ├── QueueFull               429 (with Retry-After)
     │   ├── UpstreamFailed          502
@@ -88,6 +89,10 @@ class UnknownFunction(GatewayError):
     status = 404
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
 
@@ -120,6 +125,7 @@ _STATUS: dict[type[Exception], int] = {
     FramingError: 400,
     SpecError: 400,
     UnknownFunction: 404,
+    RequestTimeout: 408,
     PayloadTooLarge: 413,
     QueueFull: 429,
     UpstreamFailed: 502,

@@ -45,6 +45,7 @@ from quartfaas.clock import Clock, MonotonicClock
 from quartfaas.control.backend import ReplicaInfo, ReplicaState, reconcile
 from quartfaas.control.loop import ControlLoop, run_live
 from quartfaas.dataplane.gateway import Gateway
+from quartfaas.dataplane.gateway.routes import server_options
 from quartfaas.dataplane.launch import Launcher, ReplicaFiles, pid_alive, sweep_stale_dirs
 from quartfaas.errors import BackendError
 from quartfaas.metrics.proc_cpu import ProcessCpuMeter
@@ -129,7 +130,9 @@ class EmbeddedRuntime:
         called as soon as the port is bound (requests sent from then on wait for their
         stage's first replica)."""
         self._runner = web.AppRunner(
-            self.gateway.app(), access_log=None, shutdown_timeout=self.spec.gateway.drain_timeout_s
+            self.gateway.app(),
+            shutdown_timeout=self.spec.gateway.drain_timeout_s,
+            **server_options(self.spec),
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)

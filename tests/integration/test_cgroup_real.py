@@ -4,9 +4,10 @@ Runs where a cgroup cpu controller is writable (root on the dev machines: cgroup
 ``/sys/fs/cgroup/cpu``); skipped elsewhere with the detector's reason. Uses its own parent
 group (``quartfaas-test-<pid>``) and removes it, so it never touches a live backend's.
 
-Two spinners (2 cores of demand) and a 0.25-core quota: the dev machines have 2 shared
-vCPUs, and a single spinner often gets under half a core there anyway, which a 0.5-core
-quota would then never throttle.
+Two spinners (up to 2 cores of demand) and a quota of at most 0.25 cores, and at most a
+third of what the spinners measurably get unthrottled: the dev machines have 2 shared
+vCPUs, and under load the spinners can get less than any fixed quota, which would then
+never throttle them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from quartfaas.control.backend import CpuLever
 pytestmark = pytest.mark.cgroup
 
 QUOTA_CORES = 0.25
+MIN_QUOTA_CORES = 0.02  # 2 ms per 100 ms period: a quota the kernel still enforces cleanly
 WINDOW_S = 1.0
 
 
@@ -77,23 +79,24 @@ def test_quota_throttles_a_busy_process_and_the_group_is_removed(
         attached = cgroup.attach(rid, pid)
         assert attached.ok, attached.message
     assert sorted(cgroup.pids(rid)) == pids
-    quota = cgroup.set_quota(rid, QUOTA_CORES)
+    # Demand first: on a busy machine two spinners may get less than any fixed quota,
+    # which then never throttles (issue #13, item 11). The quota is a third of what they
+    # get now, unlimited, so it binds however loaded the machine is.
+    demand = _cores(cgroup, rid)
+    if demand < 3 * MIN_QUOTA_CORES:
+        pytest.skip(f"the spinners got {demand:.3f} cores: too little to throttle measurably")
+    quota_cores = min(QUOTA_CORES, demand / 3)
+    quota = cgroup.set_quota(rid, quota_cores)
     assert quota.ok, quota.message
 
-    before, t0 = cgroup.read_stat(rid), time.monotonic()
-    time.sleep(WINDOW_S)  # a measurement interval, not a wait for readiness
-    after, t1 = cgroup.read_stat(rid), time.monotonic()
-    assert before.ok and after.ok, (before.error, after.error)
-    assert before.usage_s is not None and after.usage_s is not None
-    cores = (after.usage_s - before.usage_s) / (t1 - t0)
-    throttled = (after.nr_throttled or 0) - (before.nr_throttled or 0)
+    cores, throttled, source = _measure(cgroup, rid)
     print(
-        f"\n{cgroup.lever.value}: quota {QUOTA_CORES} cores -> used {cores:.3f} cores over "
-        f"{t1 - t0:.2f}s, throttled in {throttled} periods ({after.usage_source})"
+        f"\n{cgroup.lever.value}: demand {demand:.3f} cores, quota {quota_cores:.3f} -> used "
+        f"{cores:.3f} cores, throttled in {throttled} periods ({source})"
     )
-    # Two spinning loops would take both cores; the quota holds them to a quarter of one
-    # (the /proc usage clock ticks every 10 ms per process, hence the margin).
-    assert cores <= QUOTA_CORES + 0.1
+    # The quota holds them to it (the /proc usage clock ticks every 10 ms per process,
+    # hence the margin) and the kernel says it throttled them.
+    assert cores <= quota_cores + 0.1
     assert throttled >= 3
 
     removed = cgroup.remove_group(rid)
@@ -101,3 +104,19 @@ def test_quota_throttles_a_busy_process_and_the_group_is_removed(
     assert not cgroup.group_dir(rid).exists()
     assert all(c.poll() is None for c in spinners)  # removal never kills a replica
     assert [_cpu_line(pid, cgroup) for pid in pids] == origin
+
+
+def _measure(cgroup: CgroupCpu, rid: str) -> tuple[float, int, str]:
+    """Cores the group used over ``WINDOW_S``, periods throttled, and the usage source."""
+    before, t0 = cgroup.read_stat(rid), time.monotonic()
+    time.sleep(WINDOW_S)  # a measurement interval, not a wait for readiness
+    after, t1 = cgroup.read_stat(rid), time.monotonic()
+    assert before.ok and after.ok, (before.error, after.error)
+    assert before.usage_s is not None and after.usage_s is not None
+    cores = (after.usage_s - before.usage_s) / (t1 - t0)
+    throttled = (after.nr_throttled or 0) - (before.nr_throttled or 0)
+    return cores, throttled, after.usage_source
+
+
+def _cores(cgroup: CgroupCpu, rid: str) -> float:
+    return _measure(cgroup, rid)[0]

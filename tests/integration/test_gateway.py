@@ -242,12 +242,12 @@ def test_worker_that_never_becomes_ready_fails_clearly(
         rt = EmbeddedRuntime(spec)
         kill_leftovers.append(str(rt.files.dir))
         rt.files.worker_env["PYTHONPATH"] = str(tmp_path)
-        t0 = time.monotonic()
         with pytest.raises(BackendError) as err:
-            await rt.start()
-        assert time.monotonic() - t0 < 20
+            await rt.start()  # a start that hung instead would hit the test's timeout
         assert "hang-s0" in str(err.value) and "within 3 s" in str(err.value)
-        assert worker_pids(str(rt.files.dir)) == []
+        # The processes are killed before start() raises; a loaded machine may take a
+        # moment to reap them, so wait (the deadline is generous, the usual case instant).
+        await until(lambda: worker_pids(str(rt.files.dir)) == [], 30.0)
 
     asyncio.run(main())
 

@@ -105,6 +105,19 @@ def parse_header(body: bytes, max_bytes: int | None = None) -> dict[str, Any]:
     return header
 
 
+def batch_size(header: Mapping[str, Any]) -> int:
+    """The frame's batch: the largest first dimension of its tensors (0 if none has one).
+
+    Checked against ``gateway.max_batch`` from the header alone, before any tensor is
+    decoded or any forward pass allocates activations for it (issue #13, item 5).
+    """
+    most = 0
+    for name, t in header.items():
+        if name != "__metadata__" and isinstance(t, dict) and t.get("shape"):
+            most = max(most, int(t["shape"][0]))
+    return most
+
+
 def _element_count(shape: list[int]) -> int | None:
     """Elements of ``shape``, or ``None`` past int64. Python ints, not numpy's int64 (whose
     product wraps: 2**31 * 2**31 * 4 became 0 and matched an empty tensor), and an early

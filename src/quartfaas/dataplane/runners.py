@@ -32,6 +32,7 @@ from quartfaas.spec import PipelineSpec, SyntheticWork
 class StageRunner(Protocol):
     stage: str
     threads: int
+    max_batch: int  # the spec's gateway.max_batch: a frame's rows the worker accepts
 
     async def __call__(self, body: bytes) -> tuple[bytes, float]:
         """Run the stage on one frame; returns the output frame and the service seconds."""
@@ -65,6 +66,7 @@ class SyntheticRunner:
         self.work = stage.synthetic
         self.threads = 1
         self.max_bytes = spec.gateway.max_body_bytes
+        self.max_batch = spec.gateway.max_batch
         seed = seed if seed is not None else zlib.crc32(f"{stage.name}:{os.getpid()}".encode())
         self._draw = _service_sampler(self.work, seed)
         self._pool: ThreadPoolExecutor | None = None
@@ -105,6 +107,7 @@ class TorchRunner:
         self.model = model
         self.stage = spec.stages[index].name
         self.max_bytes = spec.gateway.max_body_bytes
+        self.max_batch = spec.gateway.max_batch
         self.threads = threads
         self._applied = threading.local()
         self._pool = ThreadPoolExecutor(

@@ -36,6 +36,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from quartfaas.dataplane import framing
 from quartfaas.dataplane.runners import StageRunner, SyntheticRunner, TorchRunner
 from quartfaas.errors import FramingError, ModelInputError, QuartfaasError
 from quartfaas.spec import PipelineSpec, parse_spec
@@ -85,12 +86,32 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _refuse_batch(runner: StageRunner, body: bytes) -> web.Response | None:
+    """400 for a malformed frame, 413 for one with more rows than ``gateway.max_batch``,
+    read from the header before the batch takes a slot or allocates activations (4 MB of
+    token ids made a worker grow by 650 MB; issue #13, item 5)."""
+    try:
+        rows = framing.batch_size(framing.parse_header(body))
+    except FramingError as exc:
+        return _json_error(400, f"stage {runner.stage}: {exc}")
+    if rows > runner.max_batch:
+        return _json_error(
+            413, f"stage {runner.stage}: batch of {rows} rows exceeds {runner.max_batch} "
+            "(gateway.max_batch)",
+        )  # fmt: skip
+    return None
+
+
 def make_app(state: WorkerState) -> web.Application:
     async def invoke(request: web.Request) -> web.StreamResponse:
         if state.runner is None or not state.ready.is_set():
             state.count(503)
             return _json_error(503, f"replica {state.replica_id} of {state.stage} is not ready")
         body = await request.read()
+        refused = _refuse_batch(state.runner, body)
+        if refused is not None:
+            state.count(refused.status)
+            return refused
         async with state.limit:
             state.inflight += 1
             state.m_inflight.inc()
@@ -170,6 +191,7 @@ def build_runner(
 
     threads = spec.stages[index].torch_threads
     torch.set_num_threads(threads)
+    verify = verify and spec.verify  # `verify: false` in the spec: no checksum either
     model = build_stage(spec, index, weights=weights_mode, verify=verify)  # type: ignore[arg-type]
     runner = TorchRunner(model, spec, index, threads)
     runner.warmup()

@@ -217,15 +217,21 @@ def find_manifest_entry(path: Path) -> StageFileInfo | None:
     return None
 
 
-def check_file(path: Path, expected: StageFileInfo | None, *, verify: bool) -> None:
-    """Existence, size and (with ``verify``) sha256 of ``path`` against its manifest entry."""
+def check_file(
+    path: Path, expected: StageFileInfo | None, *, verify: bool, allow_unlisted: bool = False
+) -> None:
+    """Existence, size and (with ``verify``) sha256 of ``path`` against its manifest entry.
+
+    A file no manifest entry describes is refused (with the manifest removed, flipped bytes
+    were served and replies carried NaN; issue #13, item 9) unless ``allow_unlisted``
+    (the spec's ``verify: false``) says to serve it unchecked."""
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} does not exist; {REMEDY}")
     if expected is None:
-        if verify:
+        if verify or not allow_unlisted:
             raise WeightsError(
                 f"cannot verify weights file {str(path)!r}: no manifest entry describes it; "
-                f"{REMEDY}"
+                f"{REMEDY}, or set `verify: false` in the spec to serve it unchecked"
             )
         return
     size = path.stat().st_size
@@ -250,6 +256,7 @@ def load_stage_state(
     verify: bool = False,
     *,
     expected: StageFileInfo | None = None,
+    allow_unlisted: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Tensors of one stage file, checked against its manifest entry.
 
@@ -257,14 +264,15 @@ def load_stage_state(
     copied elsewhere, e.g. to tmpfs, should be given its entry). Always checked: the file
     exists, its size, that safetensors can parse it, and that its metadata names the
     expected model and layers. ``verify=True`` also checks the sha256 (reads every byte).
-    Raises WeightsError naming the file.
+    A file without a manifest entry is refused unless ``allow_unlisted``. Raises
+    WeightsError naming the file.
     """
     path = Path(path)
     if mode not in ("mmap", "copy"):
         raise ValueError(f"mode must be 'mmap' or 'copy', not {mode!r}")
     if expected is None and path.is_file():
         expected = find_manifest_entry(path)
-    check_file(path, expected, verify=verify)
+    check_file(path, expected, verify=verify, allow_unlisted=allow_unlisted)
     from safetensors import safe_open
 
     try:

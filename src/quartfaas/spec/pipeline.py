@@ -24,6 +24,11 @@ class PipelineSpec(Frozen):
         Path("weights"),
         description="directory of stage safetensors (relative: to the spec's folder; ~ expands)",
     )
+    verify: bool = Field(
+        True,
+        description="refuse a stage weights file that no manifest entry describes (size, "
+        "sha256); false serves such a file unchecked",
+    )
     slo: SLOSpec = Field(default_factory=SLOSpec, description="end-to-end latency objective")
     gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="gateway settings")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="parameter cache")

@@ -41,6 +41,32 @@ class GatewaySpec(Frozen):
         30.0, ge=0, le=3600, description="longest wait for in-flight work when stopping"
     )
     retry_after_s: StrictFloat = Field(1.0, gt=0, le=600, description="Retry-After sent with 429")
+    max_batch: StrictInt = Field(
+        64, ge=1, le=65536, description="most inputs (rows) per request, pipeline or stage"
+    )
+    max_inflight_bytes: StrictInt = Field(
+        512 * 1024 * 1024,
+        ge=1024,
+        le=2**40,
+        description="request bodies the gateway holds at once (all functions); a request "
+        "past it is refused with 429 before its body is read",
+    )
+    stage_inflight_bytes: StrictInt = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        le=2**40,
+        description="frames queued for or running on one stage at once; past it, 429",
+    )
+    header_timeout_s: StrictFloat = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="a connection that sends no complete request head this long after it "
+        "opens or after its last reply (idle keep-alive included) is closed",
+    )
+    body_timeout_s: StrictFloat = Field(
+        30.0, gt=0, le=3600, description="a request body not read by then is answered 408"
+    )
     auth: AuthSpec = Field(default_factory=AuthSpec, description="basic auth on /system/*")
     # openfaas-fn by default: faas-cli and the go-sdk put it in every function URL unless
     # told otherwise, and upstream's dashboards and docs query `name.openfaas-fn`, so

@@ -30,6 +30,8 @@ One job per module:
 - ``auth.py``: basic auth for ``/system/*``;
 - ``inputs.py``: reading bodies within limits, JSON, tokenising texts, checking token
   ids, encoding the first stage's frame;
+- ``admission.py``: whether a request may enter (bytes in flight, queue length by
+  deadline), answered with a quick 429 and ``Retry-After``;
 - ``pipeline.py``: orchestration, request -> stage 0 -> ... -> response (and one stage
   called alone);
 - ``replicas.py``: each stage's pool of replicas, kept in step by the backend's replica

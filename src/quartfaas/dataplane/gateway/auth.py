@@ -1,7 +1,8 @@
 """Basic auth for the gateway's ``/system/*`` routes (``gateway.auth`` in the spec).
 
 The password comes from the environment variable the spec names, never from the spec
-itself; credentials are compared in constant time.
+itself; credentials are compared in constant time, as UTF-8 bytes (a non-ASCII user or
+password is a 401, not a 500).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ class BasicAuth:
     """One username and password; ``check`` refuses a request without them."""
 
     def __init__(self, username: str, password: str) -> None:
-        self._username = username
-        self._password = password
+        self._username = username.encode()
+        self._password = password.encode()
 
     @classmethod
     def from_spec(cls, spec: PipelineSpec, environ: Mapping[str, str] | None) -> BasicAuth | None:
@@ -44,13 +45,15 @@ class BasicAuth:
         header = request.headers.get("Authorization", "")
         ok = False
         if header.startswith("Basic "):
+            # Bytes, not str: compare_digest raises TypeError on non-ASCII str (a 500).
+            # Both halves are always compared, so the time does not say which was wrong.
             try:
-                user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-                ok = hmac.compare_digest(user, self._username) and hmac.compare_digest(
-                    password, self._password
-                )
-            except (binascii.Error, UnicodeDecodeError):
-                ok = False
+                user, _, password = base64.b64decode(header[6:], validate=True).partition(b":")
+            except (binascii.Error, ValueError):
+                user, password = b"", b""
+            user_ok = hmac.compare_digest(user, self._username)
+            password_ok = hmac.compare_digest(password, self._password)
+            ok = user_ok and password_ok and bool(user)
         if not ok:
             raise web.HTTPUnauthorized(
                 text=json.dumps({"error": "basic auth required for /system/*"}),

@@ -183,6 +183,7 @@ class Gateway:
         await self.async_calls.drain(min(self.spec.gateway.drain_timeout_s, 5.0))
         if self._session is not None:
             await self._session.close()
+        self.inputs.close()
         await self.replicas.close()
 
 

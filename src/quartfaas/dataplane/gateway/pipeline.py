@@ -24,11 +24,12 @@ import numpy as np
 from aiohttp import web
 
 from quartfaas.clock import Clock
-from quartfaas.dataplane import framing
+from quartfaas.dataplane import framing, strict_json
 from quartfaas.dataplane.dispatch import StagePool
-from quartfaas.dataplane.gateway.inputs import InputEncoder, parse_json, read_body
+from quartfaas.dataplane.gateway.admission import Admission
+from quartfaas.dataplane.gateway.inputs import InputEncoder, check_frame, read_body
 from quartfaas.dataplane.gateway.replicas import StageReplicas
-from quartfaas.dataplane.gateway.routes import unknown_function
+from quartfaas.dataplane.gateway.routes import internal_error, unknown_function
 from quartfaas.dataplane.httpclient import WorkerConnectionError
 from quartfaas.dataplane.worker import SERVICE_HEADER
 from quartfaas.errors import (
@@ -62,12 +63,14 @@ class Pipeline:
         self.order = replicas.order
         self.metrics = metrics
         self.inputs = inputs
+        self._body_s = spec.gateway.body_timeout_s
         self.timeouts = {s.name: spec.stage_timeout_s(i) for i, s in enumerate(spec.stages)}
         self._ids = itertools.count(1)
         # Requests being handled; ``idle`` is set when there are none (graceful drain).
         self.active = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.admission = Admission(spec, self.pools)
 
     async def call_stage(self, pool: StagePool, body: Any) -> tuple[Any, float, float]:
         """One stage: slot -> POST /invoke -> release. Returns (frame, service_s, queue_s).
@@ -153,12 +156,14 @@ class Pipeline:
             t_arr = now()
             sm.arrival(t_arr)
             try:
-                frame, service_s, queue_s = await self.call_stage(pool, frame)
+                with self.admission.stage(pool, _nbytes(frame), self.timeouts[pool.name]):
+                    frame, service_s, queue_s = await self.call_stage(pool, frame)
             except GatewayError as exc:
                 sm.failed(exc.status, now() - t_arr)
                 raise
             t_done = now()
             latency = t_done - t_arr
+            self.admission.observe(pool.name, latency - queue_s)
             sm.done(t_done, latency, service_s, queue_s)
             timings.append(
                 {
@@ -193,16 +198,21 @@ class Pipeline:
         m.arrival(t0)
         rid = request.headers.get("X-Call-Id") or f"{self.spec.name}-{next(self._ids)}"
         try:
-            raw = await read_body(request, self.spec.gateway.max_body_bytes)
-            # No body (`faas-cli invoke -m GET`): the "expected {"inputs": ...}" 400 (#16).
-            body, timings = await self.run(self.inputs.encode(parse_json(raw) if raw else None))
-            result = summarise(body)
+            with self.admission.request(request.content_length):
+                raw = await read_body(request, self.spec.gateway.max_body_bytes, self._body_s)
+                # No body (`faas-cli invoke -m GET`): the "expected {"inputs": ...}" 400 (#16).
+                frame = await self.inputs.encode_body(raw) if raw else self.inputs.encode(None)
+                body, timings = await self.run(frame)
+            result = summarise(body, self.order[-1].name)
         except web.HTTPRequestEntityTooLarge:
             m.failed(413, self.clock.now() - t0)
             raise
         except GatewayError as exc:
             m.failed(exc.status, self.clock.now() - t0)
             raise
+        except Exception as exc:  # a defect: still answered as JSON and counted
+            m.failed(500, self.clock.now() - t0)
+            raise internal_error(exc) from exc
         total = self.clock.now() - t0
         m.done(self.clock.now(), total)
         return web.json_response(
@@ -213,6 +223,7 @@ class Pipeline:
                 "timings_ms": {"total": round(total * 1000.0, 3), "stages": timings},
             },
             headers={"X-Call-Id": rid, "X-Duration-Seconds": f"{total:.6f}"},
+            dumps=strict_json.dumps,
         )
 
     async def _invoke_stage(self, request: web.Request, pool: StagePool) -> web.StreamResponse:
@@ -220,22 +231,27 @@ class Pipeline:
         t0 = self.clock.now()
         sm.arrival(t0)
         try:
-            raw = await read_body(request, self.spec.gateway.max_body_bytes)
-            if request.content_type == "application/json":
-                if pool is not self.order[0]:
-                    raise BadRequest(
-                        f"stage {pool.name} takes a tensor frame ({framing.CONTENT_TYPE}); "
-                        "only the first stage accepts JSON inputs"
-                    )
-                raw = self.inputs.encode(parse_json(raw))
-            else:
-                framing.parse_header(raw, self.spec.gateway.max_body_bytes)
-            out, service_s, _ = await self.call_stage(pool, raw)
-            out = await materialise(out)
+            with self.admission.request(request.content_length):
+                raw = await read_body(request, self.spec.gateway.max_body_bytes, self._body_s)
+                if request.content_type == "application/json":
+                    if pool is not self.order[0]:
+                        raise BadRequest(
+                            f"stage {pool.name} takes a tensor frame ({framing.CONTENT_TYPE}); "
+                            "only the first stage accepts JSON inputs"
+                        )
+                    raw = await self.inputs.encode_body(raw)
+                else:
+                    check_frame(raw, self.spec.gateway.max_body_bytes, self.spec.gateway.max_batch)
+                with self.admission.stage(pool, len(raw), self.timeouts[pool.name]):
+                    out, service_s, _ = await self.call_stage(pool, raw)
+                out = await materialise(out)
         except QuartfaasError as exc:
             err = exc if isinstance(exc, GatewayError) else BadRequest(str(exc))
             sm.failed(err.status, self.clock.now() - t0)
             raise err from None
+        except Exception as exc:  # a defect: still answered as JSON and counted
+            sm.failed(500, self.clock.now() - t0)
+            raise internal_error(exc) from exc
         t1 = self.clock.now()
         sm.done(t1, t1 - t0, service_s)
         return web.Response(
@@ -255,8 +271,11 @@ async def materialise(frame: Any) -> bytes:
         raise UpstreamFailed(f"a stage's output could not be fetched: {exc}") from None
 
 
-def summarise(body: bytes) -> dict[str, Any]:
-    """The last stage's output as JSON: dtype and shape per tensor, norms and a head."""
+def summarise(body: bytes, stage: str = "last") -> dict[str, Any]:
+    """The last stage's output as JSON: dtype and shape per tensor, norms and a head.
+
+    NaN or an infinity there (corrupt weights) is a 502 naming where, never bare ``NaN``
+    in the reply (``strict_json``)."""
     out: dict[str, Any] = {}
     try:
         tensors = framing.decode_numpy(body)
@@ -268,6 +287,12 @@ def summarise(body: bytes) -> dict[str, Any]:
             item["norm"] = [round(float(x), 6) for x in np.linalg.norm(arr, axis=1)]
             item["head"] = [round(float(x), 6) for x in arr[0, :8]]
         out[name] = item
+    bad = strict_json.nonfinite_paths(out)
+    if bad:
+        raise UpstreamFailed(
+            f"stage {stage}: output has non-finite values (NaN or Infinity) at "
+            f"{', '.join(bad)}; its weights may be corrupt"
+        )
     return out
 
 
@@ -276,3 +301,8 @@ def _error_text(data: bytes) -> str:
         return str(json.loads(data).get("error", data[:500].decode(errors="replace")))
     except (ValueError, AttributeError):
         return data[:500].decode(errors="replace")
+
+
+def _nbytes(frame: Any) -> int:
+    """Bytes a frame holds in the gateway (0 for a backend's reference, e.g. a Ray object)."""
+    return len(frame) if isinstance(frame, bytes | bytearray | memoryview) else 0

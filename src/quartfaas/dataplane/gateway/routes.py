@@ -12,14 +12,18 @@ the call (with its final status, errors and unknown names included) in the
 the request path are ``GatewayError``s; the middleware answers each with its status
 (``errors.http_status``) as JSON ``{"error": ..., "function": ..., "code": ...}``, plus
 ``Retry-After`` when the error carries one. A body over ``max_body_bytes`` is a 413.
+Anything else (a defect) is a JSON 500, and aiohttp's own errors (unknown route, wrong
+method) are JSON too; the function routes count their 500s in the metrics.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -40,6 +44,8 @@ from quartfaas.spec import PipelineSpec
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Middleware
+
+log = logging.getLogger("quartfaas.gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -151,6 +157,14 @@ def calls_middleware(
     return calls
 
 
+def server_options(spec: PipelineSpec) -> dict[str, Any]:
+    """``web.AppRunner`` options. aiohttp closes a connection whose next request head is
+    not complete ``keepalive_timeout`` after it opened or after its last reply; that is
+    the header deadline (issue #13, item 10: slow-header connections stayed open). The
+    body deadline is ``inputs.read_body``'s."""
+    return {"access_log": None, "keepalive_timeout": spec.gateway.header_timeout_s}
+
+
 def _guarded(handler: Handler, auth: BasicAuth) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         auth.check(request)
@@ -173,24 +187,56 @@ def unknown_function(spec: PipelineSpec, name: str) -> UnknownFunction:
 
 
 def errors_middleware(max_body_bytes: int) -> Middleware:
+    """Every error answers JSON: ``GatewayError``s with their status, aiohttp's own HTTP
+    errors (404 route, 405, 401) with theirs, and anything else as a logged 500 (a
+    ``RecursionError`` or ``OverflowError`` used to escape as aiohttp's text/plain 500)."""
+
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        name = request.match_info.get("name")
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
             limit = max_body_bytes
             too_large = PayloadTooLarge(f"request body exceeds {limit} bytes (max_body_bytes)")
-            return error_response(too_large, request.match_info.get("name"))
+            return error_response(too_large, name)
         except GatewayError as exc:
-            return error_response(exc, request.match_info.get("name"))
+            return error_response(exc, name)
+        except web.HTTPException as exc:
+            if exc.status < 400 or exc.content_type == "application/json":
+                raise
+            return _http_error_json(exc, name)
+        except Exception as exc:
+            return error_response(internal_error(exc), name)
 
     return errors
+
+
+def internal_error(exc: BaseException) -> GatewayError:
+    """A defect on the request path as a 500 ``GatewayError`` (logged with its traceback)."""
+    log.error("internal error on the request path", exc_info=exc)
+    text = str(exc)
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return GatewayError(f"internal error: {type(exc).__name__}: {text}")
+
+
+def _http_error_json(exc: web.HTTPException, function: str | None) -> web.Response:
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in _KEPT_HEADERS}
+    return web.json_response(
+        {"error": exc.reason if not exc.text else exc.text, "function": function,
+         "code": exc.status},
+        status=exc.status,
+        headers=headers,
+    )  # fmt: skip
+
+
+_KEPT_HEADERS = {"allow", "www-authenticate", "retry-after"}
 
 
 def error_response(exc: GatewayError, function: str | None) -> web.Response:
     headers = {}
     if exc.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     return web.json_response(
         {"error": exc.message, "function": function, "code": http_status(exc)},
         status=http_status(exc),

@@ -247,20 +247,28 @@ class ParamCacheLauncher:
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
         timeout = self.spec.gateway.replica_start_timeout_s
+        ready = False
         try:
-            msg = await asyncio.wait_for(asyncio.shield(t.ready), timeout)
-        except TimeoutError:
-            msg = {"op": "failed", "message": f"not ready within {timeout:.0f} s"}
-        except asyncio.CancelledError:  # shutdown while it loads: no template outlives us
-            await _kill(proc)
-            raise
-        if msg.get("op") != "ready":
-            await _kill(proc)
-            tail = read_tail(log_path, 6)
-            raise BackendError(
-                f"template of stage {stage} failed to start: {msg.get('message')}"
-                + (f"; log tail:\n{tail}" if tail else "")
-            )
+            try:
+                msg = await asyncio.wait_for(asyncio.shield(t.ready), timeout)
+            except TimeoutError:
+                msg = {"op": "failed", "message": f"not ready within {timeout:.0f} s"}
+            if msg.get("op") != "ready":
+                tail = read_tail(log_path, 6)
+                raise BackendError(
+                    f"template of stage {stage} failed to start: {msg.get('message')}"
+                    + (f"; log tail:\n{tail}" if tail else "")
+                )
+            ready = True
+        finally:
+            # Every path that did not reach "ready" kills it: a timeout, a failure, and a
+            # cancellation by close() (the backend's own start timeout fires first), which
+            # used to leave a hung template alive after the runtime stopped.
+            if not ready:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await proc.wait()
         self.templates[stage] = t
         log.info("template of stage %s ready (%s tier, load %.3f s)", stage, tier.value,
                  float(msg.get("load_s", 0.0)))  # fmt: skip
