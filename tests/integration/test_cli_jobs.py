@@ -113,8 +113,8 @@ def test_load_drives_a_served_pipeline(
                  "--gateway", url, "--slo-ms", "2000", "--csv", str(csv_path),
                  timeout_s=3 + 30 * unit_s)  # fmt: skip
         assert r.returncode == 0, r.stderr[-3000:]
-        # The progress bar shares stdout with the JSON summary (noted for the CLI split).
-        summary = json.loads(r.stdout[r.stdout.index("\n{") + 1 :])
+        # Progress goes to stderr: stdout is the JSON summary alone (`| jq` works).
+        summary = json.loads(r.stdout)
         with open(csv_path) as f:
             rows = list(csv.DictReader(f))
         assert summary["sent"] == len(rows) > 0
