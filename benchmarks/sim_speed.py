@@ -30,7 +30,9 @@ import json
 import pstats
 import time
 from collections import defaultdict
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,14 +98,14 @@ def simpy_tandem(arrivals: np.ndarray, pipeline_name: str, seed: int) -> tuple[f
     res = [simpy.Resource(env, REPLICAS * s.max_concurrency) for s in pipe.stages]
     visits = [0]
 
-    def request(i: int):  # noqa: ANN202 - a SimPy process
+    def request(i: int) -> Generator[Any, Any, None]:
         for k, r in enumerate(res):
             with r.request() as slot:
                 yield slot
                 visits[0] += 1
                 yield env.timeout(work[k, i])
 
-    def source():  # noqa: ANN202 - a SimPy process
+    def source() -> Generator[Any, Any, None]:
         last = 0.0
         for i, t in enumerate(arrivals):
             yield env.timeout(t - last)
