@@ -5,6 +5,12 @@ parameter cache, CPU cores) and ``StartDelays``, the model of how long a new rep
 to serve depending on where its weights come from. ``backends/sim.py`` keeps the mutable
 state (free GPU memory, host caches) and asks a ``Placer`` (``placement.py``) for a GPU.
 
+``TableDelays`` computes the same delays from the shared table in
+``control/startup_delays.py`` (CUDA context for a forked GPU replica, pageable vs pinned
+copies, readiness); ``GpuSharing`` and ``sharing_multiplier`` model GPUs shared by several
+replicas (exclusive by default). ``sim/gpu_accounting.py`` computes GPU occupancy and
+whether a deployment fits.
+
 Presets (``cluster_preset(name)``): ``paper`` is the prototype's cluster, ``small`` a
 two-server cluster for tests and examples. Figures that are assumptions, not measurements,
 say so where they are defined; replace them with measured ones as they become available.
@@ -28,8 +34,9 @@ class GpuType:
     Batch-1 inference of large-model stages is memory-bandwidth bound, so speed is taken
     as the ratio of datasheet memory bandwidths to the V100's 900 GB/s. The profile's GPU is
     not recorded in the prototype; we assume V100 (an assumption, documented here).
-    ``h2d_gib_per_s`` is pinned host-to-device copy bandwidth, ~85% of the PCIe link
-    (gen3 x16 for V100, gen4 x16 for the others).
+    ``h2d_gib_per_s`` is pinned host-to-device copy bandwidth of the GPU's PCIe link
+    (gen3 x16 for V100, gen4 x16 for the others) at the achieved share cited in
+    ``control/startup_delays.pcie_pinned_bytes_per_s``.
     """
 
     name: str
@@ -38,12 +45,14 @@ class GpuType:
     h2d_gib_per_s: float
 
 
+_GEN3 = sd.pcie_pinned_bytes_per_s(3) / sd.GIB
+_GEN4 = sd.pcie_pinned_bytes_per_s(4) / sd.GIB
 GPU_TYPES: dict[str, GpuType] = {
-    # memory: datasheet; speed: bandwidth / 900 GB/s; h2d: 0.85 x PCIe link.
-    "V100": GpuType("V100", 32.0, 1.0, 11.0),  # 900 GB/s HBM2, PCIe 3.0
-    "3090": GpuType("3090", 24.0, 936 / 900, 22.0),  # 936 GB/s GDDR6X, PCIe 4.0
-    "A40": GpuType("A40", 48.0, 696 / 900, 22.0),  # 696 GB/s GDDR6, PCIe 4.0
-    "A100": GpuType("A100", 40.0, 1555 / 900, 22.0),  # A100-40GB: 1555 GB/s HBM2, PCIe 4.0
+    # memory: datasheet; speed: bandwidth / 900 GB/s; h2d: pinned over the PCIe link.
+    "V100": GpuType("V100", 32.0, 1.0, _GEN3),  # 900 GB/s HBM2, PCIe 3.0
+    "3090": GpuType("3090", 24.0, 936 / 900, _GEN4),  # 936 GB/s GDDR6X, PCIe 4.0
+    "A40": GpuType("A40", 48.0, 696 / 900, _GEN4),  # 696 GB/s GDDR6, PCIe 4.0
+    "A100": GpuType("A100", 40.0, 1555 / 900, _GEN4),  # A100-40GB: 1555 GB/s HBM2, PCIe 4.0
 }
 
 
