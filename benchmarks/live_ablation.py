@@ -20,7 +20,7 @@ from typing import Any
 
 from quartfaas.jobs.run import DEFAULT_SPEC, DEFAULT_WORKLOAD, RunConfig, run_job
 from quartfaas.spec import load_spec
-from quartfaas.workload.synthetic import Workload
+from quartfaas.workload import Workload
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "quart": {"policy": "quart"},

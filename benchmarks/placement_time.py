@@ -22,7 +22,6 @@ import statistics
 import time
 from collections.abc import Callable
 
-from quartfaas.control.keys_manager import GIB
 from quartfaas.control.placement import (
     GPU,
     PLACERS,
@@ -35,7 +34,8 @@ from quartfaas.control.placement import (
     get_placer,
     make_server,
 )
-from quartfaas.control.placement_instances import small_instance
+from quartfaas.control.placement.instances import small_instance
+from quartfaas.control.placement.keys_manager import GIB
 
 # (name, GPU memory GiB, relative speed)
 GPU_TYPES = [

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from quartfaas.control.gat import GatPredictor
+from quartfaas.control.smoother.gat import GatPredictor
 from quartfaas.control.snapshot import make_snapshot, make_stage
 from quartfaas.sim.train_smoother import train_smoother
 

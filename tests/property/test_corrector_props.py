@@ -1,4 +1,4 @@
-"""Invariants of the Replica Corrector (control/corrector.py), checked with Hypothesis.
+"""Invariants of the Replica Corrector (control/corrector/corrector.py), checked with Hypothesis.
 
 Random pipelines of 1-4 stages, a random history tick to give the corrector state, then:
 targets stay within each stage's bounds; more load (arrival rate or queue) or a slower

@@ -11,7 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from quartfaas.control.keys_manager import KeysManager
+from quartfaas.control.placement.keys_manager import KeysManager
 
 KEYS = st.sampled_from([f"k{i}" for i in range(8)])
 UNIT = 1 << 20  # sizes in MiB keep the numbers small

@@ -1,4 +1,4 @@
-"""PID invariants (control/pid.py): bounded output, no wind-up, no first-tick kick."""
+"""PID invariants (control/corrector/pid.py): bounded output, no wind-up, no first-tick kick."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quartfaas.control.config import PIDGains
-from quartfaas.control.pid import PIDState, pid_step, pid_terms
+from quartfaas.control.corrector.pid import PIDState, pid_step, pid_terms
 
 gains_st = st.builds(
     PIDGains,

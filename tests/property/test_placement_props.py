@@ -17,7 +17,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quartfaas.control.keys_manager import GIB, CacheEntry, CacheView, plan_admission
 from quartfaas.control.placement import (
     GPU,
     PLACERS,
@@ -31,9 +30,11 @@ from quartfaas.control.placement import (
     get_placer,
     make_server,
 )
-from quartfaas.control.placement_instances import small_instance
-from quartfaas.control.placement_search import exact
-from quartfaas.control.placement_state import Problem, Work
+from quartfaas.control.placement.instances import small_instance
+from quartfaas.control.placement.keys_manager import GIB, CacheEntry, CacheView, plan_admission
+from quartfaas.control.placement.problem import Problem
+from quartfaas.control.placement.search import exact
+from quartfaas.control.placement.work import Work
 
 CFG = PlacementConfig()
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,4 @@
-"""Invariants of the queueing model (control/queueing.py), checked with Hypothesis."""
+"""Invariants of the queueing model (control/corrector/queueing.py), checked with Hypothesis."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quartfaas.control.queueing import (
+from quartfaas.control.corrector.queueing import (
     PlanStatus,
     erlang_b,
     erlang_c,

@@ -1,4 +1,4 @@
-"""Invariants of the Pipeline Smoother (control/smoother.py), checked with Hypothesis.
+"""Invariants of the Pipeline Smoother (control/smoother/smoother.py), checked with Hypothesis.
 
 Random pipelines of 1-6 stages, the Replica Corrector's real targets for them, random CV
 predictions and smoother settings, then: every count stays within the stage's bounds and
@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.corrector import ReplicaCorrector
-from quartfaas.control.propagation import CvPrediction
 from quartfaas.control.smoother import (
     PipelineSmoother,
     SmootherConfig,
@@ -27,6 +26,7 @@ from quartfaas.control.smoother import (
     smooth_headroom,
     smooth_replicas,
 )
+from quartfaas.control.smoother.propagation import CvPrediction
 from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, StageSnapshot, make_stage
 
 # A small step limit, so that the "never past current + max_step_up" rule is exercised.

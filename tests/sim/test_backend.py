@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from quartfaas.backends.base import Backend, CpuLever, ReplicaState, StartTier, reconcile
-from quartfaas.backends.sim import SimBackend
 from quartfaas.clock import FakeClock
 from quartfaas.errors import BackendError, InsufficientMemory
+from quartfaas.sim.backend import SimBackend
 from quartfaas.sim.cluster import cluster_preset
 from quartfaas.sim.engine import Engine
 from quartfaas.sim.pipelines import pipeline_preset

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from quartfaas.control.cache_plan import CachePlanConfig
+from quartfaas.control.placement.cache_plan import CachePlanConfig
 from quartfaas.control.registry import make_policy
 from quartfaas.sim.cache_planner import burst_probability
 from quartfaas.sim.cluster import cluster_preset
 from quartfaas.sim.pipelines import pipeline_preset
 from quartfaas.sim.run import simulate
-from quartfaas.workload.synthetic import Workload
+from quartfaas.workload import Workload
 
 
 def test_burst_probability_grows_with_cv() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quartfaas.backends.sim import SimBackend
 from quartfaas.clock import FakeClock
+from quartfaas.sim.backend import SimBackend
 from quartfaas.sim.cluster import cluster_preset
 from quartfaas.sim.collector import SimCollector
 from quartfaas.sim.engine import Engine

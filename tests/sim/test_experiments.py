@@ -12,11 +12,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from quartfaas.backends.base import StartTier
+from quartfaas.cli.simulate import TABLE_WIDTH, render, sim_app
 from quartfaas.errors import SimulationError, SpecError
 from quartfaas.sim import experiments as ex
 from quartfaas.sim import sweep as sweep_mod
 from quartfaas.sim.cluster import cluster_preset
-from quartfaas.sim.commands import TABLE_WIDTH, render, sim_app
 from quartfaas.sim.pipelines import pipeline_preset
 
 PIPE = pipeline_preset("whisper-time-3")

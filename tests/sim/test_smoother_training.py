@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from quartfaas.control.gat import CONFIG_FILE, METRICS_FILE, MODEL_FILE, GatPredictor
-from quartfaas.control.propagation import N_FEATURES
+from quartfaas.control.smoother.gat import CONFIG_FILE, METRICS_FILE, MODEL_FILE, GatPredictor
+from quartfaas.control.smoother.propagation import N_FEATURES
 from quartfaas.control.snapshot import make_snapshot, make_stage
 from quartfaas.sim.smoother_data import (
     DataConfig,

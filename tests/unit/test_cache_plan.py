@@ -6,15 +6,15 @@ import random
 
 import pytest
 
-from quartfaas.control.cache_plan import (
+from quartfaas.control.placement import GPU, ServerState, make_server
+from quartfaas.control.placement.cache_plan import (
     CachePlan,
     CachePlanConfig,
     StageDemand,
     expected_starts,
     plan_cache,
 )
-from quartfaas.control.keys_manager import GIB, KeysManager
-from quartfaas.control.placement import GPU, ServerState, make_server
+from quartfaas.control.placement.keys_manager import GIB, KeysManager
 
 
 def apply(servers: list[ServerState], plan: CachePlan) -> dict[str, KeysManager]:

@@ -1,4 +1,4 @@
-"""The Replica Corrector policy (control/corrector.py), tick by tick with explicit ``now``."""
+"""The Replica Corrector policy (control/corrector/corrector.py), tick by tick with explicit ``now``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.corrector import CorrectorState, ReplicaCorrector
+from quartfaas.control.corrector.queueing import replicas_for_slo
 from quartfaas.control.policy import Action, Policy
-from quartfaas.control.queueing import replicas_for_slo
 from quartfaas.control.snapshot import (
     LatencyStats,
     PipelineSnapshot,
@@ -315,7 +315,7 @@ def _mmc_p99(c: int, lam: float, mu: float) -> float:
     """Exact M/M/c sojourn p99 (the plant; the corrector's own model is more conservative)."""
     from math import exp
 
-    from quartfaas.control.queueing import erlang_c
+    from quartfaas.control.corrector.queueing import erlang_c
 
     pw, th = erlang_c(c, lam / mu), c * mu - lam
 
@@ -384,7 +384,7 @@ def test_closed_loop_settles_inside_the_budget_without_oscillating() -> None:
 
 
 def test_guard_chain_order_and_reasons() -> None:
-    from quartfaas.control.guards import GuardLimits, GuardMemory, apply_guards
+    from quartfaas.control.corrector.guards import GuardLimits, GuardMemory, apply_guards
 
     limits = GuardLimits(min_replicas=2, max_replicas=10, max_step_up=3, max_step_down=1)
     g, mem = apply_guards(4, 20, 0.0, GuardMemory(), limits)
@@ -403,7 +403,7 @@ def test_guard_chain_order_and_reasons() -> None:
 
 
 def test_downscale_goes_only_to_the_peak_of_the_low_period() -> None:
-    from quartfaas.control.guards import GuardLimits, GuardMemory, apply_guards
+    from quartfaas.control.corrector.guards import GuardLimits, GuardMemory, apply_guards
 
     limits = GuardLimits(1, 20, max_step_down=10, down_cooldown_s=0.0, downscale_delay_s=10.0)
     mem = GuardMemory()
@@ -415,7 +415,7 @@ def test_downscale_goes_only_to_the_peak_of_the_low_period() -> None:
 
 
 def test_budgets_proportional_equal_and_fallbacks() -> None:
-    from quartfaas.control.budget import stage_budgets
+    from quartfaas.control.corrector.budget import stage_budgets
 
     s = snap(
         0.0,
@@ -431,7 +431,7 @@ def test_budgets_proportional_equal_and_fallbacks() -> None:
 
 
 def test_queue_growing_marks_a_stage_critical_before_its_tail_shows_it() -> None:
-    from quartfaas.control.budget import assess_stage
+    from quartfaas.control.corrector.budget import assess_stage
 
     h = assess_stage(stage(p99=0.1, queue_len=30, departure_rate=12.0), 0.6, 0.99, 0.1)
     assert h.queue_growing and h.critical and h.score == 0.0

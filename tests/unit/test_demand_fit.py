@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from quartfaas.control.cpu_demand import DemandModel, DemandSample, fit_demand_model
+from quartfaas.control.compensator.cpu_demand import DemandModel, DemandSample, fit_demand_model
 from quartfaas.errors import SpecError
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from quartfaas.control.gat import (
+from quartfaas.control.smoother.gat import (
     CONFIG_FILE,
     METRICS_FILE,
     MODEL_FILE,
@@ -21,7 +21,7 @@ from quartfaas.control.gat import (
     path_edges,
     shipped_dir,
 )
-from quartfaas.control.propagation import CV_FEATURE, FEATURE_NAMES, CvPredictor, features
+from quartfaas.control.smoother.propagation import CV_FEATURE, FEATURE_NAMES, CvPredictor, features
 from quartfaas.control.snapshot import make_snapshot, make_stage
 from quartfaas.errors import WeightsError
 
@@ -148,7 +148,7 @@ def test_missing_or_mismatched_weights(tmp_path):
 def test_control_imports_without_torch():
     code = (
         "import sys, quartfaas.control.registry, quartfaas.control.quart, "
-        "quartfaas.control.gat, quartfaas.control.smoother; "
+        "quartfaas.control.smoother.gat, quartfaas.control.smoother; "
         "print('torch' in sys.modules, 'torch_geometric' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

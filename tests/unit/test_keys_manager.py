@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quartfaas.control.keys_manager import (
+from quartfaas.control.placement.keys_manager import (
     GIB,
     CacheView,
     KeysManager,

@@ -21,16 +21,13 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from quartfaas.workload.loadgen import (
+from quartfaas.workload.loadgen import run_load
+from quartfaas.workload.payloads import function_url, inputs_for, sentence, token_ids
+from quartfaas.workload.records import (
     CSV_COLUMNS,
     RequestRecord,
     StageTiming,
-    function_url,
-    inputs_for,
-    run_load,
-    sentence,
     summarize,
-    token_ids,
     write_csv,
 )
 

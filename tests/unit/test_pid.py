@@ -1,11 +1,11 @@
-"""The PID step (control/pid.py): sign, derivative on measurement, first tick, anti-windup."""
+"""The PID step (control/corrector/pid.py): sign, derivative on measurement, first tick, anti-windup."""
 
 from __future__ import annotations
 
 import pytest
 
 from quartfaas.control.config import PIDGains
-from quartfaas.control.pid import PIDState, bumpless_state, pid_step, pid_terms
+from quartfaas.control.corrector.pid import PIDState, bumpless_state, pid_step, pid_terms
 
 GAINS = PIDGains(kp=2.0, ki=0.3, kd=0.1, integral_limit=4.0)
 

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 
-from quartfaas.control.keys_manager import GIB
 from quartfaas.control.placement import (
     GPU,
     PLACERS,
@@ -19,6 +18,7 @@ from quartfaas.control.placement import (
     get_placer,
     make_server,
 )
+from quartfaas.control.placement.keys_manager import GIB
 
 
 def place(req: PlacementRequest, name: str = "quart", **cfg: object):

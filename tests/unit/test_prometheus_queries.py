@@ -16,12 +16,13 @@ import yaml
 from helpers import synthetic_spec
 from quartfaas.control.snapshot import PipelineSnapshot
 from quartfaas.metrics.gateway_metrics import LATENCY_BUCKETS
-from quartfaas.metrics.prometheus import PrometheusCollector, grouped_scv
+from quartfaas.metrics.prometheus import PrometheusCollector
 from quartfaas.metrics.prometheus_server import (
     PrometheusNotFound,
     PrometheusServer,
     prometheus_config,
 )
+from quartfaas.metrics.promql import grouped_scv
 from quartfaas.spec import PipelineSpec
 
 EVAL = 1_800_000_000.0

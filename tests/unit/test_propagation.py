@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quartfaas.control.propagation import (
+from quartfaas.control.smoother.propagation import (
     CV_FEATURE,
     FEATURE_NAMES,
     N_FEATURES,

@@ -11,11 +11,11 @@ import pytest
 from quartfaas.control.baselines import BASELINES
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.corrector import ReplicaCorrector
-from quartfaas.control.gat import METRICS_FILE, load_metrics
 from quartfaas.control.policy import Policy
-from quartfaas.control.propagation import QnaPredictor
 from quartfaas.control.quart import QuartPolicy, QuartState, choose_predictor
 from quartfaas.control.registry import make_policy, policy_names
+from quartfaas.control.smoother.gat import METRICS_FILE, load_metrics
+from quartfaas.control.smoother.propagation import QnaPredictor
 from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, make_stage
 from quartfaas.errors import SpecError
 from quartfaas.sim.cluster import cluster_preset
@@ -190,7 +190,7 @@ def test_runs_in_the_simulated_control_loop():
 def test_registry_names_and_lookup():
     names = policy_names()
     assert names[:2] == ["quart", "quart-corrector"]
-    assert set(BASELINES) <= set(names)
+    assert names == ["quart", "quart-corrector", *sorted(BASELINES)]  # = config.POLICY_NAMES
     assert isinstance(make_policy("quart", CFG, predictor="qna"), QuartPolicy)
     assert isinstance(make_policy("quart-corrector", CFG), ReplicaCorrector)
     for name in BASELINES:

@@ -1,4 +1,4 @@
-"""Erlang-B/C, M/M/c and G/G/c percentiles, and ``replicas_for_slo`` (control/queueing.py)."""
+"""Erlang-B/C, M/M/c and G/G/c percentiles, and ``replicas_for_slo`` (control/corrector/queueing.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from quartfaas.control.queueing import (
+from quartfaas.control.corrector.queueing import (
     PlanStatus,
     erlang_b,
     erlang_c,
@@ -248,7 +248,7 @@ def test_replicas_for_slo_edges() -> None:
 
 def test_gamma_quantile_matches_scipy() -> None:
     special = pytest.importorskip("scipy.special")
-    from quartfaas.control.queueing import _gamma_quantile, _gamma_quantile_exact
+    from quartfaas.control.corrector.queueing import _gamma_quantile, _gamma_quantile_exact
 
     rng = np.random.default_rng(3)
     for k in 10 ** rng.uniform(-2, 6, 400):

@@ -7,8 +7,7 @@ from pydantic import ValidationError
 
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.corrector import CorrectorTargets, ReplicaCorrector, StageTarget
-from quartfaas.control.propagation import CvPrediction, QnaPredictor
-from quartfaas.control.queueing import replicas_for_slo
+from quartfaas.control.corrector.queueing import replicas_for_slo
 from quartfaas.control.smoother import (
     PipelineSmoother,
     SmootherConfig,
@@ -16,6 +15,7 @@ from quartfaas.control.smoother import (
     smooth_headroom,
     smooth_replicas,
 )
+from quartfaas.control.smoother.propagation import CvPrediction, QnaPredictor
 from quartfaas.control.snapshot import LatencyStats, make_snapshot, make_stage
 
 # -- β and the prototype's rule -----------------------------------------------------------

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from quartfaas.errors import SpecError
 from quartfaas.metrics.windows import gap_cv
+from quartfaas.workload import Workload
 from quartfaas.workload.synthetic import (
     MMPP,
-    Workload,
     erlang_renewal,
     gamma_renewal,
     hyperexp_params,

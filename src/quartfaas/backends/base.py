@@ -1,7 +1,7 @@
 """The ``Backend`` protocol: the one adapter that owns every replica side effect.
 
 Implementations: ``backends/local.py`` (worker processes on this machine, started by fork
-from a stage template or as fresh processes), ``backends/sim.py`` (the simulator's
+from a stage template or as fresh processes), ``sim/backend.py`` (the simulator's
 cluster) and, later, Kubernetes. The gateway's scale API and the control loop both call
 a backend; nothing else starts, stops or resizes replicas.
 

@@ -1,6 +1,6 @@
 """In-place CPU levers for local replicas: detection, thread counts, and the actuator.
 
-The CPU Compensator (``control/compensator.py``) decides a CPU allocation per replica;
+The CPU Compensator (``control/compensator/compensator.py``) decides a CPU allocation per replica;
 the local backend (``backends/local.py``) applies it through ``Backend.set_cpu`` with a
 ``CpuActuator``, without restarting the replica (the prototype patched the Deployment,
 which restarted every pod). The levers, best first:

@@ -11,6 +11,21 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# Every name ``registry.make_policy`` accepts: Quart's two first, then the baselines, sorted.
+# The names live here, below the registry, so the settings can be validated without
+# importing the policies (tests/unit/test_quart_policy.py checks the registry builds these).
+POLICY_NAMES: tuple[str, ...] = (
+    "quart",
+    "quart-corrector",
+    "hpa",
+    "knative",
+    "openfaas-ce",
+    "openfaas-pro",
+    "ray",
+    "static",
+    "uniform",
+)
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -72,10 +87,8 @@ class ControllerConfig(_Frozen):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, name: str) -> str:
-        from quartfaas.control.registry import policy_names  # lazy: registry imports us
-
-        if name not in policy_names():
-            raise ValueError(f"must be one of {policy_names()}")
+        if name not in POLICY_NAMES:
+            raise ValueError(f"must be one of {list(POLICY_NAMES)}")
         return name
 
     @model_validator(mode="after")

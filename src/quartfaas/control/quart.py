@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Literal
 
 from quartfaas.control.compensator import CompensatorConfig, CompensatorState, CpuCompensator
+from quartfaas.control.compensator.cpu_demand import DemandModel
 from quartfaas.control.config import ControllerConfig
-from quartfaas.control.corrector import CorrectorState, CorrectorTargets, ReplicaCorrector
-from quartfaas.control.cpu_demand import DemandModel
-from quartfaas.control.gat import GatPredictor, gat_beats_qna, load_metrics, shipped_dir
-from quartfaas.control.policy import Decision, StageDecision
-from quartfaas.control.propagation import CvPredictor, QnaPredictor
+from quartfaas.control.corrector import CorrectorState, ReplicaCorrector
+from quartfaas.control.policy import Decision
 from quartfaas.control.smoother import PipelineSmoother, SmootherConfig
+from quartfaas.control.smoother.gat import GatPredictor, gat_beats_qna, load_metrics, shipped_dir
+from quartfaas.control.smoother.propagation import CvPredictor, QnaPredictor
 from quartfaas.control.snapshot import PipelineSnapshot
 from quartfaas.errors import SpecError, WeightsError
 
@@ -116,32 +116,17 @@ class QuartPolicy:
         comp = self.compensator.initial_state(snapshot) if self.compensator_on else None
         return QuartState(self.corrector.initial_state(snapshot), comp)
 
-    def _decision(self, snapshot: PipelineSnapshot, tick: CorrectorTargets, note: str) -> Decision:
-        stages = tuple(
-            StageDecision(
-                stage=t.stage,
-                current=t.current,
-                replicas=t.target,
-                reason=t.reason,
-                critical=t.critical,
-                score=t.score,
-            )
-            for t in tick.stages
-        )
-        reason = f"{tick.reason}; {note}" if note else tick.reason
-        return Decision(snapshot.now, self.name, stages, tick.hold, reason)
-
     def decide(self, snapshot: PipelineSnapshot, state: QuartState) -> tuple[Decision, QuartState]:
         tick, corrector_state = self.corrector.targets(snapshot, state.corrector)
         if tick.hold:
-            return self._decision(snapshot, tick, ""), QuartState(
+            return tick.decision(self.name), QuartState(
                 corrector_state, state.compensator
             )
         note = "smoother off"
         if self.smoother_on and self.predictor is not None:
             tick = self.smoother.smooth(snapshot, tick, self.predictor.predict(snapshot))
             note = self.predictor_reason
-        decision = self._decision(snapshot, tick, note)
+        decision = tick.decision(self.name, note)
         comp_state = state.compensator
         if self.compensator_on:
             budgets = {t.stage: t.budget_s for t in tick.stages if t.budget_s is not None}

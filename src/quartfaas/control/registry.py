@@ -14,7 +14,7 @@ from typing import Any
 
 from quartfaas.control.baselines import BASELINES
 from quartfaas.control.baselines import make_policy as make_baseline
-from quartfaas.control.config import ControllerConfig
+from quartfaas.control.config import POLICY_NAMES, ControllerConfig
 from quartfaas.control.corrector import ReplicaCorrector
 from quartfaas.control.policy import Policy
 from quartfaas.control.quart import QuartPolicy
@@ -33,7 +33,7 @@ QUART_OPTIONS = (
 
 def policy_names() -> list[str]:
     """Every name ``make_policy`` accepts: Quart's two first, then the baselines, sorted."""
-    return ["quart", "quart-corrector", *sorted(BASELINES)]
+    return list(POLICY_NAMES)
 
 
 def make_policy(name: str, config: ControllerConfig | None = None, **kw: Any) -> Policy:

@@ -15,7 +15,7 @@ exported by the gateway (``quartfaas_replica_start_seconds{stage,tier}``, hit/mi
 counters). The tmpfs copy, not the on-disk file, is the host-memory cache: idle page
 cache is reclaimed on these machines, tmpfs and live process memory are not.
 
-A ``KeysManager`` (``control/keys_manager.py``) keeps the cached stages under
+A ``KeysManager`` (``control/placement/keys_manager.py``) keeps the cached stages under
 ``memory_threshold_frac`` of host memory: admitting a stage evicts least-recently-used
 unpinned stages first (their templates stop, their tmpfs copies are removed); a stage
 with live replicas is pinned. A start that cannot fit, or that would exceed the memory
@@ -48,7 +48,7 @@ from typing import Any
 
 from quartfaas.backends.base import StartTier
 from quartfaas.backends.local import EventPipe, Launched, Runtime, read_tail
-from quartfaas.control.keys_manager import KeysManager, gib
+from quartfaas.control.placement.keys_manager import KeysManager, gib
 from quartfaas.dataplane.forkserver import message_pair, recv_msg, send_msg
 from quartfaas.errors import BackendError, InsufficientMemory, WeightsError
 

@@ -32,8 +32,8 @@ from typing import Any, Literal
 from quartfaas.backends.base import ReplicaState
 from quartfaas.dataplane.runtime import EmbeddedRuntime
 from quartfaas.errors import SpecError
-from quartfaas.spec import PipelineSpec, load_spec
-from quartfaas.workload.synthetic import Workload
+from quartfaas.spec import PipelineSpec
+from quartfaas.workload import Workload
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_SPEC = EXAMPLES / "demo.yaml"
@@ -126,7 +126,7 @@ class Sampler:
 async def _run_async(cfg: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
     spec = prepare_spec(cfg)
     trace = cfg.workload.trace(cfg.duration_s)
-    from quartfaas.workload.loadgen import inputs_for
+    from quartfaas.workload.payloads import inputs_for
 
     max_words = max(1, spec.model.max_seq_len - 2)
     inputs = inputs_for(trace.prompt_tokens, len(trace.arrivals_s), mode=cfg.input_mode,
@@ -238,8 +238,3 @@ def _run_async_entry(cfg: RunConfig, log: Callable[[str], None]) -> dict[str, An
         return uvloop.run(_run_async(cfg, log))
     except ImportError:
         return asyncio.run(_run_async(cfg, log))
-
-
-def default_config(out_dir: Path, **kw: Any) -> RunConfig:
-    return RunConfig(spec=load_spec(DEFAULT_SPEC), workload=Workload.parse(DEFAULT_WORKLOAD),
-                     out_dir=out_dir, **kw)  # fmt: skip

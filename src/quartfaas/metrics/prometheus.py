@@ -38,6 +38,7 @@ A no-data snapshot keeps the replica counts of the last good one, so a ``hold`` 
 reads "hold at 3", not "hold at 0". ``note`` starts with a kind (``unreachable``,
 ``timeout``, ``http-error``, ``query-error``, ``bad-response``, ``no-samples``, ``stale``).
 
+``metrics/promql.py`` writes the queries and parses the answers;
 ``metrics/prometheus_server.py`` starts a real Prometheus for tests and local runs.
 """
 
@@ -45,35 +46,23 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
 
 import httpx
 
 from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, StageSnapshot
-from quartfaas.spec import PipelineSpec
-
-_READY = "quartfaas_stage_ready_replicas"
-_GAUGES = (
-    _READY,
-    "quartfaas_stage_starting_replicas",
-    "quartfaas_stage_queue_length",
-    "quartfaas_stage_inflight",
+from quartfaas.metrics.promql import (
+    CV_GAUGE,
+    QUANTILES,
+    READY,
+    NoData,
+    Sample,
+    build_queries,
+    grouped_scv,
+    parse_samples,
 )
-_CV = "quartfaas_stage_arrival_cv"
-_QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
-
-Sample = tuple[dict[str, str], float, float]  # labels, eval/sample time, value
-
-
-def _duration(seconds: float) -> str:
-    return f"{max(1, round(seconds * 1000))}ms"
-
-
-def _tagged(parts: Mapping[str, str]) -> str:
-    """One query for several aggregations: each result carries ``qf=<part name>``."""
-    return " or ".join(f'label_replace({q}, "qf", "{tag}", "", "")' for tag, q in parts.items())
+from quartfaas.spec import PipelineSpec
 
 
 def _num(value: float) -> float | None:
@@ -83,39 +72,6 @@ def _num(value: float) -> float | None:
 def _int(gauges: Mapping[str, float], name: str) -> int:
     v = gauges.get(name)
     return int(v) if v is not None and math.isfinite(v) else 0
-
-
-def grouped_scv(buckets: Sequence[tuple[float, float]]) -> float | None:
-    """SCV of a histogram from cumulative ``(upper bound, count or rate)`` pairs.
-
-    Grouped-data estimate (see the module docstring): each bucket's mass at its midpoint,
-    the ``+Inf`` bucket's at the last finite bound. ``None`` with no mass or a zero mean.
-    """
-    prev_le, prev_cum = 0.0, 0.0
-    points: list[tuple[float, float]] = []  # (bucket representative, mass)
-    for le, cum in sorted(buckets):
-        p = max(cum - prev_cum, 0.0)  # cumulative counts; rounding can make a step negative
-        points.append((prev_le if math.isinf(le) else (prev_le + le) / 2.0, p))
-        prev_cum = max(cum, prev_cum)
-        if not math.isinf(le):
-            prev_le = le
-    mass = sum(p for _, p in points)
-    if mass <= 0.0:
-        return None
-    mean = sum(x * p for x, p in points) / mass
-    if mean <= 0.0:
-        return None
-    # Two passes (deviations from the mean): exact 0 for mass in one bucket.
-    var = sum(p * (x - mean) ** 2 for x, p in points) / mass
-    return var / (mean * mean)
-
-
-class _NoData(Exception):
-    """Internal: why this tick has no data (becomes the snapshot's note)."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.note = f"{kind}: {detail}"
 
 
 class PrometheusCollector:
@@ -149,46 +105,7 @@ class PrometheusCollector:
         self._own_client = client is None
         self._names = [s.name for s in spec.stages]
         self._last_good: PipelineSnapshot | None = None
-        self.queries = self._build_queries(job)
-
-    # -- queries --------------------------------------------------------------------
-
-    def _build_queries(self, job: str | None) -> dict[str, str]:
-        w = _duration(self.window_s)
-        extra = f',job="{job}"' if job else ""
-        st = f'stage=~"{"|".join(self._names)}"{extra}'
-        fn = f'function_name=~"{"|".join([self.spec.name, *self._names])}"{extra}'
-        ok = f'code="200",{fn}'
-        lat_buckets = (
-            f"sum by (le, function_name) (rate(gateway_functions_seconds_bucket{{{ok}}}[{w}]))"
-        )
-        gauges = "|".join([*_GAUGES, _CV])
-        return {
-            "rates": _tagged(
-                {
-                    "arr": f"sum by (function_name) "
-                    f"(rate(gateway_function_invocation_started{{{fn}}}[{w}]))",
-                    "fin": f"sum by (function_name, code) "
-                    f"(rate(gateway_function_invocation_total{{{fn}}}[{w}]))",
-                    "ssum": f"sum by (stage) "
-                    f"(rate(quartfaas_stage_service_seconds_sum{{{st}}}[{w}]))",
-                    "scnt": f"sum by (stage) "
-                    f"(rate(quartfaas_stage_service_seconds_count{{{st}}}[{w}]))",
-                    "lsum": f"sum by (function_name) "
-                    f"(rate(gateway_functions_seconds_sum{{{ok}}}[{w}]))",
-                    "lcnt": f"sum by (function_name) "
-                    f"(rate(gateway_functions_seconds_count{{{ok}}}[{w}]))",
-                }
-            ),
-            "quantiles": _tagged(
-                {tag: f"histogram_quantile({q}, {lat_buckets})" for tag, q in _QUANTILES.items()}
-            ),
-            "service_buckets": (
-                f"sum by (le, stage) (rate(quartfaas_stage_service_seconds_bucket{{{st}}}[{w}]))"
-            ),
-            "gauges": f'{{__name__=~"{gauges}",{st}}} or '
-            + _tagged({"ts": f"timestamp(quartfaas_stage_ready_replicas{{{st}}})"}),
-        }
+        self.queries = build_queries(spec.name, self._names, self.window_s, job)
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -208,12 +125,12 @@ class PrometheusCollector:
                 timeout=self.timeout_s,
             )
         except httpx.TimeoutException:
-            raise _NoData(
+            raise NoData(
                 "timeout",
                 f"Prometheus at {self.base_url} did not answer within timeout_s {self.timeout_s:g}",
             ) from None
         except httpx.TransportError as exc:
-            raise _NoData(
+            raise NoData(
                 "unreachable", f"Prometheus at {self.base_url}: {type(exc).__name__}: {exc}"
             ) from None
         try:
@@ -221,18 +138,18 @@ class PrometheusCollector:
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            raise _NoData(
+            raise NoData(
                 "http-error" if resp.status_code != 200 else "bad-response",
                 f"HTTP {resp.status_code} from {self.base_url}: {resp.text[:200]!r}",
             )
         if body.get("status") != "success":
             kind = "query-error" if resp.status_code in (200, 400, 422) else "http-error"
-            raise _NoData(
+            raise NoData(
                 kind,
                 f"HTTP {resp.status_code}: {body.get('errorType', '?')}: "
                 f"{str(body.get('error', ''))[:300]}",
             )
-        return _samples(body, self.base_url)
+        return parse_samples(body, self.base_url)
 
     # -- collect --------------------------------------------------------------------
 
@@ -253,7 +170,7 @@ class PrometheusCollector:
             snap = self._build(now, answers)
         except (KeyError, TypeError, ValueError) as exc:  # a malformed answer: no data
             return self._no_data(now, f"bad-response: from {self.base_url}: {exc!r}")
-        except _NoData as why:
+        except NoData as why:
             return self._no_data(now, why.note)
         except TimeoutError:
             return self._no_data(
@@ -312,11 +229,11 @@ class PrometheusCollector:
                 eval_ts = max(eval_ts, t)
             elif "__name__" in labels:
                 gauges.setdefault(labels.get("stage", ""), {})[labels["__name__"]] = v
-        missing = [n for n in self._names if _READY not in gauges.get(n, {})]
+        missing = [n for n in self._names if READY not in gauges.get(n, {})]
         if missing:
-            raise _NoData(
+            raise NoData(
                 "no-samples",
-                f"Prometheus at {self.base_url} has no current {_READY} for stages {missing} "
+                f"Prometheus at {self.base_url} has no current {READY} for stages {missing} "
                 "(gateway not scraped yet, target down, or another pipeline?)",
             )
         # Prometheus' clock on both sides: eval time minus the oldest stage's scrape time.
@@ -333,7 +250,7 @@ class PrometheusCollector:
             cnt, tot = get("lcnt", name), get("lsum", name)
             if not cnt or tot is None:
                 return LatencyStats()
-            p50, p95, p99 = (get(tag, name) for tag in _QUANTILES)
+            p50, p95, p99 = (get(tag, name) for tag in QUANTILES)
             return LatencyStats(round(cnt * w), tot / cnt, p50, p95, p99)
 
         stages = []
@@ -345,12 +262,12 @@ class PrometheusCollector:
             stages.append(
                 replace(
                     self._spec_stage(i),
-                    ready_replicas=_int(g, _READY),
+                    ready_replicas=_int(g, READY),
                     starting_replicas=_int(g, "quartfaas_stage_starting_replicas"),
                     queue_len=_int(g, "quartfaas_stage_queue_length"),
                     in_flight=_int(g, "quartfaas_stage_inflight"),
                     arrival_rate=arr,
-                    arrival_cv=_num(g.get(_CV, math.nan)),
+                    arrival_cv=_num(g.get(CV_GAUGE, math.nan)),
                     departure_rate=codes.get("200", 0.0) if codes or arr is not None else None,
                     departure_cv=None,  # not exported by the gateway
                     service_mean_s=ssum / scnt if scnt and ssum is not None else None,
@@ -390,16 +307,3 @@ def _bare(s: StageSnapshot) -> StageSnapshot:
         max_concurrency=s.max_concurrency,
         cpu_per_replica=s.cpu_per_replica,
     )
-
-
-def _samples(body: dict[str, Any], where: str) -> list[Sample]:
-    """``[(labels, time, value)]`` of an instant-vector answer; NaN/Inf kept as floats."""
-    try:
-        data = body["data"]
-        if data["resultType"] != "vector":
-            raise _NoData("bad-response", f"{where} answered a {data['resultType']}, not a vector")
-        return [
-            (dict(r["metric"]), float(r["value"][0]), float(r["value"][1])) for r in data["result"]
-        ]
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise _NoData("bad-response", f"unexpected answer from {where}: {exc!r}") from None

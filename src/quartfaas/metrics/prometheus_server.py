@@ -22,10 +22,7 @@ import httpx
 import yaml
 
 from quartfaas.errors import QuartfaasError
-
-
-def _duration(seconds: float) -> str:
-    return f"{max(1, round(seconds * 1000))}ms"
+from quartfaas.metrics.promql import duration
 
 
 class PrometheusError(QuartfaasError):
@@ -57,9 +54,9 @@ def prometheus_config(
         )
     config = {
         "global": {
-            "scrape_interval": _duration(scrape_interval_s),
-            "scrape_timeout": _duration(timeout),
-            "evaluation_interval": _duration(scrape_interval_s),
+            "scrape_interval": duration(scrape_interval_s),
+            "scrape_timeout": duration(timeout),
+            "evaluation_interval": duration(scrape_interval_s),
         },
         "scrape_configs": [
             {

@@ -67,10 +67,6 @@ class EncoderConfig:
     dtype: str
     normalize: bool  # head: L2-normalise the pooled embedding (sentence-transformers)
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.heads
-
 
 @dataclass(frozen=True)
 class StageParts:

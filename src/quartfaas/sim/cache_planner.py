@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quartfaas.backends.sim import GIB, SimBackend
-from quartfaas.control.cache_plan import CachePlanConfig, StageDemand, plan_cache
 from quartfaas.control.loop import Applied
+from quartfaas.control.placement.cache_plan import CachePlanConfig, StageDemand, plan_cache
 from quartfaas.control.policy import Decision
 from quartfaas.control.snapshot import PipelineSnapshot
+from quartfaas.sim.backend import GIB, SimBackend
 from quartfaas.sim.cluster import WeightSource
 from quartfaas.sim.placement import server_states
 

@@ -2,7 +2,7 @@
 
 A ``ClusterSpec`` is frozen data: servers (GPUs of one type each, host memory that holds the
 parameter cache, CPU cores) and ``StartDelays``, the model of how long a new replica takes
-to serve depending on where its weights come from. ``backends/sim.py`` keeps the mutable
+to serve depending on where its weights come from. ``sim/backend.py`` keeps the mutable
 state (free GPU memory, host caches) and asks a ``Placer`` (``placement.py``) for a GPU.
 
 ``TableDelays`` computes the same delays from the shared table in

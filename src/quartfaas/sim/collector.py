@@ -8,7 +8,7 @@ the live collectors (``metrics/``) build from the gateway, over the window
   departure rate/CV, measured service mean and SCV (start to finish of a visit, i.e.
   worker time without queueing) and stage latency percentiles (queue + service) of the
   visits that finished in it; queue length and in-flight visits at ``now``; ready,
-  starting and draining replicas from ``backends/sim.SimBackend``;
+  starting and draining replicas from ``sim/backend.SimBackend``;
 - end to end: latency percentiles of the requests that completed in the window.
 
 ``arrivals``/``rejected`` are counts within the window, like the rates. A stage with no
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from quartfaas.backends.sim import SimBackend
 from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, StageSnapshot
+from quartfaas.sim.backend import SimBackend
 from quartfaas.sim.engine import Engine
 from quartfaas.sim.pipelines import SimPipeline
 from quartfaas.sim.windowstats import E2E_FIELDS, STAGE_FIELDS, window_stats

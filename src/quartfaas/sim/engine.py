@@ -1,7 +1,7 @@
 """The discrete-event engine: a pipeline of per-stage FCFS multi-server queues.
 
 The engine knows requests, stages and service slots, nothing about GPUs or policies.
-``backends/sim.py`` adds and drains replicas (groups of ``max_concurrency`` slots, each
+``sim/backend.py`` adds and drains replicas (groups of ``max_concurrency`` slots, each
 with a service-time multiplier from its GPU and CPU); ``sim/run.py`` calls ``advance(t)``
 at every control tick; ``sim/collector.py`` reads the records to build snapshots.
 
@@ -257,11 +257,3 @@ class Engine:
     def idle(self) -> bool:
         """True when every request has arrived and completed or been rejected."""
         return self.arrived == self.n_requests and self.completed + self.rejected == self.n_requests
-
-    def level_times(self, level: int, lo: int, hi: int) -> np.ndarray:
-        """Times of positions ``[lo, hi)`` of ``seq[level]`` (arrivals at stage ``level``;
-        level K: completions). Non-decreasing in position."""
-        ids = self.seq[level, lo:hi]
-        if level == 0:
-            return self.arrivals[ids]
-        return self.finish[level - 1, ids]

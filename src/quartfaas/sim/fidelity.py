@@ -37,7 +37,6 @@ Neighbours: ``tests/integration/test_fidelity.py`` (short), ``benchmarks/fidelit
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -54,7 +53,8 @@ from quartfaas.sim.engine import Engine
 from quartfaas.sim.pipelines import SimPipeline, from_spec
 from quartfaas.sim.run import simulate
 from quartfaas.spec import PipelineSpec, parse_spec
-from quartfaas.workload.loadgen import RequestRecord, run_open_loop
+from quartfaas.workload.loadgen import run_open_loop
+from quartfaas.workload.records import RequestRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,11 +348,3 @@ def compare(
         lateness_p99_s=live.lateness_p99_s,
         profile=live.profile,
     )
-
-
-def run_fidelity(
-    spec: PipelineSpec, arrivals_s: np.ndarray, *, seeds: Sequence[int] = range(5)
-) -> FidelityReport:
-    """Live run then simulated replay (blocking; for scripts and tests)."""
-    live = asyncio.run(run_live(spec, np.asarray(arrivals_s, dtype=np.float64)))
-    return compare(spec, live, seeds=seeds)

@@ -21,7 +21,7 @@ per replica, replicas in [1, 8]. ``-me-`` pipelines use model-level anti-affinit
 stages of the model on one GPU), others stage-level. The SLO default, 5x the pipeline's
 total compute time, is our choice (the prototype has none; its 10 s is a timeout).
 Neighbours: ``sim/run.py`` samples work from ``SimStage.service_s``/``service_scv``;
-``backends/sim.py`` places replicas by ``gpu_memory_gib``/``cpus``.
+``sim/backend.py`` places replicas by ``gpu_memory_gib``/``cpus``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The simulator's placement seam: which GPU a new replica goes to.
 
-``backends/sim.py`` asks a ``Placer`` for one GPU per ``start_replica`` call, passing a
+``sim/backend.py`` asks a ``Placer`` for one GPU per ``start_replica`` call, passing a
 frozen ``ClusterView``: every GPU (free memory, the anti-affinity keys of its tenants, the
 server's free CPU, whether the stage's weights are in that server's host-memory cache),
 each server's cache (``control/keys_manager.CacheView``) and the live replicas.
@@ -9,7 +9,7 @@ each server's cache (``control/keys_manager.CacheView``) and the live replicas.
   prototype's anti-affinity (reference section 1.4): replicas with the same key never
   share a GPU; the key is the model for ``-me-`` pipelines and the stage otherwise.
 - ``CacheFirstPlacer``: the same, preferring servers that cache the stage (fork start).
-- ``ControlPlacer``: any ``control/placement.py`` placer (Quart's cache-aware solver or a
+- ``ControlPlacer``: any ``control/placement/`` placer (Quart's cache-aware solver or a
   baseline) asked for one start. It applies that module's own hard rules (GPU memory,
   CPU, one replica per stage per GPU, cache room) and its *soft* pipeline spreading, so
   the model-level anti-affinity above does not bind it.
@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from quartfaas.control.keys_manager import GIB, CacheView
 from quartfaas.control.placement import GPU, PlacementRequest, Replica, ServerState, StageReq
 from quartfaas.control.placement import Placer as PlanPlacer
+from quartfaas.control.placement.keys_manager import GIB, CacheView
 from quartfaas.sim.cluster import GpuType
 from quartfaas.sim.pipelines import SimPipeline
 
@@ -118,7 +118,7 @@ class CacheFirstPlacer:
 
 
 class ControlPlacer:
-    """A ``control/placement.py`` placer (e.g. ``get_placer("quart")``) asked for one start."""
+    """A ``control/placement/`` placer (e.g. ``get_placer("quart")``) asked for one start."""
 
     def __init__(self, placer: PlanPlacer, pipeline: SimPipeline) -> None:
         self.inner = placer
@@ -158,7 +158,7 @@ class ControlPlacer:
 
 
 def server_states(cluster: ClusterView) -> list[ServerState]:
-    """The cluster as ``control/placement.py`` and ``control/cache_plan.py`` see it."""
+    """The cluster as ``control/placement/`` and ``control/placement/cache_plan.py`` see it."""
     servers = []
     for j, sv in enumerate(cluster.servers):
         gpus = tuple(

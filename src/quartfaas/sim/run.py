@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quartfaas.backends.sim import ReplicaEvent, SimBackend
 from quartfaas.clock import FakeClock
-from quartfaas.control.cache_plan import CachePlanConfig
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.loop import Applied, ControlLoop, DecisionSink
+from quartfaas.control.placement.cache_plan import CachePlanConfig
 from quartfaas.control.policy import Action, Decision, Policy
 from quartfaas.control.snapshot import PipelineSnapshot
 from quartfaas.errors import InsufficientMemory, SimulationError
+from quartfaas.sim.backend import ReplicaEvent, SimBackend
 from quartfaas.sim.cluster import ClusterSpec
 from quartfaas.sim.collector import SimCollector
 from quartfaas.sim.engine import Engine

@@ -40,7 +40,7 @@ import numpy as np
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.loop import Applied
 from quartfaas.control.policy import Decision, StageDecision
-from quartfaas.control.propagation import (
+from quartfaas.control.smoother.propagation import (
     N_FEATURES,
     PersistencePredictor,
     QnaPredictor,

@@ -36,7 +36,7 @@ from quartfaas.sim.experiments import (
 )
 from quartfaas.sim.pipelines import SimPipeline
 from quartfaas.sim.run import SimResult
-from quartfaas.workload.synthetic import Workload
+from quartfaas.workload import Workload
 
 SWEEP_COLUMNS = (
     ("cv", "{:g}"), ("load_rps", "{:g}"), ("policy", "{}"), ("requests", "{:d}"),

@@ -1,7 +1,7 @@
 """Train the smoother's GAT on simulator data and compare it with QNA and persistence.
 
 Neighbours: ``sim/smoother_data.py`` generates the seeded dataset (whole runs split into
-train/validation/test); ``control/gat.py`` defines the model and loads what this writes;
+train/validation/test); ``control/smoother/gat.py`` defines the model and loads what this writes;
 the CLI's ``quartfaas train-smoother`` calls ``train_smoother``; ``benchmarks/
 train_smoother.py`` is the command that produced the weights shipped in
 ``quartfaas/data/smoother/``.
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from quartfaas.control.gat import (
+from quartfaas.control.smoother.gat import (
     CONFIG_FILE,
     METRICS_FILE,
     MODEL_FILE,

@@ -1,6 +1,6 @@
 """Request-arrival traces: read CSV files into arrival offsets and token counts, and reshape them.
 
-Neighbours: ``workload/synthetic.py`` (its ``Workload`` kind ``trace:`` resolves names here),
+Neighbours: ``workload/workload.py`` (its ``Workload`` kind ``trace:`` resolves names here),
 ``workload/loadgen.py`` (replays a ``Trace`` against the gateway and turns its token counts
 into payloads), ``metrics/windows.binned_cv`` (burstiness reports) and the simulator.
 

@@ -17,13 +17,19 @@ Conventions the baselines share:
   bounds, cooldowns, in that order inside each policy).
 * **Windows** are tuples of ``(t, value)`` pairs, pruned to their time span and capped in
   length so a long run cannot grow the state without bound.
+* **Stabilisation** (HPA's downscale stabilisation, OpenFaaS Pro's down window) is one
+  rule: act on the highest recommendation over a trailing window (``stabilise``).
+* **State** of a periodic baseline is ``PeriodicState``: the next evaluation time and one
+  frozen record per stage, carried over by name (``carried``) and stepped in stage order
+  (``each_stage``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -85,6 +91,44 @@ def find(states: Iterable[S], name: str) -> S | None:
     return None
 
 
+@dataclass(frozen=True)  # no slots: a slotted frozen Generic breaks PeriodicState[T](...)
+class PeriodicState(Generic[S]):
+    """A periodic baseline's state: when it next evaluates, and one record per stage."""
+
+    next_at: float
+    stages: tuple[S, ...]
+
+
+def carried(
+    snapshot: PipelineSnapshot,
+    states: Iterable[S],
+    fresh: Callable[[str], S],
+    update: Callable[[StageSnapshot, S], S] | None = None,
+) -> tuple[S, ...]:
+    """Each snapshot stage's record (by name; ``fresh(name)`` for a new stage), in stage
+    order, passed through ``update`` (what the system records every tick) if given."""
+    out = []
+    for s in snapshot.stages:
+        st = find(states, s.name) or fresh(s.name)
+        out.append(update(s, st) if update is not None else st)
+    return tuple(out)
+
+
+def each_stage(
+    snapshot: PipelineSnapshot,
+    states: Sequence[S],
+    step: Callable[[StageSnapshot, S], tuple[StageDecision, S]],
+) -> tuple[list[StageDecision], tuple[S, ...]]:
+    """``step`` applied to every stage and its record, in stage order."""
+    decisions: list[StageDecision] = []
+    new: list[S] = []
+    for s, st in zip(snapshot.stages, states, strict=True):
+        d, n = step(s, st)
+        decisions.append(d)
+        new.append(n)
+    return decisions, tuple(new)
+
+
 def stale_reason(snapshot: PipelineSnapshot, params: BaselineParams) -> str | None:
     """Why the whole snapshot must be ignored, or ``None`` when it is usable."""
     if not snapshot.has_data:
@@ -108,6 +152,17 @@ def next_due(next_at: float, now: float, period_s: float) -> float:
     if nxt <= now + EPS:
         nxt = now + period_s
     return nxt
+
+
+def period(next_at: float, now: float, period_s: float) -> tuple[bool, float]:
+    """Whether the evaluation at ``next_at`` is due at ``now``, and the next one after that."""
+    is_due = due(now, next_at)
+    return is_due, next_due(next_at, now, period_s) if is_due else next_at
+
+
+def between(what: str, next_at: float, now: float) -> str:
+    """The reason of a hold between two evaluations."""
+    return f"hold: between {what} (next in {next_at - now:.1f} s)"
 
 
 def clamp(n: int, lo: int, hi: int) -> int:
@@ -163,6 +218,13 @@ def push(window: Window, t: float, value: float, span_s: float) -> Window:
     if len(kept) > MAX_WINDOW_SAMPLES:
         kept = kept[-MAX_WINDOW_SAMPLES:]
     return tuple(kept)
+
+
+def stabilise(window: Window, now: float, value: float, span_s: float) -> tuple[Window, float]:
+    """Record the recommendation ``value`` and return the highest one over the last
+    ``span_s`` (this one included): a scale-down waits until the whole window agrees."""
+    kept = push(window, now, value, span_s)
+    return kept, max(v for _, v in kept)
 
 
 def in_window(window: Window, now: float, span_s: float) -> list[tuple[float, float]]:

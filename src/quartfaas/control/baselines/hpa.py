@@ -49,17 +49,19 @@ from pydantic import Field, model_validator
 from quartfaas.control.baselines._common import (
     EPS,
     BaselineParams,
+    PeriodicState,
     Window,
     bounded,
     build_params,
+    carried,
     decision,
     due,
-    find,
+    each_stage,
     hold,
     next_due,
     off_period,
-    push,
     set_to,
+    stabilise,
     stale_reason,
 )
 from quartfaas.control.policy import Decision, StageDecision, hold_all
@@ -118,10 +120,7 @@ class HPAStageState:
     recommendations: Window
 
 
-@dataclass(frozen=True, slots=True)
-class HPAState:
-    next_sync_at: float
-    stages: tuple[HPAStageState, ...]
+HPAState = PeriodicState[HPAStageState]  # next_at: the next HPA sync
 
 
 class HPA:
@@ -136,30 +135,25 @@ class HPA:
         # recordInitialRecommendation: a restarted controller does not scale down for one
         # stabilisation window, because it remembers the current count as a recommendation.
         return HPAState(
-            next_sync_at=snapshot.now,
-            stages=tuple(
+            snapshot.now,
+            tuple(
                 HPAStageState(s.name, ((snapshot.now, float(s.replicas)),)) for s in snapshot.stages
             ),
         )
 
     def decide(self, snapshot: PipelineSnapshot, state: HPAState) -> tuple[Decision, HPAState]:
-        if not due(snapshot.now, state.next_sync_at):
-            return off_period(snapshot, self.name, state.next_sync_at, "HPA syncs"), state
-        nxt = next_due(state.next_sync_at, snapshot.now, self.params.sync_period_s)
+        now = snapshot.now
+        if not due(now, state.next_at):
+            return off_period(snapshot, self.name, state.next_at, "HPA syncs"), state
+        nxt = next_due(state.next_at, now, self.params.sync_period_s)
         stale = stale_reason(snapshot, self.params)
         if stale is not None:
             return hold_all(snapshot, self.name, stale), HPAState(nxt, state.stages)
-        decisions: list[StageDecision] = []
-        stages: list[HPAStageState] = []
-        for s in snapshot.stages:
-            prev = find(state.stages, s.name) or HPAStageState(s.name, ())
-            d, st = self._sync_stage(s, prev, snapshot.now)
-            decisions.append(d)
-            stages.append(st)
-        return (
-            decision(snapshot, self.name, decisions, "HPA sync"),
-            HPAState(nxt, tuple(stages)),
+        recorded = carried(snapshot, state.stages, lambda name: HPAStageState(name, ()))
+        decisions, stages = each_stage(
+            snapshot, recorded, lambda s, st: self._sync_stage(s, st, now)
         )
+        return decision(snapshot, self.name, decisions, "HPA sync"), HPAState(nxt, stages)
 
     def _usage_ratio(self, s: StageSnapshot) -> tuple[float | None, str]:
         p = self.params
@@ -227,9 +221,7 @@ class HPA:
         proposal, why = self._proposal(s, ratio)
         # stabilizeRecommendation: highest recommendation within the window, this one included.
         window = p.downscale_stabilization_s
-        recent = [v for t, v in st.recommendations if t >= now - window - EPS]
-        stabilised = max([float(proposal), *recent])
-        recs = push(st.recommendations, now, float(proposal), window)
+        recs, stabilised = stabilise(st.recommendations, now, float(proposal), window)
         new_st = HPAStageState(s.name, recs)
 
         # convertDesiredReplicasWithRules: rate limit, then bounds.

@@ -45,16 +45,18 @@ from pydantic import Field
 from quartfaas.control.baselines._common import (
     EPS,
     BaselineParams,
+    PeriodicState,
     Window,
+    between,
     bounded,
     bucket_mean,
     build_params,
+    carried,
     decision,
-    due,
-    find,
+    each_stage,
     hold,
-    next_due,
     ongoing,
+    period,
     push,
     set_to,
     stale_reason,
@@ -105,10 +107,7 @@ class KPAStageState:
     zero_since: float | None  # since when the decision has wanted 0 replicas
 
 
-@dataclass(frozen=True, slots=True)
-class KPAState:
-    next_tick_at: float
-    stages: tuple[KPAStageState, ...]
+KPAState = PeriodicState[KPAStageState]  # next_at: the next KPA tick
 
 
 class Knative:
@@ -132,44 +131,35 @@ class Knative:
                     zero_since=None,
                 )
             )
-        return KPAState(next_tick_at=snapshot.now, stages=tuple(stages))
+        return KPAState(snapshot.now, tuple(stages))
 
     def decide(self, snapshot: PipelineSnapshot, state: KPAState) -> tuple[Decision, KPAState]:
-        now = snapshot.now
-        stale = stale_reason(snapshot, self.params)
+        now, p = snapshot.now, self.params
+        stale = stale_reason(snapshot, p)
         if stale is not None:
             return hold_all(snapshot, self.name, stale), state
         # Metrics are scraped every second whether or not Scale runs now.
-        recorded = []
-        for s in snapshot.stages:
-            prev = find(state.stages, s.name) or KPAStageState(s.name, (), None, 0, None)
-            recorded.append(
-                replace(
-                    prev, history=push(prev.history, now, ongoing(s), self.params.stable_window_s)
-                )
-            )
+        recorded = carried(
+            snapshot,
+            state.stages,
+            lambda name: KPAStageState(name, (), None, 0, None),
+            lambda s, st: replace(st, history=push(st.history, now, ongoing(s), p.stable_window_s)),
+        )
         # Poke: a stage at zero with requests waiting is evaluated at once (only that one).
-        is_due = due(now, state.next_tick_at)
+        is_due, nxt = period(state.next_at, now, p.tick_s)
         poked = {s.name for s in snapshot.stages if s.replicas == 0 and ongoing(s) > 0}
         if not (is_due or poked):
-            reason = f"hold: between KPA ticks (next in {state.next_tick_at - now:.1f} s)"
-            return hold_all(snapshot, self.name, reason), KPAState(
-                state.next_tick_at, tuple(recorded)
-            )
-        nxt = (
-            next_due(state.next_tick_at, now, self.params.tick_s) if is_due else state.next_tick_at
-        )
-        decisions: list[StageDecision] = []
-        stages: list[KPAStageState] = []
-        for s, rec in zip(snapshot.stages, recorded, strict=True):
+            reason = between("KPA ticks", state.next_at, now)
+            return hold_all(snapshot, self.name, reason), KPAState(state.next_at, recorded)
+
+        def step(s: StageSnapshot, st: KPAStageState) -> tuple[StageDecision, KPAStageState]:
             if is_due or s.name in poked:
-                d, new_st = self._scale(s, rec, now)
-            else:
-                d, new_st = hold(s, f"hold: between KPA ticks (next in {nxt - now:.1f} s)"), rec
-            decisions.append(d)
-            stages.append(new_st)
+                return self._scale(s, st, now)
+            return hold(s, between("KPA ticks", nxt, now)), st
+
+        decisions, stages = each_stage(snapshot, recorded, step)
         why = "KPA tick" if is_due else "KPA poke: requests at a stage with 0 replicas"
-        return decision(snapshot, self.name, decisions, why), KPAState(nxt, tuple(stages))
+        return decision(snapshot, self.name, decisions, why), KPAState(nxt, stages)
 
     def _scale(
         self, s: StageSnapshot, st: KPAStageState, now: float

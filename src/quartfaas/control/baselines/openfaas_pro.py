@@ -47,17 +47,20 @@ from pydantic import Field
 from quartfaas.control.baselines._common import (
     EPS,
     BaselineParams,
+    PeriodicState,
     Window,
+    between,
     bounded,
     build_params,
+    carried,
     decision,
-    due,
-    find,
+    each_stage,
     hold,
-    next_due,
     ongoing,
+    period,
     push,
     set_to,
+    stabilise,
     stale_reason,
     window_max,
 )
@@ -98,10 +101,7 @@ class ProStageState:
     last_traffic_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class ProState:
-    next_eval_at: float
-    stages: tuple[ProStageState, ...]
+ProState = PeriodicState[ProStageState]  # next_at: the next autoscaler run
 
 
 class OpenFaaSPro:
@@ -123,43 +123,35 @@ class OpenFaaSPro:
         stale = stale_reason(snapshot, p)
         if stale is not None:
             return hold_all(snapshot, self.name, stale), state
-        recorded: list[ProStageState] = []
-        for s in snapshot.stages:
-            st = find(state.stages, s.name) or ProStageState(s.name, (), (), now)
+
+        def record(s: StageSnapshot, st: ProStageState) -> ProStageState:
             traffic = ongoing(s) > 0 or s.arrivals > 0 or (s.arrival_rate or 0.0) > 0
-            recorded.append(
-                ProStageState(
-                    s.name,
-                    push(st.inflight, now, ongoing(s), p.capacity_window_s),
-                    st.recommendations,
-                    now if traffic else st.last_traffic_at,
-                )
+            return ProStageState(
+                s.name,
+                push(st.inflight, now, ongoing(s), p.capacity_window_s),
+                st.recommendations,
+                now if traffic else st.last_traffic_at,
             )
-        evaluate = due(now, state.next_eval_at)
-        nxt = next_due(state.next_eval_at, now, p.interval_s) if evaluate else state.next_eval_at
-        decisions: list[StageDecision] = []
-        stages: list[ProStageState] = []
-        for s, st in zip(snapshot.stages, recorded, strict=True):
+
+        recorded = carried(
+            snapshot, state.stages, lambda name: ProStageState(name, (), (), now), record
+        )
+        evaluate, nxt = period(state.next_at, now, p.interval_s)
+
+        def step(s: StageSnapshot, st: ProStageState) -> tuple[StageDecision, ProStageState]:
             if s.replicas == 0 and ongoing(s) > 0:
                 n, note = bounded(s, max(1, s.min_replicas))
-                decisions.append(
-                    set_to(s, n, f"gateway scale_from_zero: {ongoing(s)} waiting{note}")
-                )
-                stages.append(st)
-            elif evaluate:
-                d, new_st = self._evaluate(s, st, now)
-                decisions.append(d)
-                stages.append(new_st)
-            else:
-                decisions.append(
-                    hold(s, f"hold: between autoscaler runs (next in {nxt - now:.1f} s)")
-                )
-                stages.append(st)
+                return set_to(s, n, f"gateway scale_from_zero: {ongoing(s)} waiting{note}"), st
+            if evaluate:
+                return self._evaluate(s, st, now)
+            return hold(s, between("autoscaler runs", nxt, now)), st
+
+        decisions, stages = each_stage(snapshot, recorded, step)
         acting = evaluate or any(d.replicas != d.current for d in decisions)
         reason = "autoscaler run" if evaluate else "hold: between autoscaler runs"
         return (
             decision(snapshot, self.name, decisions, reason, hold=not acting),
-            ProState(nxt, tuple(stages)),
+            ProState(nxt, stages),
         )
 
     def _load(self, s: StageSnapshot, st: ProStageState, now: float) -> tuple[float | None, str]:
@@ -198,9 +190,9 @@ class OpenFaaSPro:
         target, bound_note = bounded(s, desired)
         recs = st.recommendations
         if p.down_window_s > 0:
-            recs = push(recs, now, float(target), p.down_window_s)
+            recs, top = stabilise(recs, now, float(target), p.down_window_s)
             if target < s.replicas:
-                highest = int(max(v for _, v in recs))
+                highest = int(top)
                 if highest > target:
                     target = min(s.replicas, highest)
                     note += f"; down window {p.down_window_s:g} s keeps {target}"

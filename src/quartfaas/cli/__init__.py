@@ -1,0 +1,60 @@
+"""The ``quartfaas`` command line: parse arguments, load a spec, call one function.
+
+One module per command group, each a set of plain functions registered here in the order
+``quartfaas --help`` lists them:
+
+- ``serving.py``: ``serve`` (gateway and workers here), ``control`` (the controller alone);
+- ``client.py``: ``invoke``, ``functions``, ``scale``, ``load`` (talk to a running gateway);
+- ``specs.py``: ``make-weights``, ``check-spec``;
+- ``jobs.py``: ``run`` (the main job), ``train-smoother``, ``bench scaleup``;
+- ``simulate.py``: ``simulate`` and ``sweep`` (the simulator experiments);
+- ``common.py``: environment, consoles, option types and error handling they share.
+
+Environment variables are read in ``common.py`` and nowhere else, then passed down.
+Every command turns a ``QuartfaasError`` into a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from quartfaas.cli import client, jobs, serving, specs
+from quartfaas.cli.common import console
+from quartfaas.cli.simulate import register as register_simulator
+from quartfaas.errors import SpecError
+
+app = typer.Typer(
+    help="Serve large models as pipelines of serverless functions inside a latency SLO.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(serving.serve)
+app.command()(client.invoke)
+app.command()(client.functions)
+app.command()(client.scale)
+app.command("make-weights")(specs.make_weights_cmd)
+app.command("check-spec")(specs.check_spec)
+app.command()(jobs.run)
+app.command()(client.load)
+app.command()(serving.control)
+register_simulator(app)
+
+bench_app = typer.Typer(help="Benchmarks (figures for the README and the issues).")
+app.add_typer(bench_app, name="bench")
+bench_app.command("scaleup")(jobs.bench_scaleup)
+
+app.command("train-smoother")(jobs.train_smoother_cmd)
+
+
+def main() -> None:
+    try:
+        app()
+    except SpecError as exc:  # raised outside a command's own handler
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,85 @@
+"""What the Replica Corrector remembers between ticks and what it hands on.
+
+``CorrectorState`` (one ``StageState`` per stage: PID memory and guard memory) is the
+corrector's frozen state. ``CorrectorTargets`` (one ``StageTarget`` per stage: the guarded
+target, the raw count and how it was reached) is the hook the Pipeline Smoother and the CPU
+Compensator post-process; ``CorrectorTargets.decision`` turns it into the ``Decision`` the
+control loop applies (the corrector alone and ``QuartPolicy`` both end with it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from quartfaas.control.corrector.guards import GuardMemory
+from quartfaas.control.corrector.pid import PIDState
+from quartfaas.control.policy import Decision, StageDecision
+
+
+@dataclass(frozen=True, slots=True)
+class StageState:
+    """What the corrector remembers about one stage."""
+
+    name: str
+    pid: PIDState = field(default_factory=PIDState)
+    guard: GuardMemory = field(default_factory=GuardMemory)
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectorState:
+    """The corrector's state: one ``StageState`` per stage, in snapshot stage order."""
+
+    stages: tuple[StageState, ...] = ()
+    last_now: float | None = None  # ``now`` of the tick that produced it (None: fresh)
+
+
+class StageTarget(NamedTuple):
+    """One stage's target and how it was reached (the hook for smoother/compensator).
+
+    Immutable; a NamedTuple rather than a frozen dataclass because one is built per stage
+    per tick and the 2 ms tick budget notices the difference.
+    """
+
+    stage: str
+    current: int
+    target: int
+    raw: int
+    reason: str
+    model: int | None = None  # feed-forward replicas (None: no model estimate)
+    backlog: int | None = None  # replicas needed to drain the queue within the budget
+    correction: float = 0.0  # PID output, replicas
+    budget_s: float | None = None
+    tail_s: float | None = None
+    critical: bool = False
+    score: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectorTargets:
+    """All stages' targets at ``now``; ``hold`` when the snapshot had no usable data."""
+
+    now: float
+    stages: tuple[StageTarget, ...]
+    hold: bool = False
+    reason: str = ""
+
+    def decision(self, policy: str, note: str = "") -> Decision:
+        """The ``Decision`` of ``policy`` at ``now``: each target as a stage's replica count,
+        with ``note`` (if any) appended to the overall reason."""
+        stages = tuple(
+            StageDecision(
+                stage=t.stage,
+                current=t.current,
+                replicas=t.target,
+                reason=t.reason,
+                critical=t.critical,
+                score=t.score,
+            )
+            for t in self.stages
+        )
+        reason = f"{self.reason}; {note}" if note else self.reason
+        return Decision(self.now, policy, stages, self.hold, reason)
+
+
+__all__ = ["CorrectorState", "CorrectorTargets", "StageState", "StageTarget"]

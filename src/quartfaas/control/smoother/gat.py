@@ -1,0 +1,286 @@
+"""The learned CV predictor: a small graph attention network over the stage graph.
+
+Neighbours: implements ``propagation.CvPredictor`` on the feature rows of
+``propagation.features`` (the same function builds the training inputs in
+``sim/smoother_data.py``); ``sim/train_smoother.py`` trains it and writes the files this
+module loads; ``quart.py`` picks it over QNA only when its shipped held-out metrics say it
+is better (``gat_beats_qna``).
+
+**Model.** A path graph over the stages in pipeline order, edges in both directions plus a
+self loop per stage. Each stage's 8 normalised features go through ``Linear(8, 16)`` + ELU,
+two ``torch_geometric`` ``GATv2Conv`` layers (4 heads of 16 concatenated, then 1 head of 16),
+each followed by ELU, and a linear head fed with the last hidden state *and* the raw features.
+The output is a correction to QNA's log-CV (feature ``log_qna_cv``), so an untrained head
+starts from the analytical answer and training only has to learn where QNA is wrong. The
+target is ``ln CV`` of the stage's arrivals over the next ``horizon_s``. The CV enters as
+node features (``log_cv``, ``log_upstream_cv``, ``log_qna_cv``) and so changes the output;
+the prototype added it to every attention logit of a row, which a softmax cancels (reference
+§2), and shipped random weights.
+
+**Weights.** ``model.safetensors`` (state dict), ``config.json`` (``GatConfig``) and
+``metrics.json`` (held-out errors, dataset and training settings) under
+``quartfaas/data/smoother/``; a few tens of KB. They are loaded on the first ``predict``.
+
+**Cost.** ``torch`` and ``torch_geometric`` are imported only when a model is built or
+loaded (importing torch_geometric takes seconds), so ``control/`` stays cheap to import
+when the GAT is not used. Inference runs on the CPU under ``torch.inference_mode`` in eval
+mode (no dropout), on one intra-op thread (see ``predict_log_cv``): the same snapshot gives
+the same prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from quartfaas.control.smoother.propagation import (
+    CV_MAX,
+    CV_MIN,
+    FEATURE_NAMES,
+    QNA_FEATURE,
+    CvPrediction,
+    QnaPredictor,
+    features,
+)
+from quartfaas.control.snapshot import PipelineSnapshot
+from quartfaas.errors import WeightsError
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+_LOG_MIN, _LOG_MAX = math.log(CV_MIN), math.log(CV_MAX)
+
+
+@dataclass(frozen=True, slots=True)
+class GatConfig:
+    """Architecture and the data contract of a trained model (``config.json``)."""
+
+    n_features: int = len(FEATURE_NAMES)
+    hidden: int = 16
+    heads: int = 4
+    dropout: float = 0.0  # attention dropout while training; none at inference
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+    qna_feature: int = QNA_FEATURE
+    horizon_s: float = 20.0  # the target: arrival CV over the next horizon_s
+    window_s: float = 10.0  # the snapshot window the features were measured over
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["feature_names"] = list(self.feature_names)
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GatConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "feature_names" in known:
+            known["feature_names"] = tuple(known["feature_names"])
+        return cls(**known)
+
+
+def shipped_dir() -> Path:
+    """The directory of the weights shipped in the package."""
+    return Path(str(resources.files("quartfaas.data").joinpath("smoother")))
+
+
+def load_metrics(directory: Path | None = None) -> dict[str, Any] | None:
+    """``metrics.json`` of a trained model (no torch import); None when absent or unreadable."""
+    path = (directory or shipped_dir()) / METRICS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def gat_beats_qna(metrics: dict[str, Any] | None) -> bool:
+    """True when the held-out (test) CV MAE of the GAT is below QNA's."""
+    try:
+        test = metrics["test"] if metrics else None
+        return bool(test and float(test["gat"]["mae"]) < float(test["qna"]["mae"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def path_edges(n: int, offset: int = 0) -> tuple[list[int], list[int]]:
+    """Edges of a path graph over ``n`` stages: both directions and a self loop per stage."""
+    src: list[int] = []
+    dst: list[int] = []
+    for i in range(n):
+        src.append(offset + i)
+        dst.append(offset + i)
+        if i + 1 < n:
+            src += [offset + i, offset + i + 1]
+            dst += [offset + i + 1, offset + i]
+    return src, dst
+
+
+@cache
+def _model_class() -> type:
+    import torch
+    from torch import nn
+    from torch.nn import functional
+    from torch_geometric.nn import GATv2Conv
+
+    class CvGat(nn.Module):
+        """Stage features -> predicted ln CV of arrivals over the next horizon."""
+
+        def __init__(self, cfg: GatConfig) -> None:
+            super().__init__()
+            self.qna_feature = cfg.qna_feature
+            self.inp = nn.Linear(cfg.n_features, cfg.hidden)
+            self.conv1 = GATv2Conv(
+                cfg.hidden,
+                cfg.hidden,
+                heads=cfg.heads,
+                concat=True,
+                dropout=cfg.dropout,
+                add_self_loops=False,  # path_edges has them, so batching stays explicit
+            )
+            self.conv2 = GATv2Conv(
+                cfg.hidden * cfg.heads,
+                cfg.hidden,
+                heads=1,
+                concat=False,
+                dropout=cfg.dropout,
+                add_self_loops=False,
+            )
+            self.head = nn.Linear(cfg.hidden + cfg.n_features, 1)
+
+        def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+            h = functional.elu(self.inp(x))
+            h = functional.elu(self.conv1(h, edge_index))
+            h = functional.elu(self.conv2(h, edge_index))
+            out = self.head(torch.cat([h, x], dim=-1)).squeeze(-1)
+            return x[:, self.qna_feature] + out
+
+    return CvGat
+
+
+def build_model(cfg: GatConfig) -> Any:
+    """A fresh (untrained) ``CvGat`` module; imports torch."""
+    return _model_class()(cfg)
+
+
+def edge_index_tensor(n: int) -> Any:
+    import torch
+
+    src, dst = path_edges(n)
+    return torch.tensor([src, dst], dtype=torch.long)
+
+
+class GatPredictor:
+    """``CvPredictor`` backed by trained weights (the shipped ones unless ``directory``)."""
+
+    name = "gat"
+
+    def __init__(self, directory: Path | str | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else shipped_dir()
+        self._model: Any = None
+        self._config: GatConfig | None = None
+        self._edges: dict[int, Any] = {}
+        self._qna = QnaPredictor()
+
+    @property
+    def config(self) -> GatConfig:
+        self.load()
+        assert self._config is not None
+        return self._config
+
+    @property
+    def metrics(self) -> dict[str, Any] | None:
+        return load_metrics(self.directory)
+
+    def load(self) -> None:
+        """Read config and weights (once); raises ``WeightsError`` if they are unusable."""
+        if self._model is not None:
+            return
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            raw = json.loads((self.directory / CONFIG_FILE).read_text(encoding="utf-8"))
+            cfg = GatConfig.from_json(raw)
+            state = load_file(str(self.directory / MODEL_FILE), device="cpu")
+        except (OSError, ValueError, TypeError, SafetensorError) as exc:
+            raise WeightsError(
+                f"cannot load the smoother GAT from {self.directory}: {exc}; retrain with "
+                "`quartfaas train-smoother` or use the qna predictor"
+            ) from exc
+        if tuple(cfg.feature_names) != FEATURE_NAMES:
+            raise WeightsError(
+                f"{self.directory / CONFIG_FILE} was trained on features {cfg.feature_names}, "
+                f"this code builds {FEATURE_NAMES}; retrain the GAT"
+            )
+        model = build_model(cfg)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise WeightsError(f"{self.directory / MODEL_FILE} does not fit {cfg}: {exc}") from exc
+        model.eval()
+        self._model, self._config = model, cfg
+
+    def _edge_index(self, n: int) -> Any:
+        ei = self._edges.get(n)
+        if ei is None:
+            ei = self._edges[n] = edge_index_tensor(n)
+        return ei
+
+    def predict_log_cv(self, rows: list[list[float]]) -> list[float]:
+        """The model's ln CV per stage for ready-made feature rows (clipped to the CV range)."""
+        import torch
+
+        self.load()
+        if not rows:
+            return []
+        x = torch.tensor(rows, dtype=torch.float32)
+        # One intra-op thread: a ~5k-parameter model gains nothing from more, and each of
+        # its dozens of small ops waits at an OpenMP barrier for the other threads. When the
+        # cores are busy (the simulator, other processes) that wait made one 21-stage
+        # inference take ~150 ms instead of ~1 ms. The process's setting is restored.
+        threads = torch.get_num_threads()
+        if threads != 1:
+            torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                y = self._model(x, self._edge_index(len(rows)))
+        finally:
+            if threads != 1:
+                torch.set_num_threads(threads)
+        return [min(max(float(v), _LOG_MIN), _LOG_MAX) for v in y.tolist()]
+
+    def predict(self, snapshot: PipelineSnapshot) -> tuple[CvPrediction, ...]:
+        if not snapshot.stages:
+            return ()
+        qna = self._qna.predict(snapshot)
+        logs = self.predict_log_cv(features(snapshot, qna))
+        horizon = self.config.horizon_s
+        return tuple(
+            CvPrediction(
+                q.stage,
+                math.exp(v),
+                q.rate_per_s,
+                "gat",
+                f"GAT: CV {math.exp(v):.2f} over the next {horizon:g}s (QNA {q.cv:.2f})",
+            )
+            for q, v in zip(qna, logs, strict=True)
+        )
+
+
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "MODEL_FILE",
+    "GatConfig",
+    "GatPredictor",
+    "build_model",
+    "edge_index_tensor",
+    "gat_beats_qna",
+    "load_metrics",
+    "path_edges",
+    "shipped_dir",
+]

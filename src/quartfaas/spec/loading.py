@@ -1,0 +1,75 @@
+"""Reading a spec: YAML or a mapping in, a ``PipelineSpec`` out, or a ``SpecError`` with one
+line per problem (``field = value: rule``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from quartfaas.errors import SpecError
+from quartfaas.spec.pipeline import PipelineSpec
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"bert", "minilm", "synthetic"} and out.endswith("model"):
+            continue  # discriminated-union tag: not a field the user wrote
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(exc: ValidationError, source: str = "spec") -> str:
+    """One line per problem: ``field = value: rule``."""
+    lines = [f"invalid {source}:"]
+    errors = exc.errors()
+    locs = [tuple(e.get("loc", ())) for e in errors]
+    for err, raw in zip(errors, locs, strict=True):
+        # A container that is too short only because its items failed adds nothing.
+        if err.get("type") == "too_short" and any(o[: len(raw)] == raw and o != raw for o in locs):
+            continue
+        loc = _loc(raw)
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "missing":
+            lines.append(f"  {loc}: required field is missing")
+            continue
+        value = err.get("input")
+        shown = repr(value)
+        if isinstance(value, Mapping) or len(shown) > 80:
+            lines.append(f"  {loc}: {msg}")
+        else:
+            lines.append(f"  {loc} = {shown}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, *, source: str = "spec", base_dir: Path | None = None) -> PipelineSpec:
+    """Validate a mapping (e.g. parsed YAML) into a ``PipelineSpec``."""
+    if not isinstance(data, Mapping):
+        kind = type(data).__name__
+        raise SpecError(f"invalid {source}: the top level must be a mapping, got {kind}")
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source)) from None
+    return spec.with_base_dir(base_dir) if base_dir is not None else spec
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read a YAML spec file; relative paths inside it are resolved against its folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"spec file {str(p)!r} is not valid YAML{where}: {exc}") from None
+    return parse_spec(data, source=f"spec {str(p)!r}", base_dir=p.resolve().parent)
