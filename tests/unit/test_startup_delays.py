@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quartfaas.control.startup_delays import (
+from quartfaas.control.placement.startup_delays import (
     DEFAULT_TABLE,
     GIB,
     DelayTable,

@@ -6,7 +6,7 @@ to serve depending on where its weights come from. ``sim/backend.py`` keeps the 
 state (free GPU memory, host caches) and asks a ``Placer`` (``placement.py``) for a GPU.
 
 ``TableDelays`` computes the same delays from the shared table in
-``control/startup_delays.py`` (CUDA context for a forked GPU replica, pageable vs pinned
+``control/placement/startup_delays.py`` (CUDA context for a forked GPU replica, pageable vs pinned
 copies, readiness); ``GpuSharing`` and ``sharing_multiplier`` model GPUs shared by several
 replicas (exclusive by default). ``sim/gpu_accounting.py`` computes GPU occupancy and
 whether a deployment fits.
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from quartfaas.backends.base import StartTier
-from quartfaas.control import startup_delays as sd
+from quartfaas.control.placement import startup_delays as sd
 from quartfaas.errors import SimulationError
 
 
@@ -36,7 +36,7 @@ class GpuType:
     not recorded in the prototype; we assume V100 (an assumption, documented here).
     ``h2d_gib_per_s`` is pinned host-to-device copy bandwidth of the GPU's PCIe link
     (gen3 x16 for V100, gen4 x16 for the others) at the achieved share cited in
-    ``control/startup_delays.pcie_pinned_bytes_per_s``.
+    ``control/placement/startup_delays.pcie_pinned_bytes_per_s``.
     """
 
     name: str
@@ -128,7 +128,7 @@ _TABLE_TIER = {
 
 @dataclass(frozen=True, slots=True)
 class TableDelays(StartDelays):
-    """``StartDelays`` computed from the shared table ``control/startup_delays.py``.
+    """``StartDelays`` computed from the shared table ``control/placement/startup_delays.py``.
 
     Unlike the legacy model it charges a forked GPU replica a CUDA context, copies forked
     (pageable) pages at the pageable bandwidth unless ``pinned``, and takes the pinned
