@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from io import StringIO
 from pathlib import Path
 
@@ -144,11 +145,27 @@ def test_static_is_peak_provisioning_deployed_up_front() -> None:
     for s in PIPE.stages:
         want = int(np.ceil(peak * s.service_s / (0.7 * s.max_concurrency)))
         assert counts[s.name] == max(s.min_replicas, min(s.max_replicas, want))
-    t = ex.compare_policies(PIPE, SMALL, w, ["static"], seed=1, duration_s=60)
+    big = replace(SMALL, servers=tuple(replace(SMALL.servers[0], name=f"b{i}", gpus=8)
+                                       for i in range(8)))  # fmt: skip
+    t = ex.compare_policies(PIPE, big, w, ["static"], seed=1, duration_s=60)
     r = t.rows[0].result
     assert t.rows[0].values["scale_ups"] == 0 and t.rows[0].values["starts"] == "-"
     assert list(r.ready[0]) == [counts[s.name] for s in PIPE.stages]
-    assert "static: peak 1-s rate" in t.notes[0]
+    assert "static: peak 1-s rate" in t.notes[0] and "fits: " in t.notes[0]
+    assert r.refused_initial == 0 and r.gpu_seconds == pytest.approx(r.replica_seconds)
+
+
+def test_static_larger_than_an_exclusive_cluster_is_refused_and_says_so() -> None:
+    w = ex.make_workload(LOAD, seed=1)
+    counts = ex.static_counts(PIPE, SMALL, ex.arrivals_for(w, 60))
+    assert sum(counts.values()) > SMALL.total_gpus  # the premise
+    t = ex.compare_policies(PIPE, SMALL, w, ["static"], seed=1, duration_s=60)
+    r = t.rows[0].result
+    held = r.ready + r.starting + r.draining
+    assert held.sum(axis=1).max() == SMALL.total_gpus  # one replica per GPU, never more
+    assert r.refused_initial == sum(counts.values()) - SMALL.total_gpus
+    assert t.rows[0].values["refused"] >= r.refused_initial  # type: ignore[operator]
+    assert "DOES NOT FIT" in t.notes[0]
 
 
 def test_peak_rate_counts_the_busiest_window() -> None:

@@ -5,6 +5,12 @@ frozen ``ClusterView``: every GPU (free memory, the anti-affinity keys of its te
 server's free CPU, whether the stage's weights are in that server's host-memory cache),
 each server's cache (``control/keys_manager.CacheView``) and the live replicas.
 
+Accelerators are exclusive unless the cluster says otherwise (``ClusterSpec.sharing``):
+the backend then asks for an ``exclusive`` GPU (``PlaceRequest.exclusive``), which only a
+GPU without a replica satisfies (``GpuView.occupants == 0``), and ``server_states`` shows
+an occupied GPU to ``control/placement/`` placers with no free memory, so no placer can
+stack two replicas on one GPU.
+
 - ``FirstFitPlacer`` (default): the first GPU in server order that fits, with the
   prototype's anti-affinity (reference section 1.4): replicas with the same key never
   share a GPU; the key is the model for ``-me-`` pipelines and the stage otherwise.
@@ -39,6 +45,7 @@ class GpuView:
     tenants: frozenset[str]  # anti-affinity keys of the replicas on this GPU
     server_free_cpus: float
     cached: bool  # the requested stage's weights are in this server's host cache
+    occupants: int = 0  # replicas of GPU stages on this GPU now (draining included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,7 @@ class ClusterView:
     gpus: tuple[GpuView, ...]
     servers: tuple[ServerView, ...]
     replicas: tuple[PlacedReplica, ...]
+    exclusive: bool = False  # a GPU holds at most one replica (GpuSharing.EXCLUSIVE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +80,13 @@ class PlaceRequest:
     affinity_key: str  # replicas with the same non-empty key never share a GPU
     gpu_memory_gib: float
     cpus: float
+    exclusive: bool = False  # the replica needs a whole GPU (exclusive cluster, GPU stage)
 
 
 def fits(request: PlaceRequest, view: GpuView) -> bool:
-    """Hard constraints: GPU memory, server CPU, anti-affinity."""
+    """Hard constraints: GPU memory, server CPU, exclusivity, anti-affinity."""
+    if request.exclusive and view.occupants > 0:
+        return False
     if view.free_gib + 1e-9 < request.gpu_memory_gib:
         return False
     if view.server_free_cpus + 1e-9 < request.cpus:
@@ -165,7 +176,8 @@ def server_states(cluster: ClusterView) -> list[ServerState]:
             GPU(
                 f"gpu{g.gpu_index}",
                 int(g.gpu.memory_gib * GIB),
-                max(0, int(g.free_gib * GIB)),
+                # An exclusive GPU with a replica on it has no room for another.
+                0 if cluster.exclusive and g.occupants else max(0, int(g.free_gib * GIB)),
                 g.gpu.speed,
             )
             for g in cluster.gpus
@@ -181,13 +193,16 @@ def server_states(cluster: ClusterView) -> list[ServerState]:
 def explain_no_fit(request: PlaceRequest, cluster: ClusterView) -> str:
     """Why no GPU fits, with the numbers (for errors)."""
     gpus = cluster.gpus
+    if request.exclusive:
+        gpus = tuple(v for v in gpus if v.occupants == 0)
     mem_ok = [v for v in gpus if v.free_gib + 1e-9 >= request.gpu_memory_gib]
     cpu_ok = [v for v in mem_ok if v.server_free_cpus + 1e-9 >= request.cpus]
     aff_ok = [v for v in cpu_ok if not (request.affinity_key and request.affinity_key in v.tenants)]
     most = max((v.free_gib for v in gpus), default=0.0)
     return (
         f"stage {request.stage!r} needs {request.gpu_memory_gib:.2f} GiB of GPU memory and "
-        f"{request.cpus:g} CPUs: {len(mem_ok)} of {len(gpus)} GPUs have the memory "
+        f"{request.cpus:g} CPUs: {len(mem_ok)} of {len(gpus)} "
+        f"{'unoccupied (exclusive) ' if request.exclusive else ''}GPUs have the memory "
         f"(most free: {most:.2f} GiB), {len(cpu_ok)} of those have the CPUs, "
         f"{len(aff_ok)} of those are free of anti-affinity key {request.affinity_key!r}"
     )

@@ -15,8 +15,9 @@ from quartfaas.control.config import ControllerConfig
 from quartfaas.control.placement import PLACERS, get_placer
 from quartfaas.control.policy import Policy
 from quartfaas.errors import SimulationError, SpecError
-from quartfaas.sim.cluster import ClusterSpec, GpuType, StartDelays
+from quartfaas.sim.cluster import ClusterSpec, GpuSharing, GpuType, StartDelays
 from quartfaas.sim.experiments.workloads import peak_rate
+from quartfaas.sim.gpu_accounting import static_peak_fit
 from quartfaas.sim.pipelines import SimPipeline
 from quartfaas.sim.placement import CacheFirstPlacer, ControlPlacer, FirstFitPlacer, Placer
 
@@ -50,7 +51,8 @@ def check_fits(pipeline: SimPipeline, cluster: ClusterSpec, placement: str, init
     biggest = max((s.gpu_memory_gib for s in pipeline.stages), default=0.0)
     largest_gpu = max((s.gpu.memory_gib for s in cluster.servers), default=0.0)
     gpu_stages = sum(s.min_replicas for s in pipeline.stages if s.gpu_memory_gib > 0)
-    one_per_gpu = placement in SIM_PLACERS and pipeline.anti_affinity == "model"
+    exclusive = cluster.sharing is GpuSharing.EXCLUSIVE
+    one_per_gpu = exclusive or (placement in SIM_PLACERS and pipeline.anti_affinity == "model")
     problems = []
     if need_mem > have_mem:
         problems.append(f"{need_mem:.1f} GiB of GPU memory > the cluster's {have_mem:.1f} GiB")
@@ -58,8 +60,9 @@ def check_fits(pipeline: SimPipeline, cluster: ClusterSpec, placement: str, init
         problems.append(f"a {biggest:.1f} GiB replica > the largest GPU ({largest_gpu:.1f} GiB)")
     if one_per_gpu and gpu_stages > cluster.total_gpus:
         problems.append(
-            f"{gpu_stages} replicas need one GPU each (model-level anti-affinity with placer "
-            f"{placement}) > {cluster.total_gpus} GPUs"
+            f"{gpu_stages} replicas need one GPU each ("
+            + ("exclusive GPUs" if exclusive else f"model-level anti-affinity, placer {placement}")
+            + f") > {cluster.total_gpus} GPUs"
         )
     if problems:
         raise SimulationError(
@@ -139,10 +142,13 @@ def policy_setup(
         return PolicySetup(name, _quart(cfg), replace(cluster, delays=delays), note=note)
     if name == "static":
         counts = static_counts(pipeline, cluster, arrivals)
+        fit = static_peak_fit(pipeline, cluster, counts)
         note = (
             f"static: peak 1-s rate {peak_rate(arrivals):.0f}/s at "
             f"{STATIC_TARGET_UTILISATION:.0%} utilisation -> {sum(counts.values())} replicas "
-            f"({min(counts.values())}-{max(counts.values())} per stage)"
+            f"({min(counts.values())}-{max(counts.values())} per stage); "
+            + ("fits: " if fit.fits else "DOES NOT FIT, the rest are refused: ")
+            + fit.reason
         )
         return PolicySetup(name, make_policy("static", replicas=counts), cluster, counts, note)
     if name in BASELINES:
