@@ -124,6 +124,12 @@ class SimBackend:
         self._exclusive = cluster.sharing is GpuSharing.EXCLUSIVE
         self._counter = 0
         self.events: list[ReplicaEvent] = []
+        # Counts kept incrementally (read per stage at every tick): non-draining replicas,
+        # draining ones, and the starting ones' ready times.
+        names = [s.name for s in pipeline.stages]
+        self._n_active = dict.fromkeys(names, 0)
+        self._n_draining = dict.fromkeys(names, 0)
+        self._starting: dict[str, dict[str, float]] = {n: {} for n in names}
 
     # -- Backend protocol -------------------------------------------------------------
 
@@ -139,6 +145,10 @@ class SimBackend:
         if rep.drained_at is not None:
             return
         rep.drained_at = now
+        name = rep.stage.name
+        self._n_active[name] -= 1
+        self._n_draining[name] += 1
+        self._starting[name].pop(rep.rid, None)
         rep.leaves_at = self.engine.drain_replica(rep.handle)
         self._next_leave = min(self._next_leave, rep.leaves_at)
         self.events.append(
@@ -179,15 +189,19 @@ class SimBackend:
         """(ready, starting, draining) replicas of ``stage`` now."""
         now = self.clock.now()
         self._reap(now)
-        ready = starting = draining = 0
-        for r in self._by_stage[stage].values():
-            if r.drained_at is not None:
-                draining += 1
-            elif r.ready_at > now:
-                starting += 1
-            else:
-                ready += 1
-        return ready, starting, draining
+        pending = self._starting[stage]
+        if pending:
+            for rid in [rid for rid, at in pending.items() if at <= now]:
+                del pending[rid]
+        starting = len(pending)
+        return self._n_active[stage] - starting, starting, self._n_draining[stage]
+
+    def live_count(self, stage: str) -> int:
+        """Starting + ready replicas of ``stage`` (``backends/base.reconcile``'s fast path)."""
+        self._reap(self.clock.now())
+        if stage not in self._n_active:
+            raise BackendError(f"unknown stage {stage!r}; stages: {', '.join(self._stages)}")
+        return self._n_active[stage]
 
     def cpus_per_replica(self, stage: str) -> float:
         cpus = [r.cpus for r in self._by_stage[stage].values()]
@@ -335,6 +349,9 @@ class SimBackend:
             self._reshare(gpu)
         self._live[rid] = rep
         self._by_stage[stage.name][rid] = rep
+        self._n_active[stage.name] += 1
+        if now + delay > now:
+            self._starting[stage.name][rid] = now + delay
         kind: Literal["initial", "start"] = "initial" if initial else "start"
         self.events.append(
             ReplicaEvent(now, stage.name, rid, kind, tier, server.name, delay, handle)
@@ -348,6 +365,7 @@ class SimBackend:
         for r in gone:
             del self._live[r.rid]
             del self._by_stage[r.stage.name][r.rid]
+            self._n_draining[r.stage.name] -= 1
             r.gpu.free_gib += r.stage.gpu_memory_gib
             r.gpu.tenants.pop(r.rid, None)
             if r.gpu.reps.pop(r.rid, None) is not None:
