@@ -134,10 +134,11 @@ def simulate_cmd(
         ),
     ] = "azure-code",
     rate: Annotated[
-        float | None, typer.Option("--rate", help="mean requests/s (a trace is rescaled)")
+        float | None,
+        typer.Option("--rate", help="mean requests/s (a trace: thinned at its own time scale)"),
     ] = None,
     duration: Annotated[
-        float | None, typer.Option("--duration", help="seconds of arrivals (trace: one replay)")
+        float | None, typer.Option("--duration", help="seconds of arrivals (trace: a window of it)")
     ] = 300.0,
     policies: Annotated[
         str | None,

@@ -9,6 +9,9 @@ of bursts. The two methods here keep one trace second = one simulated second:
     (piecewise constant), scaled by ``rate / trace_rate``; arrivals are an inhomogeneous
     Poisson process under the scaled envelope (a Poisson count per bin, placed uniformly
     in it, which is what thinning a homogeneous process at the peak rate yields).
+    The scale is ``rate`` over the mean of the *replayed* window (``duration_s`` from the
+    bin of a seed-chosen request), so the output's mean rate is ``rate`` whatever the window's
+    local level; the envelope's shape within the window is kept.
     *Burstiness*: the counts in a window of ``w >= envelope_s`` have
     ``CV^2 = CV_trace(w)^2 + 1 / (rate x w)``: the trace's burst pattern at and above the
     envelope scale is kept (plus the Poisson term of the new, higher rate, which is
@@ -88,12 +91,18 @@ def envelope_thinning(
     bins = np.minimum((trace.arrivals_s / envelope_s).astype(np.int64), n_bins_trace - 1)
     counts = np.bincount(bins, minlength=n_bins_trace)
     first = np.concatenate(([0], np.cumsum(counts)[:-1]))  # first request index per bin
-    scale = rate / (len(trace) / (n_bins_trace * envelope_s))
     n_bins = math.ceil(dur / envelope_s)
-    offset = int(rng.integers(0, n_bins_trace))
+    # Start at the bin of a request drawn at random (not a uniform bin): a short window of
+    # a trace with long silences then never starts in one, and busy periods are chosen in
+    # proportion to the requests they hold.
+    offset = int(bins[rng.integers(0, len(trace))])
     src = (offset + np.arange(n_bins)) % n_bins_trace  # trace bin behind each output bin
     bin_width = np.minimum(envelope_s, dur - np.arange(n_bins) * envelope_s)
-    lam = counts[src] * scale * bin_width / envelope_s  # expected arrivals per output bin
+    raw = counts[src] * bin_width / envelope_s  # the trace's arrivals behind each output bin
+    # The replayed window's own mean becomes ``rate`` (not the whole trace's): a short
+    # window of a bursty trace would otherwise miss the target by its local level.
+    scale = rate * dur / float(raw.sum()) if raw.sum() > 0 else rate / (len(trace) / span)
+    lam = raw * scale  # expected arrivals per output bin
     k = rng.poisson(lam)
     out_bin = np.repeat(np.arange(n_bins), k)
     width = np.minimum(envelope_s, dur - out_bin * envelope_s)

@@ -31,12 +31,19 @@ STATIC_PEAK_WINDOW_S = 1.0
 def make_workload(text: str, *, rate: float | None = None, seed: int = 0) -> Workload:
     """A workload from a trace name (``azure-code``) or a ``kind:key=value`` string.
 
-    ``rate`` sets the mean rate: a trace is rescaled to it, a synthetic kind gets
-    ``rate=`` (giving it in the string too is an error).
+    ``rate`` sets the mean rate: a trace reaches it at its own time scale by envelope
+    thinning over the replayed window (``workload/trace_rate.py``; ``method=superpose`` or
+    ``method=squeeze`` in the string choose another way), a synthetic kind gets ``rate=``
+    (giving it in the string too is an error). A trace is resampled with ``seed`` even
+    without a rate, so every seed is an independent realisation.
     """
     text = text.strip()
     if ":" not in text and text in NAMED_TRACES:
         text = f"trace:{text}"
+    if text.startswith("trace:") and "method=" not in text and "compress=" not in text:
+        # The trace's own time scale, one realisation per seed (workload/trace_rate.py),
+        # also without rate= (resampled at its own mean rate): the seed always matters.
+        text += ",method=thinning"
     if rate is not None:
         kind, _, rest = text.partition(":")
         text = f"{kind}:{rest + ',' if rest else ''}rate={float(rate)!r}"
@@ -59,6 +66,11 @@ def arrivals_for(workload: Workload, duration_s: float | None) -> np.ndarray:
 
 def expected_requests(workload: Workload, duration_s: float | None) -> int:
     """Requests the workload will produce, known before generating (traces are read)."""
+    if workload.kind == "trace" and workload.get("method") in ("thinning", "superpose"):
+        once = workload.trace(None)  # the trace's span at the target rate
+        if duration_s is None or once.duration_s <= 0:
+            return len(once)
+        return math.ceil(len(once) * duration_s / once.duration_s)
     if workload.kind == "trace":
         once = workload.trace(None)  # one replay; covering a long duration repeats it
         if duration_s is None or once.mean_rate is None:
