@@ -187,6 +187,15 @@ def main() -> None:
         f"loop+quart / simpy {v['loop+quart'] / v['simpy']:.2f}x; "
         f"engine / simpy {v['engine'] / v['simpy']:.1f}x"
     )
+    ticks = int(np.ceil(arrivals[-1]))  # 1 s ticks over the arrivals (the drain adds a few)
+    per_visit = rows["engine"][3] / rows["engine"][1]
+    per_tick = {m: max(0.0, (rows[m][3] - per_visit * rows[m][1]) / ticks)
+                for m in ("loop+hold", "loop+quart")}  # fmt: skip
+    print(
+        f"SpeedModel (sim/experiments/workloads.py MEASURED_SPEED): per_visit_s "
+        f"{per_visit:.3g}, per_tick_s hold {per_tick['loop+hold']:.3g}, "
+        f"quart {per_tick['loop+quart']:.3g} (CPU s; ~{ticks} ticks)"
+    )
     if args.json:
         args.json.write_text(json.dumps({"visits_per_s": v, "rows": rows}, indent=2))
 

@@ -113,7 +113,7 @@ def test_too_long_a_run_is_refused_before_starting_with_numbers() -> None:
     assert "shorten --duration" in msg
     est = ex.Estimate(requests=720_000, stages=21, runs=8, ticks=3600)
     assert est.visits == 720_000 * 21 * 8
-    assert est.seconds > est.visits / ex.VISITS_PER_S
+    assert est.seconds > est.visits * ex.MEASURED_SPEED.per_visit_s
 
 
 def test_ablations_run_and_no_cache_pays_the_cold_tier() -> None:

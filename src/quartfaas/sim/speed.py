@@ -8,11 +8,10 @@ runs of the policy under test at two rates over the same simulated span, so an e
 (``SpeedModel.seconds``) reflects the real policy (Quart's GAT and corrector cost far more
 per tick than a hold policy) and the real machine.
 
-This replaces the constant ``experiments.VISITS_PER_S = 2e6`` (issue #11): at 300 req/s
-on 21 stages the full Quart loop ran at ~0.3-0.4M visits/s on the development machine
-(``benchmarks/sim_speed.py``), so the constant made estimates several times too short.
-Neighbours: ``sim/run.simulate`` runs the calibration; ``sim/experiments.Estimate`` is to
-use ``SpeedModel.seconds`` (next phase of #11).
+This replaced the constant ``experiments.VISITS_PER_S = 2e6`` (issue #11), which ignored
+the per-tick cost. ``sim/experiments/workloads.MEASURED_SPEED`` holds the model measured
+by ``benchmarks/sim_speed.py``; ``Estimate.seconds`` uses it.
+Neighbours: ``sim/run.simulate`` runs the calibration.
 """
 
 from __future__ import annotations

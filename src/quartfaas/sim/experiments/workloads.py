@@ -2,7 +2,8 @@
 
 ``make_workload`` reads a trace name or a ``kind:key=value`` string; ``Estimate`` refuses,
 with the numbers, a comparison of more than ``max_visits`` stage visits (records cost ~28
-bytes a visit; the engine does ~2M visits/s). ``peak_rate`` feeds the static baseline.
+bytes a visit), and says how long it would take by the measured ``MEASURED_SPEED``.
+``peak_rate`` feeds the static baseline.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from quartfaas.errors import SimulationError, SpecError
+from quartfaas.sim.speed import SpeedModel
 from quartfaas.workload import Workload
 from quartfaas.workload.traces import NAMED_TRACES
 
 MAX_VISITS = 50_000_000
 
 
-VISITS_PER_S = 2e6  # closed-loop engine speed on one core (benchmarks/sim_speed.py)
-
-
-TICK_COST_S = 0.01  # a policy decision + snapshot on 21 stages, order of magnitude
+# How long a run takes, measured (not assumed): ``python benchmarks/sim_speed.py`` on the
+# shared 2-vCPU development machine, 2026-12-02, bert-21b-me-21 at 300 req/s, 1M requests:
+# engine 3.18 CPU s for 21.0M visits (0.151 us a visit); the closed loop with the full
+# Quart policy (shipped GAT) 10.54 CPU s over ~3,334 ticks, i.e. 2.2 ms a tick beyond the
+# engine (1.99M visits per CPU s at that load). ``sim/speed.calibrate`` refits both terms
+# for another policy or machine.
+MEASURED_SPEED = SpeedModel(per_visit_s=1.51e-7, per_tick_s=2.2e-3, policy="quart")
 
 
 STATIC_PEAK_WINDOW_S = 1.0
@@ -104,7 +109,8 @@ class Estimate:
 
     @property
     def seconds(self) -> float:
-        return self.visits / VISITS_PER_S + self.ticks * self.runs * TICK_COST_S
+        """CPU seconds the runs will take by ``MEASURED_SPEED`` (visit and tick costs)."""
+        return MEASURED_SPEED.seconds(self.visits, self.ticks * self.runs)
 
     def check(self, max_visits: int, what: str = "") -> None:
         if self.visits <= max_visits:
