@@ -247,11 +247,12 @@ def cluster_names() -> list[str]:
 
 
 def cluster_preset(name: str, *, delays: StartDelays | None = None) -> ClusterSpec:
-    """A named cluster; ``delays`` replaces its start-delay model (e.g. measured fork_s)."""
+    """A named cluster; ``delays`` replaces its start-delay model (default ``TableDelays()``:
+    the shared table ``control/placement/startup_delays.py`` the placer's cost model reads)."""
     try:
         spec = _PRESETS[name]()
     except KeyError:
         raise SimulationError(
             f"unknown cluster {name!r}; valid clusters: {', '.join(cluster_names())}"
         ) from None
-    return spec if delays is None else replace(spec, delays=delays)
+    return replace(spec, delays=TableDelays() if delays is None else delays)

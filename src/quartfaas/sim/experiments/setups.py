@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -75,17 +75,18 @@ def _quart(cfg: ControllerConfig) -> Policy:
     return registry.make_policy("quart", cfg)
 
 
+@dataclass(frozen=True, slots=True)
 class NoForkDelays(StartDelays):
-    """``StartDelays`` where a host-memory hit costs what a miss does (the no-cache ablation)."""
+    """``inner``'s delays where a host-memory hit costs what a miss does (no parameter cache)."""
 
-    __slots__ = ()
+    inner: StartDelays = field(default_factory=StartDelays)
 
     def seconds(
         self, tier: StartTier, size_gib: float, gpu: GpuType | None, warmup_s: float
     ) -> float:
         if tier in (StartTier.FORK, StartTier.PREFORK):
             tier = StartTier.COLD
-        return StartDelays.seconds(self, tier, size_gib, gpu, warmup_s)
+        return self.inner.seconds(tier, size_gib, gpu, warmup_s)
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,7 @@ def policy_setup(
     if name == "quart-no-prewarm":
         return PolicySetup(name, _quart(cfg), cluster)
     if name == "quart-no-cache":
-        d = cluster.delays
-        delays = NoForkDelays(**{f.name: getattr(d, f.name) for f in fields(d)})
+        delays = NoForkDelays(inner=cluster.delays)
         note = "quart-no-cache: host-memory hits pay the cold tier (starts shown as cold)"
         return PolicySetup(name, _quart(cfg), replace(cluster, delays=delays), note=note)
     if name == "static":
