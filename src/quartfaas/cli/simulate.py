@@ -142,12 +142,20 @@ def simulate_cmd(
     ] = 300.0,
     policies: Annotated[
         str | None,
-        typer.Option("--policies", help=f"comma list of {', '.join(ex.policy_names())}"),
+        typer.Option(
+            "--policies",
+            help=f"comma list of {', '.join(ex.policy_names())}; each may take "
+            f"+{'|+'.join(ex.INFRAS)} (infrastructure: e.g. hpa+cache, quart+k8s)",
+        ),
     ] = None,
     placement: Annotated[
-        str,
-        typer.Option("--placement", help="placer, or a comma list to compare placers (one policy)"),
-    ] = "quart",
+        str | None,
+        typer.Option(
+            "--placement",
+            help="placer for every policy (default: each policy's platform), or a comma "
+            "list to compare placers (one policy)",
+        ),
+    ] = None,
     seed: SeedOpt = 0,
     slo_ms: SloOpt = None,
     out: OutOpt = None,
@@ -159,10 +167,10 @@ def simulate_cmd(
         pipe = pipeline_preset(pipeline)
         cl = cluster_preset(cluster)
         w = ex.make_workload(workload, rate=rate, seed=seed)
-        placers = ex.parse_list(placement, ex.placement_names(), "placers")
+        placers = ex.parse_list(placement, ex.placement_names(), "placers") if placement else []
         with _progress(progress) as bar:
             if len(placers) > 1:
-                pols = ex.parse_list(policies or "quart", ex.policy_names(), "policies")
+                pols = ex.parse_policies(policies or "quart")
                 if len(pols) != 1:
                     raise SpecError(
                         f"comparing placers ({','.join(placers)}) runs one policy; "
@@ -175,7 +183,7 @@ def simulate_cmd(
             else:
                 table = ex.compare_policies(
                     pipe, cl, w, policies or ",".join(ex.POLICIES), seed=seed,
-                    duration_s=duration, slo_ms=slo_ms, placement=placers[0], progress=bar,
+                    duration_s=duration, slo_ms=slo_ms, placement=placement, progress=bar,
                     max_visits=max_visits,
                 )  # fmt: skip
         render(table, table_console())
@@ -203,7 +211,10 @@ def sweep_cmd(
     cluster: ClusterOpt = "paper",
     pipeline: PipelineOpt = "bert-21b-me-21",
     duration: Annotated[float, typer.Option("--duration", help="seconds per cell")] = 120.0,
-    placement: Annotated[str, typer.Option("--placement", help="placer for every run")] = "quart",
+    placement: Annotated[
+        str | None,
+        typer.Option("--placement", help="placer for every run (default: each policy's)"),
+    ] = None,
     seed: SeedOpt = 0,
     slo_ms: SloOpt = None,
     out: Annotated[Path, typer.Option("--out", help="directory for sweep.csv/png")] = Path(

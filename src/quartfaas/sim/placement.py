@@ -15,6 +15,16 @@ stack two replicas on one GPU.
   prototype's anti-affinity (reference section 1.4): replicas with the same key never
   share a GPU; the key is the model for ``-me-`` pipelines and the stage otherwise.
 - ``CacheFirstPlacer``: the same, preferring servers that cache the stage (fork start).
+- ``LeastAllocatedPlacer``: what a Kubernetes scheduler does for a pod asking for one
+  GPU (``NodeResourcesFit`` with the ``LeastAllocated`` scoring strategy, the default): the
+  server with the largest free share of its GPUs (then of its CPUs) among those that fit,
+  its first free GPU; no notion of cached weights. The default for the baselines that run
+  on Kubernetes (OpenFaaS, Knative, HPA).
+- ``RayDefaultPlacer``: Ray's default (``DEFAULT``/hybrid) scheduling strategy: servers in
+  a fixed order, the first whose GPU utilisation stays at or below 50% after the placement
+  (packing), else the least utilised one (spreading); Ray docs, "Scheduling" ->
+  "DEFAULT": "Ray ... packs tasks onto nodes until the utilization ... exceeds 0.5, then
+  spreads". The default for ``ray``.
 - ``ControlPlacer``: any ``control/placement/`` placer (Quart's cache-aware solver or a
   baseline) asked for one start. It applies that module's own hard rules (GPU memory,
   CPU, one replica per stage per GPU, cache room) and its *soft* pipeline spreading, so
@@ -126,6 +136,53 @@ class CacheFirstPlacer:
             if view.cached:
                 return view
         return ok[0] if ok else None
+
+
+def _free_gpu_share(cluster: ClusterView) -> dict[int, float]:
+    """Per server index: the share of its GPUs without a replica."""
+    free: dict[int, int] = {}
+    total: dict[int, int] = {}
+    for g in cluster.gpus:
+        total[g.server_index] = total.get(g.server_index, 0) + 1
+        free[g.server_index] = free.get(g.server_index, 0) + (g.occupants == 0)
+    return {j: free[j] / total[j] for j in total}
+
+
+class LeastAllocatedPlacer:
+    """Kubernetes-style least-allocated: the emptiest server that fits (see module doc)."""
+
+    name = "least-allocated"
+
+    def place(self, request: PlaceRequest, cluster: ClusterView) -> GpuView | None:
+        ok = [v for v in cluster.gpus if fits(request, v)]
+        if not ok:
+            return None
+        shares = _free_gpu_share(cluster)
+        # max() keeps the first of equals: server order breaks ties, then GPU order
+        best = max(ok, key=lambda v: (shares[v.server_index], v.server_free_cpus))
+        return next(v for v in ok if v.server_index == best.server_index)
+
+
+class RayDefaultPlacer:
+    """Ray's default hybrid strategy: pack to 50% GPU utilisation, then spread."""
+
+    name = "ray-default"
+    threshold = 0.5
+
+    def place(self, request: PlaceRequest, cluster: ClusterView) -> GpuView | None:
+        ok = [v for v in cluster.gpus if fits(request, v)]
+        if not ok:
+            return None
+        used: dict[int, int] = {}
+        total: dict[int, int] = {}
+        for g in cluster.gpus:
+            total[g.server_index] = total.get(g.server_index, 0) + 1
+            used[g.server_index] = used.get(g.server_index, 0) + (g.occupants > 0)
+        for v in ok:  # servers in order: the first that stays under the threshold
+            j = v.server_index
+            if (used[j] + 1) / total[j] <= self.threshold:
+                return v
+        return min(ok, key=lambda v: used[v.server_index] / total[v.server_index])
 
 
 class ControlPlacer:

@@ -19,7 +19,14 @@ from quartfaas.sim.cluster import ClusterSpec, GpuSharing, GpuType, StartDelays
 from quartfaas.sim.experiments.workloads import peak_rate
 from quartfaas.sim.gpu_accounting import static_peak_fit
 from quartfaas.sim.pipelines import SimPipeline
-from quartfaas.sim.placement import CacheFirstPlacer, ControlPlacer, FirstFitPlacer, Placer
+from quartfaas.sim.placement import (
+    CacheFirstPlacer,
+    ControlPlacer,
+    FirstFitPlacer,
+    LeastAllocatedPlacer,
+    Placer,
+    RayDefaultPlacer,
+)
 
 POLICIES = ("quart", "openfaas-ce", "openfaas-pro", "knative", "hpa", "ray", "uniform", "static")
 
@@ -30,7 +37,8 @@ ABLATIONS = (
 )  # fmt: skip
 
 
-SIM_PLACERS = ("first-fit", "cache-first")  # sim/placement.py's own, model anti-affinity
+# sim/placement.py's own: model anti-affinity (first two), platform defaults (last two)
+SIM_PLACERS = ("first-fit", "cache-first", "least-allocated", "ray-default")
 
 
 STATIC_TARGET_UTILISATION = 0.7
@@ -99,6 +107,62 @@ class PolicySetup:
     initial: dict[str, int] | None = None
     note: str = ""
     prewarm: bool = False  # Quart's cache management (sim/cache_planner.py) after each tick
+    placer: str = "quart"  # the placer it runs on (infrastructure, see INFRAS)
+    fork: bool = True  # host-memory hits start by fork (False: they pay the cold tier)
+    infra: str = "cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Infra:
+    """Infrastructure a policy runs on, independent of the policy (issue #11 item 2)."""
+
+    name: str
+    placer: str
+    fork: bool  # the parameter cache's fork tier
+    prewarm: bool  # Quart's cache pre-warm (sim/cache_planner.py)
+    about: str
+
+
+INFRAS = {
+    "cache": Infra("cache", "quart", True, True,
+                   "Quart's cache-aware placer, fork tier and cache pre-warm"),
+    "fork": Infra("fork", "least-allocated", True, False,
+                  "Kubernetes least-allocated placement with a host-memory fork tier"),
+    "k8s": Infra("k8s", "least-allocated", False, False,
+                 "Kubernetes least-allocated placement, every start loads its weights"),
+    "ray": Infra("ray", "ray-default", False, False,
+                 "Ray's default (hybrid) scheduling, every start loads its weights"),
+}  # fmt: skip
+
+
+def default_infra(base: str) -> str:
+    """The platform a policy comes with: Quart its cache, Ray Ray's, the rest Kubernetes."""
+    if base.startswith("quart"):
+        return "cache"
+    return "ray" if base == "ray" else "k8s"
+
+
+def split_policy(name: str) -> tuple[str, str | None]:
+    """``hpa+cache`` -> (``hpa``, ``cache``); ``hpa`` -> (``hpa``, None)."""
+    base, plus, infra = name.partition("+")
+    return base, (infra if plus else None)
+
+
+def parse_policies(text: str | Sequence[str]) -> list[str]:
+    """A comma list of ``POLICY[+INFRA]`` names, each part checked."""
+    items = parse_list(text, [x.strip() for x in (text.split(",") if isinstance(text, str)
+                                                  else text)], "policies")  # fmt: skip
+    for item in items:
+        base, infra = split_policy(item)
+        if base not in policy_names():
+            raise SpecError(
+                f"unknown policy {base!r}; valid policies: "
+                f"{', '.join(policy_names())} (each may take +{'|+'.join(INFRAS)})"
+            )
+        if infra is not None and infra not in INFRAS:
+            raise SpecError(f"unknown infrastructure {infra!r} in {item!r}; valid: "
+                            + "; ".join(f"{k} ({v.about})" for k, v in INFRAS.items()))  # fmt: skip
+    return items
 
 
 def static_counts(
@@ -123,6 +187,35 @@ def policy_setup(
     arrivals: np.ndarray,
     cfg: ControllerConfig,
 ) -> PolicySetup:
+    """``POLICY[+INFRA]``: the policy, on its platform's infrastructure unless INFRA says."""
+    base, infra = split_policy(name)
+    setup = _base_setup(base, pipeline, cluster, arrivals, cfg)
+    if infra is None:
+        kind = default_infra(base)
+        if kind == "cache":  # Quart and its ablations, as each one defines them
+            return replace(setup, name=name, infra=kind)
+    else:
+        kind = infra
+    inf = INFRAS[kind]
+    delays = cluster.delays if inf.fork else NoForkDelays(inner=cluster.delays)
+    return replace(
+        setup,
+        name=name,
+        cluster=replace(setup.cluster, delays=delays),
+        placer=inf.placer,
+        fork=inf.fork,
+        prewarm=inf.prewarm,
+        infra=kind,
+    )
+
+
+def _base_setup(
+    name: str,
+    pipeline: SimPipeline,
+    cluster: ClusterSpec,
+    arrivals: np.ndarray,
+    cfg: ControllerConfig,
+) -> PolicySetup:
     if name == "quart":
         return PolicySetup(name, _quart(cfg), cluster, prewarm=True)
     if name == "quart-no-smoother":
@@ -139,7 +232,8 @@ def policy_setup(
     if name == "quart-no-cache":
         delays = NoForkDelays(inner=cluster.delays)
         note = "quart-no-cache: host-memory hits pay the cold tier (starts shown as cold)"
-        return PolicySetup(name, _quart(cfg), replace(cluster, delays=delays), note=note)
+        return PolicySetup(name, _quart(cfg), replace(cluster, delays=delays), note=note,
+                           fork=False)  # fmt: skip
     if name == "static":
         counts = static_counts(pipeline, cluster, arrivals)
         fit = static_peak_fit(pipeline, cluster, counts)
@@ -161,6 +255,10 @@ def make_placer(name: str, pipeline: SimPipeline) -> Placer:
         return FirstFitPlacer()
     if name == "cache-first":
         return CacheFirstPlacer()
+    if name == "least-allocated":
+        return LeastAllocatedPlacer()
+    if name == "ray-default":
+        return RayDefaultPlacer()
     if name not in PLACERS:
         raise SpecError(f"unknown placer {name!r}; valid placers: {', '.join(placement_names())}")
     return ControlPlacer(get_placer(name), pipeline)
