@@ -44,7 +44,7 @@ def test_each_policy_runs_on_its_platform_unless_told(
 
 
 def test_bad_infrastructure_is_refused_with_the_valid_ones() -> None:
-    with pytest.raises(SpecError, match="cache .*k8s"):
+    with pytest.raises(SpecError, match=r"cache .*k8s"):
         ex.parse_policies("hpa+gpu")
 
 
