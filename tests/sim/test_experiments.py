@@ -53,7 +53,7 @@ def test_same_seed_gives_byte_identical_tables() -> None:
 def test_cli_table_is_byte_identical_and_out_dir_is_written(tmp_path: Path) -> None:
     args = ["simulate", "--cluster", "small", "--pipeline", "whisper-time-3",
             "--workload", "mmpp:cv=4", "--rate", "40", "--duration", "40",
-            "--policies", "quart,hpa", "--seed", "5", "--no-progress"]  # fmt: skip
+            "--policies", "quart,hpa", "--seed", "5", "--seeds", "1", "--no-progress"]  # fmt: skip
     runner = CliRunner()
     first = runner.invoke(sim_app, [*args, "--out", str(tmp_path)])
     second = runner.invoke(sim_app, args)
@@ -230,3 +230,31 @@ def test_sweep_writes_csv_and_figure_with_progress(tmp_path: Path) -> None:
     assert events[-1].done == events[-1].total
     with pytest.raises(SpecError, match="at least one CV"):
         sweep_mod.sweep(PIPE, SMALL, [], [20], ["quart"])
+
+
+def test_cli_seeds_replicate_and_the_seed_changes_the_table(tmp_path: Path) -> None:
+    """Issue #11 item 6: N seeds, mean and 95% interval; --seed 1 vs 2 differ, 1 twice not."""
+    args = ["simulate", "--cluster", "small", "--pipeline", "whisper-time-3",
+            "--trace", "azure-code", "--rate", "30", "--duration", "40",
+            "--policies", "quart,hpa", "--seeds", "3", "--no-progress"]  # fmt: skip
+    runner = CliRunner()
+    one = runner.invoke(sim_app, [*args, "--seed", "1", "--out", str(tmp_path)])
+    again = runner.invoke(sim_app, [*args, "--seed", "1"])
+    two = runner.invoke(sim_app, [*args, "--seed", "2"])
+    for res in (one, again, two):
+        assert res.exit_code == 0, res.output
+    assert one.stdout == again.stdout
+    assert one.stdout != two.stdout
+    assert "slo_ci95" in one.stdout and "3 seeds from base seed 1" in one.stdout
+    assert (tmp_path / "attainment_vs_gpu.png").stat().st_size > 0
+    rows = json.loads((tmp_path / "table.json").read_text())["rows"]
+    assert [r["policy"] for r in rows] == ["quart", "hpa"] and rows[0]["runs"] == 3
+
+
+def test_mean_ci95_and_seed_sets() -> None:
+    from quartfaas.sim.experiments.replicate import mean_ci95, seeds_for
+
+    m, h = mean_ci95([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / np.sqrt(3))
+    assert np.isnan(mean_ci95([5.0])[1])
+    assert seeds_for(1, 5) == seeds_for(1, 5) and not set(seeds_for(1, 5)) & set(seeds_for(2, 5))

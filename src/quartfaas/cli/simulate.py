@@ -28,6 +28,7 @@ from quartfaas.errors import QuartfaasError, SpecError
 from quartfaas.sim import experiments as ex
 from quartfaas.sim import sweep as sweep_mod
 from quartfaas.sim.cluster import cluster_preset
+from quartfaas.sim.experiments.replicate import plot_attainment_vs_gpu, replicate_policies
 from quartfaas.sim.pipelines import pipeline_preset
 from quartfaas.sim.report import plot_latency_cdf, plot_replicas
 
@@ -157,17 +158,46 @@ def simulate_cmd(
         ),
     ] = None,
     seed: SeedOpt = 0,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            "--seeds",
+            help="independent realisations per policy (mean and 95% interval); 1: one run "
+            "with per-run detail",
+        ),
+    ] = 5,
     slo_ms: SloOpt = None,
     out: OutOpt = None,
     progress: ProgressOpt = True,
     max_visits: MaxVisitsOpt = ex.MAX_VISITS,
 ) -> None:
-    """Run policies (or placers) on one workload and print the comparison table."""
+    """Run policies (or placers) on one workload and print the comparison table.
+
+    With ``--seeds N`` (default 5) each policy runs on N independent realisations of the
+    workload (seeds derived from ``--seed``) and the table gives the mean and a 95%
+    interval; ``--out`` then also writes ``attainment_vs_gpu.png`` (one point per run).
+    """
     with _friendly():
         pipe = pipeline_preset(pipeline)
         cl = cluster_preset(cluster)
         w = ex.make_workload(workload, rate=rate, seed=seed)
         placers = ex.parse_list(placement, ex.placement_names(), "placers") if placement else []
+        if len(placers) <= 1 and seeds != 1:
+            with _progress(progress) as bar:
+                rep = replicate_policies(
+                    pipe, cl, workload, policies or ",".join(ex.POLICIES), rate=rate, seed=seed,
+                    n_seeds=seeds, duration_s=duration, slo_ms=slo_ms, placement=placement,
+                    progress=bar, max_visits=max_visits,
+                )  # fmt: skip
+            render(rep.table, table_console())
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                for name, text in (("table.txt", rep.table.text()), ("table.csv", rep.table.csv()),
+                                   ("table.json", rep.table.json())):  # fmt: skip
+                    (out / name).write_text(text, encoding="utf-8")
+                fig = plot_attainment_vs_gpu(rep, out / "attainment_vs_gpu.png")
+                err.print(f"wrote {out}/table.txt, table.csv, table.json, {fig.name}")
+            return
         with _progress(progress) as bar:
             if len(placers) > 1:
                 pols = ex.parse_policies(policies or "quart")
