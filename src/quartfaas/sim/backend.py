@@ -22,6 +22,10 @@ the last replica leaving it, starting and draining included); ``replica_seconds`
 plain sum of replica lifetimes, equal to it on an exclusive cluster.
 Time is read from the ``Clock`` the driver (``sim/run.py``) advances; nothing here sleeps.
 
+Over 400 lines because the Backend protocol, GPU exclusivity and sharing, occupancy
+accounting and the incremental counts all read and write one replica table (``_live``,
+``_by_stage``, the GPUs' tenants); split, each part would reach into the others' state.
+
 Limitation: ``stop_replica(drain=False)`` also drains - the engine has already committed
 the visits a replica started and cannot abort them.
 """
