@@ -49,7 +49,7 @@ def _spec(stages: int) -> dict[str, Any]:
 def _serve(spec_data: dict[str, Any], conn: Any) -> None:
     import uvloop
 
-    from quartfaas.dataplane.runtime import EmbeddedRuntime
+    from quartfaas.runtime import EmbeddedRuntime
     from quartfaas.spec import parse_spec
 
     async def main() -> None:

@@ -19,6 +19,7 @@ values, not exceptions. Exceptions are for what a caller must handle or a user m
     │   ├── QueueFull               429 (with Retry-After)
     │   ├── UpstreamFailed          502
     │   ├── NoReplicas              503
+    │   ├── NotApplicable           501 (an OpenFaaS endpoint that cannot apply here)
     │   └── StageTimeout            504
     └── SimulationError         a simulation cannot be run as asked (with the numbers)
 
@@ -107,6 +108,12 @@ class StageTimeout(GatewayError):
     status = 504
 
 
+class NotApplicable(GatewayError):
+    """An OpenFaaS endpoint that cannot apply to a pipeline (deploy, secrets, logs)."""
+
+    status = 501
+
+
 _STATUS: dict[type[Exception], int] = {
     BadRequest: 400,
     ModelInputError: 400,
@@ -119,6 +126,7 @@ _STATUS: dict[type[Exception], int] = {
     NoReplicas: 503,
     InsufficientMemory: 503,
     StageTimeout: 504,
+    NotApplicable: 501,
 }
 
 

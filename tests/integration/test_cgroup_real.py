@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from quartfaas.backends.base import CpuLever
 from quartfaas.backends.cpu import CgroupCpu, cgroup_for, detect_cpu_lever
+from quartfaas.control.backend import CpuLever
 
 pytestmark = pytest.mark.cgroup
 

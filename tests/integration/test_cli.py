@@ -75,13 +75,13 @@ def test_serve_invoke_scale_and_ctrl_c(tmp_path: Path, kill_leftovers: list[str]
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["pipeline"] == name
         r = _cli("invoke", "nope", "--data", "{}", "--gateway", url)
-        assert r.returncode == 1 and "not found" in r.stdout
+        assert r.returncode == 2 and "not found" in r.stderr
         r = _cli("functions", "--gateway", url)
         assert r.returncode == 0 and f"{name}-s1" in r.stdout
         r = _cli("scale", f"{name}-s1", "2", "--gateway", url)
         assert r.returncode == 0 and '"replicas": 2' in r.stdout
         r = _cli("scale", f"{name}-s1", "99", "--gateway", url)
-        assert r.returncode == 1 and "outside" in r.stderr
+        assert r.returncode == 2 and "com.openfaas.scale.max" in r.stderr
         assert worker_pids(f"quartfaas-{name}-")
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from helpers import synthetic_spec
-from quartfaas.dataplane.runtime import EmbeddedRuntime
+from quartfaas.runtime import EmbeddedRuntime
 from quartfaas.workload.loadgen import run_open_loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

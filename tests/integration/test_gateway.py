@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from helpers import synthetic_spec, worker_pids
-from quartfaas.backends.base import ReplicaState
+from quartfaas.control.backend import ReplicaState
 from quartfaas.dataplane import framing
-from quartfaas.dataplane.runtime import EmbeddedRuntime
 from quartfaas.errors import BackendError
+from quartfaas.runtime import EmbeddedRuntime
 from quartfaas.spec import PipelineSpec
 
 pytestmark = pytest.mark.timeout(120)
@@ -61,7 +61,7 @@ def test_pipeline_invocation_and_openfaas_api(kill_leftovers: list[str]) -> None
         assert set(fns) == {"api", "api-s0", "api-s1", "api-s2"}
         s0 = fns["api-s0"]
         assert s0["replicas"] == 1 and s0["availableReplicas"] == 1
-        assert s0["invocationCount"] == 1
+        assert s0["invocationCount"] == 0  # pipeline hops are not calls of the stage (#16)
         assert s0["labels"]["com.openfaas.scale.min"] == "1"
         assert s0["labels"]["com.openfaas.scale.max"] == "4"
         assert fns["api"]["invocationCount"] == 1
@@ -78,13 +78,23 @@ def test_pipeline_invocation_and_openfaas_api(kill_leftovers: list[str]) -> None
         assert framing.decode_numpy(r.content)["hidden"].shape == (1, 2, 4)
 
         text = (await c.get("/metrics")).text
-        assert 'gateway_function_invocation_started{function_name="api"} 1.0' in text
-        assert 'gateway_function_invocation_started{function_name="api-s1"} 2.0' in text
-        assert 'gateway_function_invocation_total{code="200",function_name="api-s0"} 1.0' in text
-        assert 'gateway_functions_seconds_count{code="200",function_name="api"} 1.0' in text
+        reg = rt.gateway.metrics.registry
+        # gateway_* count calls from outside, labelled name.namespace; every stage visit
+        # (pipeline hops included) is a quartfaas_stage_* sample (#16).
+        fn = {"function_name": "api.openfaas-fn"}
+        assert reg.get_sample_value("gateway_function_invocation_started", fn) == 1
+        s1 = {"function_name": "api-s1.openfaas-fn"}
+        assert reg.get_sample_value("gateway_function_invocation_started", s1) == 1
+        ok = {"function_name": "api-s0.openfaas-fn", "code": "200"}
+        assert reg.get_sample_value("gateway_function_invocation_total", ok) is None
+        ok = {**fn, "code": "200"}
+        assert reg.get_sample_value("gateway_functions_seconds_count", ok) == 1
+        assert reg.get_sample_value("quartfaas_stage_arrivals_total", {"stage": "api-s1"}) == 2
+        hop = {"stage": "api-s0", "code": "200"}
+        assert reg.get_sample_value("quartfaas_stage_requests_total", hop) == 1
         assert 'quartfaas_stage_queue_length{stage="api-s0"} 0.0' in text
         assert 'quartfaas_stage_ready_replicas{stage="api-s2"} 1.0' in text
-        assert 'gateway_service_count{function_name="api-s0"} 1.0' in text
+        assert 'gateway_service_count{function_name="api-s0.openfaas-fn"} 1.0' in text
         reg = rt.gateway.metrics.registry
         assert (
             reg.get_sample_value("quartfaas_stage_service_seconds_count", {"stage": "api-s1"}) == 2
@@ -118,16 +128,17 @@ def test_bad_input_is_answered_with_clear_errors(kill_leftovers: list[str]) -> N
         r = await c.post(
             "/system/scale-function/bad-s0", json={"serviceName": "bad-s0", "replicas": 9}
         )
-        assert r.status_code == 400 and "outside [1, 4]" in r.json()["error"]
-        r = await c.post("/system/scale-function/bad", json={"replicas": 2})
-        assert r.status_code == 400 and "pipeline" in r.json()["error"]
+        assert r.status_code == 400 and "com.openfaas.scale.max" in r.json()["error"]
+        r = await c.post("/system/scale-function/bad", json={"replicas": 9})
+        assert r.status_code == 400 and "bad-s0" in r.json()["error"]
         r = await c.post("/system/scale-function/bad-s0", json={"serviceName": "x", "replicas": 2})
         assert r.status_code == 400 and "does not match" in r.json()["error"]
         # Errors are counted by code.
         reg = rt.gateway.metrics.registry
         assert (
             reg.get_sample_value(
-                "gateway_function_invocation_total", {"function_name": "bad", "code": "400"}
+                "gateway_function_invocation_total",
+                {"function_name": "bad.openfaas-fn", "code": "400"},
             )
             == 3
         )

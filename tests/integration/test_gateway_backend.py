@@ -8,10 +8,10 @@ import time
 import pytest
 
 from helpers import synthetic_spec
-from quartfaas.backends.base import ReplicaState, reconcile
 from quartfaas.backends.gateway import GatewayBackend
-from quartfaas.dataplane.runtime import EmbeddedRuntime
+from quartfaas.control.backend import ReplicaState, reconcile
 from quartfaas.errors import BackendError
+from quartfaas.runtime import EmbeddedRuntime
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,7 +37,7 @@ def test_counts_are_read_and_set_through_the_scale_api(kill_leftovers: list[str]
                 assert len(reps) == 3 and all(r.state is ReplicaState.READY for r in reps)
                 same = await asyncio.to_thread(reconcile, backend, "remote-s1", 3)
                 assert same.start == 0 and not same.stop  # nothing to do: no API call
-                with pytest.raises(BackendError, match="outside"):
+                with pytest.raises(BackendError, match="above the maximum"):
                     await asyncio.to_thread(backend.scale_to, "remote-s1", 99)
                 with pytest.raises(BackendError, match="CPU"):
                     backend.set_cpu("remote-s1#0", 2.0)

@@ -16,7 +16,7 @@ import torch
 
 from helpers import tiny_bert_spec
 from quartfaas.dataplane.param_cache import ParamCacheLauncher
-from quartfaas.dataplane.runtime import EmbeddedRuntime
+from quartfaas.runtime import EmbeddedRuntime
 
 pytestmark = [
     pytest.mark.gpu,

@@ -13,10 +13,11 @@ import httpx
 import pytest
 
 from helpers import synthetic_spec, tiny_bert_spec
-from quartfaas.backends.base import ReplicaState, StartTier
-from quartfaas.dataplane.param_cache import ParamCacheLauncher, pss_bytes
-from quartfaas.dataplane.runtime import EmbeddedRuntime
+from quartfaas.control.backend import ReplicaState, StartTier
+from quartfaas.dataplane.param_cache import ParamCacheLauncher
+from quartfaas.dataplane.param_cache.host import pss_bytes
 from quartfaas.errors import BackendError
+from quartfaas.runtime import EmbeddedRuntime
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from helpers import synthetic_spec
-from quartfaas.dataplane.runtime import EmbeddedRuntime
 from quartfaas.metrics.collector import InProcessCollector
 from quartfaas.metrics.prometheus import PrometheusCollector
 from quartfaas.metrics.prometheus_server import PrometheusServer
+from quartfaas.runtime import EmbeddedRuntime
 
 BINARY = shutil.which("prometheus") or (
     "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None

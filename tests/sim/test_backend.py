@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quartfaas.backends.base import Backend, CpuLever, ReplicaState, StartTier, reconcile
 from quartfaas.clock import FakeClock
+from quartfaas.control.backend import Backend, CpuLever, ReplicaState, StartTier, reconcile
 from quartfaas.errors import BackendError, InsufficientMemory
 from quartfaas.sim.backend import SimBackend
 from quartfaas.sim.cluster import cluster_preset

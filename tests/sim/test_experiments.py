@@ -12,8 +12,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from quartfaas.backends.base import StartTier
 from quartfaas.cli.simulate import TABLE_WIDTH, render, sim_app
+from quartfaas.control.backend import StartTier
 from quartfaas.errors import SimulationError, SpecError
 from quartfaas.sim import experiments as ex
 from quartfaas.sim import sweep as sweep_mod

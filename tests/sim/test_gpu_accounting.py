@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from quartfaas.backends.base import StartTier
+from quartfaas.control.backend import StartTier
 from quartfaas.control.placement.startup_delays import DelayTable
 from quartfaas.errors import SimulationError
 from quartfaas.sim.cluster import (

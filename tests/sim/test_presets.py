@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from quartfaas.backends.base import StartTier
+from quartfaas.control.backend import StartTier
 from quartfaas.errors import SimulationError
 from quartfaas.sim.cluster import GPU_TYPES, StartDelays, WeightSource, cluster_preset
 from quartfaas.sim.pipelines import from_spec, pipeline_names, pipeline_preset

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from quartfaas.backends.base import StartTier
+from quartfaas.control.backend import StartTier
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.loop import Applied
 from quartfaas.control.placement import get_placer

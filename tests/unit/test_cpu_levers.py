@@ -8,7 +8,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from quartfaas.backends.base import CpuLever, ReplicaInfo, ReplicaState
 from quartfaas.backends.cpu import (
     CgroupV1Cpu,
     CgroupV2Cpu,
@@ -19,6 +18,7 @@ from quartfaas.backends.cpu import (
     set_worker_threads,
     threads_for_quota,
 )
+from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState
 from quartfaas.errors import BackendError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from quartfaas.backends.base import CpuLever, ReplicaInfo, ReplicaState
+from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState
 from quartfaas.control.loop import Applied, ControlLoop
 from quartfaas.control.policy import Decision, StageDecision, hold_all
 from quartfaas.control.snapshot import PipelineSnapshot, make_snapshot

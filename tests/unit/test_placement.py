@@ -64,7 +64,7 @@ def test_start_cost_model_tiers() -> None:
         + 4 * GIB / table.pageable_bytes_per_s
     )  # fmt: skip
     # the one table: the simulator's TableDelays gives the same start on the same link
-    from quartfaas.backends.base import StartTier
+    from quartfaas.control.backend import StartTier
     from quartfaas.sim.cluster import GpuType, TableDelays
 
     gpu = GpuType("x", 32.0, 1.0, cost.host_to_gpu_bytes_per_s / GIB)

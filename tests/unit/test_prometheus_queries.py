@@ -27,6 +27,7 @@ from quartfaas.spec import PipelineSpec
 
 EVAL = 1_800_000_000.0
 W = 10.0
+E2E = "p.openfaas-fn"  # the pipeline's function_name: name.namespace (gateway.namespace)
 
 
 def spec(n: int = 2) -> PipelineSpec:
@@ -70,30 +71,29 @@ class FakeProm:
     def rates(self) -> dict[str, Any]:
         s0, s1 = self.stages[:2]
         return vec(
-            ({"qf": "arr", "function_name": "p"}, 5.0),
-            ({"qf": "arr", "function_name": s0}, 5.0),
-            ({"qf": "arr", "function_name": s1}, 0.0),
-            ({"qf": "fin", "function_name": s0, "code": "200"}, 4.5),
-            ({"qf": "fin", "function_name": s0, "code": "429"}, 0.3),
-            ({"qf": "fin", "function_name": s0, "code": "504"}, 0.1),
-            ({"qf": "fin", "function_name": s0, "code": "502"}, 0.1),
+            ({"qf": "arr", "stage": s0}, 5.0),
+            ({"qf": "arr", "stage": s1}, 0.0),
+            ({"qf": "fin", "stage": s0, "code": "200"}, 4.5),
+            ({"qf": "fin", "stage": s0, "code": "429"}, 0.3),
+            ({"qf": "fin", "stage": s0, "code": "504"}, 0.1),
+            ({"qf": "fin", "stage": s0, "code": "502"}, 0.1),
             ({"qf": "ssum", "stage": s0}, 0.09),
             ({"qf": "scnt", "stage": s0}, 4.5),
             ({"qf": "ssum", "stage": s1}, 0.0),
             ({"qf": "scnt", "stage": s1}, 0.0),
-            ({"qf": "lsum", "function_name": s0}, 0.18),
-            ({"qf": "lcnt", "function_name": s0}, 4.5),
-            ({"qf": "lsum", "function_name": "p"}, 0.5),
-            ({"qf": "lcnt", "function_name": "p"}, 5.0),
+            ({"qf": "lsum", "stage": s0}, 0.18),
+            ({"qf": "lcnt", "stage": s0}, 4.5),
+            ({"qf": "esum", "function_name": E2E}, 0.5),
+            ({"qf": "ecnt", "function_name": E2E}, 5.0),
         )
 
     def quantiles(self) -> dict[str, Any]:
         s0, s1 = self.stages[:2]
         out = []
         for tag, v in (("p50", 0.03), ("p95", 0.06), ("p99", 0.08)):
-            out.append(({"qf": tag, "function_name": s0}, v))
-            out.append(({"qf": tag, "function_name": s1}, math.nan))  # no observations
-            out.append(({"qf": tag, "function_name": "p"}, 2 * v))
+            out.append(({"qf": tag, "stage": s0}, v))
+            out.append(({"qf": tag, "stage": s1}, math.nan))  # no observations
+            out.append(({"qf": tag, "function_name": E2E}, 2 * v))
         return vec(*out)
 
     def buckets(self) -> dict[str, Any]:
@@ -181,13 +181,13 @@ def test_queries_are_vectorised_not_per_stage() -> None:
     assert len(fake.requests) == 4
     q = c.queries
     assert (
-        'sum by (function_name) (rate(gateway_function_invocation_started{function_name=~"p|p-s0|'
-        in q["rates"]
+        'sum by (stage) (rate(quartfaas_stage_arrivals_total{stage=~"p-s0|p-s1|' in q["rates"]
     )
     assert (
-        'histogram_quantile(0.99, sum by (le, function_name) (rate(gateway_functions_seconds_bucket{code="200",'
-        in q["quantiles"]
+        "histogram_quantile(0.99, sum by (le, stage) "
+        '(rate(quartfaas_stage_latency_seconds_bucket{code="200",' in q["quantiles"]
     )
+    assert f'gateway_functions_seconds_bucket{{code="200",function_name="{E2E}"}}' in q["quantiles"]
     assert (
         "sum by (le, stage) (rate(quartfaas_stage_service_seconds_bucket{" in q["service_buckets"]
     )

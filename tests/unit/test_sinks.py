@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from quartfaas.backends.base import CpuLever, ReplicaInfo, ReplicaState
+from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState
 from quartfaas.control.loop import Applied, ControlLoop
 from quartfaas.control.policy import Decision, StageDecision, hold_all
 from quartfaas.control.sinks import (

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from quartfaas.backends.base import CpuLever
+from quartfaas.control.backend import CpuLever
 
 DEFAULT_PERIOD_US = 100_000
 MIN_QUOTA_US = 1_000  # the kernel refuses CFS quotas under 1 ms

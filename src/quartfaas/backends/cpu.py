@@ -29,7 +29,6 @@ from pathlib import Path
 
 import httpx
 
-from quartfaas.backends.base import CpuLever, ReplicaInfo
 from quartfaas.backends.cgroups import (
     DEFAULT_PERIOD_US,
     CgroupCpu,
@@ -41,6 +40,7 @@ from quartfaas.backends.cgroups import (
     v1_mount,
     v2_mount,
 )
+from quartfaas.control.backend import CpuLever, ReplicaInfo
 from quartfaas.errors import BackendError
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from quartfaas.backends.base import CpuLever, ReconcilePlan, ReplicaInfo, ReplicaState
+from quartfaas.control.backend import CpuLever, ReconcilePlan, ReplicaInfo, ReplicaState
 from quartfaas.errors import BackendError
 
 

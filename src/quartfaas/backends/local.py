@@ -1,12 +1,13 @@
 """The local backend: stage replicas as worker processes on this machine.
 
-It implements ``backends.base.Backend`` (non-blocking declarations; readiness observed
-later) on the gateway's event loop, and tells a ``ReplicaListener`` (the runtime, which
-feeds the dispatcher) when a replica becomes ready, must be drained, or is gone.
+It implements ``control.backend.Backend`` (non-blocking declarations; readiness observed
+later) on the gateway's event loop, and tells a ``ReplicaListener`` (the gateway, which
+feeds its dispatcher) when a replica becomes ready, must be drained, or is gone.
 
-How a replica process is made is a ``Launcher``'s business: ``ColdLauncher`` (here)
-starts ``python -m quartfaas.dataplane.worker``; the parameter cache's fork launcher
-(``dataplane/forkserver.py``) forks one from a stage template holding the weights.
+How a replica process is made is a ``Launcher``'s business (``dataplane/launch.py``):
+``ColdLauncher`` starts ``python -m quartfaas.dataplane.worker``; the parameter cache's
+launcher (``dataplane/param_cache/``) forks one from a stage template holding the
+weights. This module imports the data plane's launch seam, never the other way round.
 
 Faults: a replica that exits while serving is marked FAILED, the listener retries its
 in-flight requests elsewhere, and a replacement is started at once. A replica not ready
@@ -19,21 +20,16 @@ the gateway dies, workers see EOF and exit (no orphans).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import json
 import logging
-import os
 import signal
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Protocol
 
-from quartfaas.backends.base import CpuLever, ReplicaInfo, ReplicaState, StartTier
+from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState
+from quartfaas.dataplane.launch import ColdLauncher, Launched, Launcher, ReplicaFiles, read_tail
 from quartfaas.errors import BackendError, ReplicaStartTimeout
 from quartfaas.spec import PipelineSpec
 
@@ -41,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 class ReplicaListener(Protocol):
-    """What the runtime does when replicas change (the dispatcher's membership)."""
+    """What the gateway does when replicas change (the dispatcher's membership)."""
 
     def replica_starting(self, info: ReplicaInfo) -> None: ...
 
@@ -52,144 +48,6 @@ class ReplicaListener(Protocol):
     def replica_gone(self, info: ReplicaInfo) -> None: ...
 
     async def drain_replica(self, info: ReplicaInfo, timeout_s: float) -> bool: ...
-
-
-class Launched(Protocol):
-    """A replica process, however it was made."""
-
-    @property
-    def pid(self) -> int: ...
-
-    def events(self) -> AsyncIterator[dict[str, object]]: ...
-
-    async def wait(self) -> int: ...
-
-    def signal(self, sig: int) -> None: ...
-
-
-class Launcher(Protocol):
-    async def launch(self, stage: str, replica_id: str) -> tuple[Launched, StartTier]: ...
-
-    def released(self, stage: str, replica_id: str) -> None:
-        """A replica this launcher made is gone (its cache entry may be unpinned)."""
-        ...
-
-    async def prewarm(self, stage: str) -> None:
-        """Get ready to start ``stage`` fast (e.g. load its template) without a replica."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-def read_tail(path: Path, lines: int = 8) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-class EventPipe:
-    """JSON-lines events from a child over a pipe (listening / loaded / ready / failed)."""
-
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_inheritable(self.write_fd, True)
-
-    async def lines(self) -> AsyncIterator[dict[str, object]]:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(self.read_fd, "rb", 0)
-        )
-        try:
-            while line := await reader.readline():
-                with contextlib.suppress(json.JSONDecodeError):
-                    event = json.loads(line)
-                    if isinstance(event, dict):
-                        yield event
-        finally:
-            transport.close()
-
-
-@dataclass
-class _ColdProcess:
-    proc: asyncio.subprocess.Process
-    pipe: EventPipe
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def events(self) -> AsyncIterator[dict[str, object]]:
-        return self.pipe.lines()
-
-    async def wait(self) -> int:
-        return await self.proc.wait()
-
-    def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(sig)
-
-
-class ColdLauncher:
-    """Start a fresh worker process that loads its stage's weights from disk."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-
-    async def launch(self, stage: str, replica_id: str) -> tuple[Launched, StartTier]:
-        pipe = EventPipe()
-        cmd = [
-            sys.executable, "-m", "quartfaas.dataplane.worker",
-            "--spec-json", str(self.rt.spec_json), "--stage", stage,
-            "--replica-id", replica_id, "--event-fd", str(pipe.write_fd),
-            "--lifeline-fd", str(self.rt.lifeline_read),
-        ]  # fmt: skip
-        log_path = self.rt.log_path(replica_id)
-        with open(log_path, "ab") as logf:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=logf,
-                stderr=logf,
-                pass_fds=(pipe.write_fd, self.rt.lifeline_read),
-                start_new_session=True,  # Ctrl-C reaches the gateway, which stops workers
-                env={**os.environ, **self.rt.worker_env},
-            )
-        os.close(pipe.write_fd)
-        tier = StartTier.NONE if self.rt.spec.model.kind == "synthetic" else StartTier.COLD
-        return _ColdProcess(proc, pipe), tier
-
-    def released(self, stage: str, replica_id: str) -> None:
-        return None
-
-    async def prewarm(self, stage: str) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
-class Runtime:
-    """Files and fds shared by all replicas of one gateway (spec JSON, logs, lifeline)."""
-
-    def __init__(self, spec: PipelineSpec, base_dir: Path | None = None) -> None:
-        self.spec = spec
-        self.dir = Path(tempfile.mkdtemp(prefix=f"quartfaas-{spec.name}-", dir=base_dir))
-        self.spec_json = self.dir / "spec.json"
-        self.spec_json.write_text(spec.model_dump_json())
-        self.lifeline_read, self.lifeline_write = os.pipe()
-        os.set_inheritable(self.lifeline_read, True)
-        self.worker_env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
-
-    def log_path(self, replica_id: str) -> Path:
-        return self.dir / f"{replica_id}.log"
-
-    def close(self) -> None:
-        for fd in (self.lifeline_read, self.lifeline_write):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 @dataclass
@@ -208,7 +66,7 @@ class LocalBackend:
         spec: PipelineSpec,
         listener: ReplicaListener,
         *,
-        runtime: Runtime | None = None,
+        files: ReplicaFiles | None = None,
         launcher: Launcher | None = None,
         clock: Callable[[], float] = time.monotonic,
         set_cpu: Callable[[ReplicaInfo, float], CpuLever] | None = None,
@@ -217,8 +75,8 @@ class LocalBackend:
     ) -> None:
         self.spec = spec
         self.listener = listener
-        self.runtime = runtime or Runtime(spec)
-        self.launcher: Launcher = launcher or ColdLauncher(self.runtime)
+        self.files = files or ReplicaFiles(spec)
+        self.launcher: Launcher = launcher or ColdLauncher(self.files)
         self.clock = clock
         self._set_cpu = set_cpu
         self._on_ready = on_ready
@@ -320,7 +178,7 @@ class LocalBackend:
             if rep.stopping:
                 return  # _stop() signalled it and finishes the bookkeeping
             launched.signal(signal.SIGKILL)
-            tail = read_tail(self.runtime.log_path(rep.info.replica_id))
+            tail = read_tail(self.files.log_path(rep.info.replica_id))
             why = str(exc) or f"not ready within {timeout:.0f} s (replica_start_timeout_s)"
             self._start_failed(rep, why + (f"; log tail:\n{tail}" if tail else ""))
             await launched.wait()
@@ -342,7 +200,7 @@ class LocalBackend:
         if rep.stopping:
             return  # _stop() finishes the bookkeeping
         # Exited while serving: a crash. Retry its requests elsewhere, replace it.
-        tail = read_tail(self.runtime.log_path(rep.info.replica_id), 4)
+        tail = read_tail(self.files.log_path(rep.info.replica_id), 4)
         log.warning("replica %s exited with code %s while serving", rep.info.replica_id, code)
         self._finish(rep, ReplicaState.FAILED, f"exited with code {code}: {tail}")
         self.start_replica(stage)
@@ -420,4 +278,4 @@ class LocalBackend:
                 rep.task.cancel()
         self._replicas.clear()
         await self.launcher.close()
-        self.runtime.close()
+        self.files.close()

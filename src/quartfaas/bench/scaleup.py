@@ -31,10 +31,11 @@ from typing import Any
 
 import aiohttp
 
-from quartfaas.backends.base import ReplicaInfo, ReplicaState, reconcile
+from quartfaas.control.backend import ReplicaInfo, ReplicaState, reconcile
 from quartfaas.dataplane import framing
-from quartfaas.dataplane.param_cache import ParamCacheLauncher, pss_bytes
-from quartfaas.dataplane.runtime import EmbeddedRuntime
+from quartfaas.dataplane.param_cache import ParamCacheLauncher
+from quartfaas.dataplane.param_cache.host import pss_bytes
+from quartfaas.runtime import EmbeddedRuntime
 from quartfaas.spec import PipelineSpec
 
 GIB = 1024**3

@@ -17,11 +17,13 @@ Every command turns a ``QuartfaasError`` into a one-line message and exit status
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
+from quartfaas import __version__
 from quartfaas.cli import client, jobs, serving, specs
-from quartfaas.cli.common import console
+from quartfaas.cli.common import ENV, fail, help_width, out
 from quartfaas.cli.simulate import register as register_simulator
 from quartfaas.errors import SpecError
 
@@ -30,7 +32,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help (no box drawing, no <bool> tags on flags), as wide as
+    # TERMINAL_WIDTH / COLUMNS say when set.
+    rich_markup_mode=None,
+    context_settings=help_width(ENV),
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"quartfaas {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Serve large models as pipelines of serverless functions inside a latency SLO."""
 app.command()(serving.serve)
 app.command()(client.invoke)
 app.command()(client.functions)
@@ -53,8 +77,10 @@ def main() -> None:
     try:
         app()
     except SpecError as exc:  # raised outside a command's own handler
-        console.print(f"[red]error:[/red] {exc}")
-        sys.exit(2)
+        try:
+            fail(str(exc))
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
 
 
 __all__ = ["app", "main"]

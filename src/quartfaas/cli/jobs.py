@@ -13,17 +13,26 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from quartfaas.cli.common import console, friendly, load_pipeline, out
+from quartfaas.cli.common import (
+    ProgressOpt,
+    SpecArg,
+    VerboseOpt,
+    console,
+    friendly,
+    load_pipeline,
+    out,
+    positive,
+    workload_text,
+)
 
 
 def run(
-    spec: Annotated[
-        str, typer.Argument(help="spec file or bundled example name (default: demo)")
-    ] = "demo",
+    spec: SpecArg = "demo",
     workload: Annotated[
         str | None,
         typer.Option(
-            help="e.g. 'trace:azure-code,rate=5' or 'mmpp:rate=20,cv=4' "
+            help="a trace name (azure-code, azure-conv) or kind:key=value, e.g. "
+            "'azure-code,rate=5' or 'mmpp:rate=20,cv=4' "
             "(default: a bursty 150 s slice of the Azure code trace)"
         ),
     ] = None,
@@ -31,17 +40,29 @@ def run(
     policy: Annotated[
         str | None, typer.Option(help="quart (default), static, knative, hpa, ... or none")
     ] = None,
-    smoother: Annotated[bool | None, typer.Option("--smoother/--no-smoother")] = None,
-    compensator: Annotated[bool | None, typer.Option("--compensator/--no-compensator")] = None,
+    smoother: Annotated[
+        bool | None,
+        typer.Option(
+            "--smoother/--no-smoother",
+            help="propagate bursts to later stages (default: the spec's controller.smoother)",
+        ),
+    ] = None,
+    compensator: Annotated[
+        bool | None,
+        typer.Option(
+            "--compensator/--no-compensator",
+            help="resize replicas' CPU in place (default: the spec's controller.compensator)",
+        ),
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="report directory")] = None,
     seed: Annotated[int, typer.Option(help="seed of synthetic workloads")] = 0,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    progress: ProgressOpt = True,
+    verbose: VerboseOpt = False,
 ) -> None:
     """The main job: serve a pipeline with its controller, replay a workload, write a report."""
     import time as _time
 
-    from quartfaas.jobs.run import DEFAULT_WORKLOAD, RunConfig, example_spec, run_job
+    from quartfaas.jobs.run import DEFAULT_WORKLOAD, RunConfig, run_job
     from quartfaas.workload import Workload
 
     logging.basicConfig(
@@ -49,9 +70,10 @@ def run(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    positive(duration, "--duration")
     with friendly():
-        pipeline = load_pipeline(example_spec(spec))
-        wl = Workload.parse(workload or DEFAULT_WORKLOAD, seed=seed)
+        pipeline = load_pipeline(spec)
+        wl = Workload.parse(workload_text(workload or DEFAULT_WORKLOAD), seed=seed)
         where = out_dir or Path("runs") / _time.strftime(f"{pipeline.name}-%Y%m%d-%H%M%S")
         cfg = RunConfig(
             spec=pipeline, workload=wl, out_dir=where, duration_s=duration, policy=policy,
@@ -79,16 +101,15 @@ def run(
 
 
 def bench_scaleup(
-    spec: Annotated[str, typer.Argument(help="spec or example name")] = "bert-1g",
-    repeats: Annotated[int, typer.Option()] = 5,
-    seq_len: Annotated[int, typer.Option()] = 16,
+    spec: SpecArg = "bert-1g",
+    repeats: Annotated[int, typer.Option(help="replica starts measured per tier")] = 5,
+    seq_len: Annotated[int, typer.Option(help="tokens in each measured request")] = 16,
 ) -> None:
     """Replica start time per cache tier, first request, PSS, scale from zero."""
     from quartfaas.bench.scaleup import report, run_scaleup
-    from quartfaas.jobs.run import example_spec
 
     with friendly():
-        pipeline = load_pipeline(example_spec(spec))
+        pipeline = load_pipeline(spec)
         res = asyncio.run(
             run_scaleup(pipeline, repeats=repeats, seq_len=seq_len, log=console.print)
         )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from quartfaas.cli.common import (
     PasswordOpt,
     SpecArg,
     UserOpt,
+    VerboseOpt,
     basic_auth,
     console,
     friendly,
@@ -26,29 +28,79 @@ from quartfaas.cli.common import (
 )
 
 
+class ScalingLog:
+    """A decision sink: one INFO line per scaling action of ``serve``'s controller, with why."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("quartfaas.controller")
+
+    def record(self, snapshot: Any, decision: Any, applied: Any) -> None:
+        for d in decision.stages:
+            if d.replicas == d.current:
+                continue
+            self.log.info(
+                "scale %s %d -> %d (%s, policy %s): %s",
+                d.stage, d.current, d.replicas, "up" if d.replicas > d.current else "down",
+                decision.policy, d.reason,
+            )  # fmt: skip
+        for stage, why in getattr(applied, "errors", {}).items():
+            self.log.warning("scaling %s failed: %s", stage, why)
+
+
 def serve(
     spec: SpecArg,
     host: Annotated[str | None, typer.Option(help="bind address (default: the spec's)")] = None,
-    port: Annotated[int | None, typer.Option(help="bind port (default: the spec's)")] = None,
-    controller: Annotated[
-        bool | None, typer.Option("--controller/--no-controller", help="run the autoscaler")
+    port: Annotated[
+        int | None, typer.Option(help="bind port (default: the spec's; 0: any free port)")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    controller: Annotated[
+        bool | None,
+        typer.Option(
+            "--controller/--no-controller",
+            help="run the autoscaler (default: the spec's controller.enabled); with it on, "
+            "`quartfaas scale` is a hint it may undo",
+        ),
+    ] = None,
+    decision_log: Annotated[
+        Path | None, typer.Option(help="append each controller decision to FILE (JSONL)")
+    ] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve a pipeline: gateway + stage workers on this machine, until Ctrl-C."""
     setup_logging(verbose)
     with friendly():
         pipeline = load_pipeline(spec)
-        from quartfaas.dataplane.runtime import EmbeddedRuntime
+        from quartfaas.runtime import EmbeddedRuntime
 
         async def main() -> None:
             rt = EmbeddedRuntime(pipeline, host=host, port=port, controller=controller,
-                                 environ=ENV)  # fmt: skip
-            await rt.start()
+                                 environ=ENV, decision_log=decision_log)  # fmt: skip
+            try:
+                await rt.start()
+            except OSError:  # the port is taken: nothing may stay behind
+                await rt.stop()
+                raise
+            if rt.loop is not None:
+                rt.loop.sinks.append(ScalingLog())
+                rt.gateway.status.scale_note = (
+                    "the controller is on: it may undo this on its next decisions "
+                    "(serve --no-controller to scale by hand)"
+                )
             console.print(
                 f"[green]serving[/green] {pipeline.name} at {rt.url} "
-                f"(functions: {', '.join(rt.gateway.function_names())}); Ctrl-C stops"
+                f"(functions: {', '.join(rt.gateway.function_names())}); Ctrl-C stops",
+                highlight=False,
             )
+            if rt.controller_enabled:
+                cfg = pipeline.controller
+                console.print(
+                    f"controller on (policy {cfg.policy}, every {cfg.interval_s:g} s): it logs "
+                    "each scaling action with its reason; `quartfaas scale` is a hint it may "
+                    "undo (--no-controller to scale by hand)",
+                    highlight=False,
+                )
+            else:
+                console.print("controller off: replicas change only by `quartfaas scale`")
             console.print(rt.cpu.report.describe(), highlight=False)
             await rt.serve_forever()
 
@@ -61,10 +113,12 @@ def control(
     prometheus: Annotated[
         str, typer.Option(help="Prometheus base URL (it scrapes the gateway)")
     ] = "http://127.0.0.1:9090",
-    decision_log: Annotated[Path | None, typer.Option(help="JSONL decision log")] = None,
+    decision_log: Annotated[
+        Path | None, typer.Option(help="append each decision to FILE (JSONL)")
+    ] = None,
     user: UserOpt = "admin",
     password: PasswordOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the controller alone against a remote gateway and its Prometheus."""
     setup_logging(verbose)
@@ -79,7 +133,7 @@ def control(
 
         cfg = pipeline.controller
         backend = GatewayBackend(gateway, auth=basic_auth(user, password))
-        sinks: list[Any] = [HoldLogger()]
+        sinks: list[Any] = [HoldLogger(), ScalingLog()]
         if decision_log is not None:
             sinks.append(JsonlDecisionLog(decision_log))
         loop = ControlLoop(make_policy(cfg.policy, cfg), backend, sinks)

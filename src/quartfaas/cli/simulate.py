@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from quartfaas.cli.common import positive
 from quartfaas.errors import QuartfaasError, SpecError
 from quartfaas.sim import experiments as ex
 from quartfaas.sim import sweep as sweep_mod
@@ -177,6 +178,8 @@ def simulate_cmd(
     workload (seeds derived from ``--seed``) and the table gives the mean and a 95%
     interval; ``--out`` then also writes ``attainment_vs_gpu.png`` (one point per run).
     """
+    positive(duration, "--duration")  # errors name the option, not duration_s (#16)
+    positive(rate, "--rate")
     with _friendly():
         pipe = pipeline_preset(pipeline)
         cl = cluster_preset(cluster)

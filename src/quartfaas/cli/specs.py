@@ -8,14 +8,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from quartfaas.cli.common import SpecArg, console, friendly, load_pipeline, out
+from quartfaas.cli.common import ProgressOpt, SpecArg, console, friendly, load_pipeline, out
 
 
 def make_weights_cmd(
     spec: SpecArg,
     force: Annotated[bool, typer.Option(help="rewrite files that already match")] = False,
+    show_progress: ProgressOpt = True,
 ) -> None:
-    """Write each stage's safetensors file (and the manifest) for a spec."""
+    """Write each stage's safetensors file (and the manifest) for a spec; prints the paths."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
     with friendly():
@@ -28,6 +29,7 @@ def make_weights_cmd(
             DownloadColumn(),
             TimeRemainingColumn(),
             console=console,
+            disable=not show_progress,
         ) as bar:
             tasks: dict[str, Any] = {}
 
@@ -38,7 +40,10 @@ def make_weights_cmd(
 
             paths = make_weights(pipeline, force=force, progress=progress)
         if not paths:
-            console.print(f"{pipeline.name}: model kind {pipeline.model.kind!r} has no weights")
+            console.print(
+                f"{pipeline.name}: model kind {pipeline.model.kind!r} has no weights",
+                highlight=False,
+            )
         for p in paths:
             out.print(str(p))
 

@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from quartfaas.backends.base import Backend, ReplicaState, reconcile
 from quartfaas.clock import Clock
+from quartfaas.control.backend import Backend, ReplicaState, reconcile
 from quartfaas.control.policy import Decision, Policy
 from quartfaas.control.snapshot import PipelineSnapshot
 from quartfaas.errors import QuartfaasError

@@ -30,7 +30,7 @@ with the gateway (a stream would merge messages); fds ride along with SCM_RIGHTS
 Gateway -> template ``{"op": "spawn", "replica_id": ...}`` + the replica's event fd;
 ``{"op": "exit"}``. Template -> gateway ``{"op": "ready", ...}``,
 ``{"op": "spawned", "replica_id", "pid", "tier"}``, ``{"op": "exited", "pid", "code"}``,
-``{"op": "error", "replica_id", "message"}``. Gateway side: ``dataplane/param_cache.py``.
+``{"op": "error", "replica_id", "message"}``. Gateway side: ``dataplane/param_cache/``.
 """
 
 from __future__ import annotations

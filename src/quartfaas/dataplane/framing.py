@@ -15,7 +15,8 @@ stage and decodes only the last stage's float32 output with numpy (``decode_nump
 Workers decode to torch (``decode_torch``), which also handles bfloat16.
 
 Neighbours: ``dataplane/worker.py`` (decodes inputs, encodes outputs) and
-``dataplane/gateway.py`` (encodes the tokenised request, decodes the result).
+``dataplane/gateway/`` (``inputs.py`` encodes the tokenised request, ``pipeline.py``
+decodes the result).
 """
 
 from __future__ import annotations
@@ -90,12 +91,6 @@ def parse_header(body: bytes, max_bytes: int | None = None) -> dict[str, Any]:
                 f"shape {shape} of {dtype} needs {want}"
             )
     return header
-
-
-def metadata(body: bytes) -> dict[str, str]:
-    """The frame's ``__metadata__`` (empty if none)."""
-    meta = parse_header(body).get("__metadata__", {})
-    return dict(meta)
 
 
 def encode_numpy(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str] | None = None) -> bytes:

@@ -11,7 +11,7 @@ Endpoints (the same worker later runs as a Kubernetes pod):
 - ``POST /control/threads``: ``{"threads": n}`` changes intra-op threads in place
   (the CPU compensator's lever where cgroups are not writable).
 
-Started cold by ``python -m quartfaas.dataplane.worker`` (``backends/local.py``) or forked
+Started cold by ``python -m quartfaas.dataplane.worker`` (``dataplane/launch.py``) or forked
 from a stage template (``dataplane/forkserver.py``); both end in ``serve``. The parent
 learns the port and readiness from JSON lines on an event fd (``{"event": "listening",
 "port": N}``, ``{"event": "ready"}``); a *lifeline* fd whose other end the gateway holds

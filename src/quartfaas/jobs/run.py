@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from quartfaas.backends.base import ReplicaState
-from quartfaas.dataplane.runtime import EmbeddedRuntime
+from quartfaas.control.backend import ReplicaState
 from quartfaas.errors import SpecError
+from quartfaas.runtime import EmbeddedRuntime
 from quartfaas.spec import PipelineSpec
 from quartfaas.workload import Workload
 

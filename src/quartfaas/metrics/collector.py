@@ -64,7 +64,7 @@ class Collector(Protocol):
 
 
 class ReplicaLike(Protocol):
-    """The parts of ``backends.base.ReplicaInfo`` a collector reads."""
+    """The parts of ``control.backend.ReplicaInfo`` a collector reads."""
 
     @property
     def state(self) -> str: ...

@@ -1,14 +1,14 @@
-"""The gateway's metrics: OpenFaaS-compatible series plus per-stage controller inputs.
+"""The gateway's metrics: per-stage controller inputs, next to the OpenFaaS series.
 
 One ``CollectorRegistry`` per gateway (never the global one), so tests and several
-gateways in one process do not mix. Series, all labelled by function (OpenFaaS names use
-``function_name``; quartfaas series use ``stage``):
+gateways in one process do not mix. The OpenFaaS ``gateway_*`` families count calls from
+outside the gateway only and are ``metrics/openfaas_series.InvocationSeries``, which the
+gateway registers in this registry (it knows the namespace and the desired replicas).
+Here, labelled by ``stage``:
 
-- ``gateway_function_invocation_started{function_name}``  counter (requests started;
-  exported without the ``_total`` suffix, exactly as OpenFaaS names it)
-- ``gateway_function_invocation_total{function_name,code}`` counter (requests finished)
-- ``gateway_functions_seconds{function_name,code}``       histogram (time in function)
-- ``gateway_service_count{function_name}``                 gauge (ready replicas)
+- ``quartfaas_stage_arrivals_total{stage}``, ``quartfaas_stage_requests_total{stage,code}``,
+  ``quartfaas_stage_latency_seconds{stage,code}``: every stage visit, pipeline hops
+  included (``openfaas_series.StageHopSeries``), what the PromQL collector reads
 - ``quartfaas_stage_queue_length{stage}`` / ``quartfaas_stage_inflight{stage}`` /
   ``quartfaas_stage_ready_replicas{stage}`` / ``quartfaas_stage_starting_replicas{stage}``
   gauges read at scrape time (no cost on the request path)
@@ -17,7 +17,7 @@ gateways in one process do not mix. Series, all labelled by function (OpenFaaS n
 - ``quartfaas_replica_start_seconds{stage,tier}`` histogram, and
   ``quartfaas_param_cache_hits_total{stage}`` / ``..._misses_total{stage}`` counters
 
-The pipeline itself is a function too (``function_name=<pipeline>``). Each stage also
+The pipeline's own end-to-end window (``e2e``) feeds no stage series. Each stage also
 keeps time-keyed windows (``metrics/windows.py``) that the in-process collector reads.
 """
 
@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from quartfaas.metrics.openfaas_series import StageHopSeries
 from quartfaas.metrics.windows import EventWindow, ValueWindow
 
 LATENCY_BUCKETS = (
@@ -55,31 +56,14 @@ class _ScrapeGauges(Collector):
         self,
         read: Callable[[], dict[str, StageGauges]],
         cv: Callable[[], dict[str, float | None]],
-        functions: Callable[[], list[StageMetrics]],
-        pipeline: str,
     ) -> None:
         self._read = read
         self._cv = cv
-        self._functions = functions
-        self._pipeline = pipeline
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # values exist only at scrape time
 
     def collect(self) -> Iterator[Metric]:
-        # Plain ints on the request path; families built here, once per scrape.
-        started = Metric("gateway_function_invocation_started", "Invocations started", "unknown")
-        total = CounterMetricFamily(
-            "gateway_function_invocation", "Invocations finished", labels=["function_name", "code"]
-        )
-        for fm in self._functions():
-            started.add_sample(
-                "gateway_function_invocation_started", {"function_name": fm.stage}, fm.invocations
-            )
-            for code, n in sorted(fm.finished.items()):
-                total.add_metric([fm.stage, str(code)], n)
-        yield started
-        yield total
         stages = self._read()
         families = {
             "queue_length": ("Requests waiting for a replica slot", "queue_len"),
@@ -92,13 +76,6 @@ class _ScrapeGauges(Collector):
             for name, v in stages.items():
                 g.add_metric([name], float(getattr(v, attr)))
             yield g
-        svc = GaugeMetricFamily(
-            "gateway_service_count", "Ready replicas per function", labels=["function_name"]
-        )
-        for name, v in stages.items():
-            svc.add_metric([name], float(v.ready))
-        svc.add_metric([self._pipeline], float(min((v.ready for v in stages.values()), default=0)))
-        yield svc
         cvg = GaugeMetricFamily(
             "quartfaas_stage_arrival_cv", "Inter-arrival CV over the window", labels=["stage"]
         )
@@ -113,9 +90,9 @@ class StageMetrics:
 
     def __init__(self, gm: GatewayMetrics, stage: str, window_s: float, now: float) -> None:
         self.stage = stage
-        self._seconds_ok = gm.seconds.labels(function_name=stage, code="200")
-        self._service = gm.service.labels(stage=stage) if stage in gm.stage_names else None
-        self._gm = gm
+        is_stage = stage in gm.stage_names
+        self._service = gm.service.labels(stage=stage) if is_stage else None
+        self._hops = gm.hops if is_stage else None
         self.arrivals = EventWindow(window_s, start=now)
         self.departures = EventWindow(window_s, start=now)
         self.service_s = ValueWindow(window_s)
@@ -131,6 +108,8 @@ class StageMetrics:
         self.invocations += 1
         self.last_at = t
         self.arrivals.append(t)
+        if self._hops is not None:
+            self._hops.arrived(self.stage)
 
     def done(
         self,
@@ -140,7 +119,8 @@ class StageMetrics:
         wait_s: float | None = None,
     ) -> None:
         self.finished[200] = self.finished.get(200, 0) + 1
-        self._seconds_ok.observe(latency_s)
+        if self._hops is not None:
+            self._hops.finished(self.stage, 200, latency_s)
         self.departures.append(t)
         self.latency_s.append(t, latency_s)
         if service_s is not None and self._service is not None:
@@ -151,7 +131,8 @@ class StageMetrics:
 
     def failed(self, code: int, latency_s: float) -> None:
         self.finished[code] = self.finished.get(code, 0) + 1
-        self._gm.seconds.labels(function_name=self.stage, code=str(code)).observe(latency_s)
+        if self._hops is not None:
+            self._hops.finished(self.stage, code, latency_s)
         if code == 429:
             self.rejected += 1
         else:
@@ -174,10 +155,7 @@ class GatewayMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.stage_names = set(stages)
-        self.seconds = Histogram(
-            "gateway_functions_seconds", "Time taken by a function", ["function_name", "code"],
-            registry=r, buckets=LATENCY_BUCKETS,
-        )  # fmt: skip
+        self.hops = StageHopSeries(registry=r)
         self.service = Histogram(
             "quartfaas_stage_service_seconds", "Worker compute time per request", ["stage"],
             registry=r, buckets=LATENCY_BUCKETS,
@@ -197,7 +175,7 @@ class GatewayMetrics:
         self.pipeline = pipeline
         self.stages = {s: StageMetrics(self, s, window_s, now) for s in stages}
         self.e2e = StageMetrics(self, pipeline, window_s, now)
-        r.register(_ScrapeGauges(read_gauges, self._cvs, self.functions, pipeline))
+        r.register(_ScrapeGauges(read_gauges, self._cvs))
         self._now = now
 
     def functions(self) -> list[StageMetrics]:

@@ -10,9 +10,11 @@ aggregations share one query by tagging each part with a ``qf`` label
 
 What each field comes from (``W`` = ``window_s``):
 
-- ``arrival_rate``: ``rate(gateway_function_invocation_started[W])``; ``arrivals`` is
-  ``rate * W`` (Prometheus' extrapolated ``increase``), rounded;
-- ``departure_rate``, ``rejected``, ``errors``: ``rate(gateway_function_invocation_total[W])``
+- ``arrival_rate``: ``rate(quartfaas_stage_arrivals_total[W])`` (every stage visit,
+  pipeline hops included; the OpenFaaS ``gateway_*`` series count only calls from
+  outside, so they cannot say how busy a stage is); ``arrivals`` is ``rate * W``
+  (Prometheus' extrapolated ``increase``), rounded;
+- ``departure_rate``, ``rejected``, ``errors``: ``rate(quartfaas_stage_requests_total[W])``
   by code (200 / 429 / anything else), the counts as ``rate * W``; ``departure_cv`` is
   not exported and stays ``None``;
 - ``arrival_cv``: the ``quartfaas_stage_arrival_cv`` gauge (the *gateway's* window);
@@ -23,9 +25,10 @@ What each field comes from (``W`` = ``window_s``):
   bucket width: spread inside one bucket is invisible (a constant service time reads 0)
   and the ``+Inf`` bucket is underestimated. Sheppard's correction is not applied
   because the bucket widths differ;
-- latency p50/p95/p99: ``histogram_quantile(q, sum by (le, function_name)
-  (rate(gateway_functions_seconds_bucket{code="200"}[W])))`` (linear inside a bucket), the
-  mean from ``_sum``/``_count``; end to end from ``function_name=<pipeline>``;
+- latency p50/p95/p99: ``histogram_quantile(q, sum by (le, stage)
+  (rate(quartfaas_stage_latency_seconds_bucket{code="200"}[W])))`` (linear inside a
+  bucket), the mean from ``_sum``/``_count``; end to end from
+  ``gateway_functions_seconds{function_name="<pipeline>.<gateway.namespace>"}``;
 - queue length, in-flight, ready and starting replicas: the ``quartfaas_stage_*`` gauges.
   Draining replicas are not exported (0); CPU per replica is the spec's.
 
@@ -59,6 +62,7 @@ from quartfaas.metrics.promql import (
     NoData,
     Sample,
     build_queries,
+    e2e_label,
     grouped_scv,
     parse_samples,
 )
@@ -105,7 +109,10 @@ class PrometheusCollector:
         self._own_client = client is None
         self._names = [s.name for s in spec.stages]
         self._last_good: PipelineSnapshot | None = None
-        self.queries = build_queries(spec.name, self._names, self.window_s, job)
+        self._e2e = e2e_label(spec.name, spec.gateway.namespace)
+        self.queries = build_queries(
+            spec.name, self._names, self.window_s, job, namespace=spec.gateway.namespace
+        )
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -219,8 +226,12 @@ class PrometheusCollector:
         w = self.window_s
         tags: dict[tuple[str, str, str], float] = {}  # (qf, function or stage, code) -> value
         for labels, _, v in res["rates"] + res["quantiles"]:
-            name = labels.get("function_name") or labels.get("stage", "")
-            tags[labels.get("qf", ""), name, labels.get("code", "")] = v
+            name = labels.get("stage") or labels.get("function_name", "")
+            if name == self._e2e and "stage" not in labels:
+                name = self.spec.name
+            tag = labels.get("qf", "")
+            tag = {"esum": "lsum", "ecnt": "lcnt"}.get(tag, tag)
+            tags[tag, name, labels.get("code", "")] = v
         gauges: dict[str, dict[str, float]] = {}
         sample_ts, eval_ts = [], 0.0
         for labels, t, v in res["gauges"]:

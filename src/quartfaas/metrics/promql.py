@@ -43,38 +43,63 @@ def tagged(parts: Mapping[str, str]) -> str:
     return " or ".join(f'label_replace({q}, "qf", "{tag}", "", "")' for tag, q in parts.items())
 
 
+def e2e_label(pipeline: str, namespace: str) -> str:
+    """The pipeline's ``function_name`` in the ``gateway_*`` series (``name.namespace``)."""
+    return f"{pipeline}.{namespace}" if namespace else pipeline
+
+
 def build_queries(
-    pipeline: str, stages: Sequence[str], window_s: float, job: str | None = None
+    pipeline: str,
+    stages: Sequence[str],
+    window_s: float,
+    job: str | None = None,
+    namespace: str = "",
 ) -> dict[str, str]:
-    """The four instant queries of a tick, by name, each vectorised over all stages."""
+    """The four instant queries of a tick, by name, each vectorised over all stages.
+
+    Per-stage rates and latencies come from the stage-visit series
+    (``quartfaas_stage_arrivals_total``, ``..._requests_total``, ``..._latency_seconds``,
+    pipeline hops included); end to end from ``gateway_functions_seconds`` of the
+    pipeline, which counts calls from outside only (``metrics/openfaas_series.py``).
+    """
     w = duration(window_s)
     extra = f',job="{job}"' if job else ""
     st = f'stage=~"{"|".join(stages)}"{extra}'
-    fn = f'function_name=~"{"|".join([pipeline, *stages])}"{extra}'
-    ok = f'code="200",{fn}'
-    lat_buckets = (
-        f"sum by (le, function_name) (rate(gateway_functions_seconds_bucket{{{ok}}}[{w}]))"
+    st_ok = f'code="200",{st}'
+    fn_ok = f'code="200",function_name="{e2e_label(pipeline, namespace)}"{extra}'
+    stage_buckets = (
+        f"sum by (le, stage) (rate(quartfaas_stage_latency_seconds_bucket{{{st_ok}}}[{w}]))"
+    )
+    e2e_buckets = (
+        f"sum by (le, function_name) (rate(gateway_functions_seconds_bucket{{{fn_ok}}}[{w}]))"
     )
     gauges = "|".join([*GAUGES, CV_GAUGE])
     return {
         "rates": tagged(
             {
-                "arr": f"sum by (function_name) "
-                f"(rate(gateway_function_invocation_started{{{fn}}}[{w}]))",
-                "fin": f"sum by (function_name, code) "
-                f"(rate(gateway_function_invocation_total{{{fn}}}[{w}]))",
+                "arr": f"sum by (stage) (rate(quartfaas_stage_arrivals_total{{{st}}}[{w}]))",
+                "fin": f"sum by (stage, code) "
+                f"(rate(quartfaas_stage_requests_total{{{st}}}[{w}]))",
                 "ssum": f"sum by (stage) "
                 f"(rate(quartfaas_stage_service_seconds_sum{{{st}}}[{w}]))",
                 "scnt": f"sum by (stage) "
                 f"(rate(quartfaas_stage_service_seconds_count{{{st}}}[{w}]))",
-                "lsum": f"sum by (function_name) "
-                f"(rate(gateway_functions_seconds_sum{{{ok}}}[{w}]))",
-                "lcnt": f"sum by (function_name) "
-                f"(rate(gateway_functions_seconds_count{{{ok}}}[{w}]))",
+                "lsum": f"sum by (stage) "
+                f"(rate(quartfaas_stage_latency_seconds_sum{{{st_ok}}}[{w}]))",
+                "lcnt": f"sum by (stage) "
+                f"(rate(quartfaas_stage_latency_seconds_count{{{st_ok}}}[{w}]))",
+                "esum": f"sum by (function_name) "
+                f"(rate(gateway_functions_seconds_sum{{{fn_ok}}}[{w}]))",
+                "ecnt": f"sum by (function_name) "
+                f"(rate(gateway_functions_seconds_count{{{fn_ok}}}[{w}]))",
             }
         ),
         "quantiles": tagged(
-            {tag: f"histogram_quantile({q}, {lat_buckets})" for tag, q in QUANTILES.items()}
+            {
+                tag: f"(histogram_quantile({q}, {stage_buckets}) "
+                f"or histogram_quantile({q}, {e2e_buckets}))"
+                for tag, q in QUANTILES.items()
+            }
         ),
         "service_buckets": (
             f"sum by (le, stage) (rate(quartfaas_stage_service_seconds_bucket{{{st}}}[{w}]))"

@@ -36,8 +36,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from quartfaas.backends.base import CpuLever, ReplicaInfo, ReplicaState, StartTier
 from quartfaas.clock import Clock
+from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState, StartTier
 from quartfaas.control.placement.keys_manager import GIB, KeysManager
 from quartfaas.errors import BackendError, InsufficientMemory
 from quartfaas.sim.cluster import ClusterSpec, GpuSharing, ServerSpec, sharing_multiplier
@@ -201,7 +201,7 @@ class SimBackend:
         return self._n_active[stage] - starting, starting, self._n_draining[stage]
 
     def live_count(self, stage: str) -> int:
-        """Starting + ready replicas of ``stage`` (``backends/base.reconcile``'s fast path)."""
+        """Starting + ready replicas of ``stage`` (``control/backend.reconcile``'s fast path)."""
         self._reap(self.clock.now())
         if stage not in self._n_active:
             raise BackendError(f"unknown stage {stage!r}; stages: {', '.join(self._stages)}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from quartfaas.backends.base import StartTier
+from quartfaas.control.backend import StartTier
 from quartfaas.control.placement import startup_delays as sd
 from quartfaas.errors import SimulationError
 

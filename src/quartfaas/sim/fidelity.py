@@ -1,7 +1,7 @@
 """Fidelity check: the same pipeline and arrivals on the live runtime and in the simulator.
 
 1. **Live**: a synthetic spec (sleep stages with known service distributions, fixed
-   replicas, controller off) runs on ``dataplane/runtime.EmbeddedRuntime``; the open-loop
+   replicas, controller off) runs on ``quartfaas/runtime.py`` ``EmbeddedRuntime``; the open-loop
    generator (``workload/loadgen.run_open_loop``) sends the arrivals.
 2. **Measured profile**: from the gateway's ``timings_ms`` of every answered request, per
    stage: service (the worker's own time), queue (waiting for a replica slot) and hop
@@ -24,9 +24,10 @@ whose own measurements only feed the replay row. ``benchmarks/fidelity.py`` does
 How the gateway's overhead is modelled (measured, never assumed):
 
 - **per hop** (~1-2 ms a stage on a 2-core machine): the gateway holds the replica slot
-  from ``acquire`` until the worker's answer is read (``dataplane/gateway.call_stage``), so
-  the hop is *slot-holding* time: it is added to the stage's work, where it also raises
-  the stage's utilisation as it does live. Modelling it as a pure delay after the slot would
+  from ``acquire`` until the worker's answer is read
+  (``dataplane/gateway/pipeline.py``, ``Pipeline.call_stage``), so the hop is
+  *slot-holding* time: it is added to the stage's work, where it also raises the stage's
+  utilisation as it does live. Modelling it as a pure delay after the slot would
   understate queueing.
 - **per request** (client <-> gateway HTTP, JSON parsing, the tokeniser): the client's
   latency minus the sum of the stages' queue + service + hop; added to every simulated
@@ -52,8 +53,8 @@ import numpy as np
 
 from quartfaas.control.baselines import make_policy
 from quartfaas.control.config import ControllerConfig
-from quartfaas.dataplane.runtime import EmbeddedRuntime
 from quartfaas.errors import SimulationError
+from quartfaas.runtime import EmbeddedRuntime
 from quartfaas.sim.cluster import cluster_preset
 from quartfaas.sim.engine import Engine
 from quartfaas.sim.pipelines import SimPipeline, from_spec

@@ -21,3 +21,12 @@ def check_name(value: str, what: str) -> str:
             "starting and ending with a letter or digit (an OpenFaaS/Kubernetes name)"
         )
     return value
+
+
+class FieldError(ValueError):
+    """A check across fields that belongs to one of them: the error is reported at
+    ``field`` (e.g. ``stages``), not at the top level (``loading.format_validation_error``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field

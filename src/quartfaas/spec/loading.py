@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from quartfaas.errors import SpecError
+from quartfaas.spec.base import FieldError
 from quartfaas.spec.pipeline import PipelineSpec
 
 
@@ -36,6 +37,9 @@ def format_validation_error(exc: ValidationError, source: str = "spec") -> str:
         if err.get("type") == "too_short" and any(o[: len(raw)] == raw and o != raw for o in locs):
             continue
         loc = _loc(raw)
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):  # a cross-field check that belongs to one field
+            loc = _loc((*raw, cause.field))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if err.get("type") == "missing":
             lines.append(f"  {loc}: required field is missing")
@@ -64,6 +68,8 @@ def parse_spec(data: Any, *, source: str = "spec", base_dir: Path | None = None)
 def load_spec(path: str | Path) -> PipelineSpec:
     """Read a YAML spec file; relative paths inside it are resolved against its folder."""
     p = Path(path)
+    if p.is_dir():
+        raise SpecError(f"spec {str(p)!r} is a directory, not a YAML file")
     if not p.is_file():
         raise SpecError(f"spec file {str(p)!r} does not exist")
     try:

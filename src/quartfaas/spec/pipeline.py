@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from quartfaas.control.config import ControllerConfig
-from quartfaas.spec.base import Frozen, check_name
+from quartfaas.spec.base import FieldError, Frozen, check_name
 from quartfaas.spec.model import ModelSpec
 from quartfaas.spec.runtime import CacheSpec, GatewaySpec, SLOSpec
 from quartfaas.spec.stage import StageSpec
@@ -41,22 +41,26 @@ class PipelineSpec(Frozen):
         names = [s.name for s in self.stages]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"stage names must be unique; repeated: {dup}")
+            raise FieldError("stages", f"stage names must be unique; repeated: {dup}")
         if self.name in names:
-            raise ValueError(f"pipeline name {self.name!r} must differ from every stage name")
+            raise FieldError(
+                "name", f"pipeline name {self.name!r} must differ from every stage name"
+            )
         if self.model.kind == "synthetic":
             missing = [s.name for s in self.stages if s.synthetic is None]
             if missing:
-                raise ValueError(
+                raise FieldError(
+                    "stages",
                     f"model.kind 'synthetic' needs a 'synthetic' section on every stage; "
-                    f"missing on {missing}"
+                    f"missing on {missing}",
                 )
         else:
             given = [s.synthetic is not None for s in self.stages]
             if any(given):
-                raise ValueError(
+                raise FieldError(
+                    "stages",
                     f"'synthetic' is only allowed with model.kind 'synthetic' "
-                    f"(model.kind is {self.model.kind!r})"
+                    f"(model.kind is {self.model.kind!r})",
                 )
             self._check_layers()
         return self
@@ -66,25 +70,29 @@ class PipelineSpec(Frozen):
         ranges = [s.layers for s in self.stages]
         if all(r is None for r in ranges):
             if len(self.stages) > total + 1:
-                raise ValueError(
+                raise FieldError(
+                    "stages",
                     f"{len(self.stages)} stages cannot split a model of {total} layers "
-                    f"(at most {total + 1}: one per layer plus the head)"
+                    f"(at most {total + 1}: one per layer plus the head)",
                 )
             return
         if any(r is None for r in ranges):
-            raise ValueError("either every stage gives 'layers' or none does")
+            raise FieldError("stages", "either every stage gives 'layers' or none does")
         expect = 0
         for stage in self.stages:
             assert stage.layers is not None
             start, end = stage.layers
             if start != expect:
-                raise ValueError(
+                raise FieldError(
+                    "stages",
                     f"stage {stage.name!r} layers {list(stage.layers)} must start at {expect}: "
-                    "stages must cover the model's layers contiguously and in order"
+                    "stages must cover the model's layers contiguously and in order",
                 )
             expect = end
         if expect != total:
-            raise ValueError(f"stages cover layers [0, {expect}) but the model has {total} layers")
+            raise FieldError(
+                "stages", f"stages cover layers [0, {expect}) but the model has {total} layers"
+            )
 
     # -- derived values -------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import math
 import re
 from pathlib import Path
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, StrictFloat, StrictInt, ValidationInfo, field_validator
 
 from quartfaas.spec.base import Frozen, check_name
 from quartfaas.spec.model import SyntheticWork
@@ -26,14 +26,18 @@ class StageSpec(Frozen):
         None, description="stage safetensors file (default <weights_dir>/<name>.safetensors)"
     )
     device: str = Field("cpu", description="torch device: cpu, cuda or cuda:N")
-    cpu: float = Field(1.0, gt=0, le=256, description="CPU share of one replica, in cores")
-    threads: int | None = Field(
+    cpu: StrictFloat = Field(1.0, gt=0, le=256, description="CPU share of one replica, in cores")
+    threads: StrictInt | None = Field(
         None, ge=1, le=256, description="torch intra-op threads (default floor(cpu), >= 1)"
     )
-    max_concurrency: int = Field(1, ge=1, le=64, description="concurrent requests per replica")
-    min_replicas: int = Field(1, ge=0, le=4096, description="fewest replicas (0: scale to zero)")
-    max_replicas: int = Field(4, ge=1, le=4096, description="most replicas")
-    timeout_s: float | None = Field(
+    max_concurrency: StrictInt = Field(
+        1, ge=1, le=64, description="concurrent requests per replica"
+    )
+    min_replicas: StrictInt = Field(
+        1, ge=0, le=4096, description="fewest replicas (0: scale to zero)"
+    )
+    max_replicas: StrictInt = Field(4, ge=1, le=4096, description="most replicas")
+    timeout_s: StrictFloat | None = Field(
         None,
         gt=0,
         le=86_400,

@@ -218,9 +218,10 @@ class _ProgressBar:
     """A rich progress bar, imported only when asked for."""
 
     def __init__(self, total: int) -> None:
+        from rich.console import Console
         from rich.progress import Progress
 
-        self._p = Progress()
+        self._p = Progress(console=Console(stderr=True))  # stdout is for the summary (#16)
         self._p.start()
         self._task = self._p.add_task("requests", total=total)
 

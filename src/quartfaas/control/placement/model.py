@@ -30,7 +30,7 @@ UNPLACED_PENALTY_S = 1.0e4
 class StartSource(StrEnum):
     """Where a new replica's weights come from (the expected start tier).
 
-    Backends report ``backends.base.StartTier``: FORK/PREFORK for ``fork``, MMAP/COLD for
+    Backends report ``control.backend.StartTier``: FORK/PREFORK for ``fork``, MMAP/COLD for
     ``disk`` and ``remote`` (kept apart here because their bandwidths differ).
     """
 

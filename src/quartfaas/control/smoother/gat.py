@@ -24,10 +24,10 @@ the prototype added it to every attention logit of a row, which a softmax cancel
 **Cost.** ``torch`` and ``torch_geometric`` are imported only when a model is built or
 loaded (importing torch_geometric takes seconds), so ``control/`` stays cheap to import
 when the GAT is not used. Inference (``predict_log_cv``) runs the same forward in numpy
-(``NumpyGat``, float64, dense masked attention over the 21-node path graph): a dozen array
-operations instead of the torch modules' dispatch, ~0.1 ms instead of ~3 ms a call, which
-the simulator pays every tick. It equals the torch module's output
-(``predict_log_cv_torch``, eval mode, no dropout) within 1e-5 (tests/unit/test_gat.py); the
+(``NumpyGat``, float64, attention over the path graph's edge list): a few dozen array
+operations instead of the torch modules' dispatch, which the simulator pays every tick.
+It equals the torch module's output (``predict_log_cv_torch``, eval mode, no dropout)
+within 1e-5 (tests/unit/test_gat.py); the
 same snapshot gives the same prediction.
 """
 
@@ -189,7 +189,8 @@ class NumpyGat:
     features): ``x_l = W_l x + b_l`` and ``x_r = W_r x + b_r`` split into heads; for an
     edge j -> i the logit is ``att . LeakyReLU_0.2(x_l[j] + x_r[i])``, softmax over i's
     incoming edges, output ``sum_j alpha_ij x_l[j]`` (heads concatenated, or averaged for
-    one head) plus ``bias``. Edges are a dense mask here (a path graph of a few dozen nodes).
+    one head) plus ``bias``; softmax and sums over each node's incoming edges by scatter
+    (``ufunc.at``), O(edges).
     """
 
     def __init__(self, state: dict[str, Any], cfg: GatConfig) -> None:
@@ -197,34 +198,36 @@ class NumpyGat:
 
         self.cfg = cfg
         self.w = {k: np.asarray(v, dtype=np.float64) for k, v in state.items()}
-        self._masks: dict[int, Any] = {}
+        self._masks: dict[int, Any] = {}  # n -> (src, dst) edge arrays
 
-    def _mask(self, n: int) -> Any:
+    def _edges(self, n: int) -> Any:
         import numpy as np
 
-        m = self._masks.get(n)
-        if m is None:
+        e = self._masks.get(n)
+        if e is None:
             src, dst = path_edges(n)
-            m = np.zeros((n, n), dtype=bool)  # m[i, j]: edge j -> i
-            m[dst, src] = True
-            self._masks[n] = m
-        return m
+            e = self._masks[n] = (np.asarray(src), np.asarray(dst))
+        return e
 
-    def _conv(self, name: str, h: Any, heads: int, concat: bool, mask: Any) -> Any:
+    def _conv(self, name: str, h: Any, heads: int, concat: bool, edges: Any) -> Any:
         import numpy as np
 
         w = self.w
         n = h.shape[0]
+        src, dst = edges
         xl = (h @ w[f"{name}.lin_l.weight"].T + w[f"{name}.lin_l.bias"]).reshape(n, heads, -1)
         xr = (h @ w[f"{name}.lin_r.weight"].T + w[f"{name}.lin_r.bias"]).reshape(n, heads, -1)
-        s = xr[:, None, :, :] + xl[None, :, :, :]  # [i, j, head, channel]
+        s = xl[src] + xr[dst]  # [edge, head, channel]: message j -> i
         s = np.where(s > 0, s, 0.2 * s)
-        logits = np.einsum("ijhc,hc->ijh", s, w[f"{name}.att"][0])
-        logits = np.where(mask[:, :, None], logits, -np.inf)
-        logits -= logits.max(axis=1, keepdims=True)
-        alpha = np.exp(logits)
-        alpha /= alpha.sum(axis=1, keepdims=True)
-        out = np.einsum("ijh,jhc->ihc", alpha, xl)
+        logits = np.einsum("ehc,hc->eh", s, w[f"{name}.att"][0])
+        top = np.full((n, heads), -np.inf)
+        np.maximum.at(top, dst, logits)  # softmax over each node's incoming edges
+        alpha = np.exp(logits - top[dst])
+        total = np.zeros((n, heads))
+        np.add.at(total, dst, alpha)
+        alpha /= total[dst]
+        out = np.zeros_like(xl)
+        np.add.at(out, dst, alpha[:, :, None] * xl[src])
         out = out.reshape(n, -1) if concat else out.mean(axis=1)
         return out + w[f"{name}.bias"]
 
@@ -232,10 +235,10 @@ class NumpyGat:
         import numpy as np
 
         w = self.w
-        mask = self._mask(x.shape[0])
+        edges = self._edges(x.shape[0])
         h = _elu(x @ w["inp.weight"].T + w["inp.bias"])
-        h = _elu(self._conv("conv1", h, self.cfg.heads, True, mask))
-        h = _elu(self._conv("conv2", h, 1, False, mask))
+        h = _elu(self._conv("conv1", h, self.cfg.heads, True, edges))
+        h = _elu(self._conv("conv2", h, 1, False, edges))
         out = np.concatenate([h, x], axis=1) @ w["head.weight"].T + w["head.bias"]
         return x[:, self.cfg.qna_feature] + out[:, 0]
 

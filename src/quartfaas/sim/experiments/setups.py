@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from quartfaas.backends.base import StartTier
 from quartfaas.control import registry
+from quartfaas.control.backend import StartTier
 from quartfaas.control.baselines import BASELINES, make_policy, peak_replicas
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.placement import PLACERS, get_placer

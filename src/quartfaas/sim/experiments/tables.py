@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quartfaas.backends.base import StartTier
+from quartfaas.control.backend import StartTier
 from quartfaas.sim.report import summary_row
 from quartfaas.sim.run import SimResult
 

@@ -1,221 +1,33 @@
-"""The hierarchical parameter cache, gateway side: stage templates that fork replicas.
+"""``ParamCacheLauncher``: replicas start through the cache tiers (package docstring).
 
-``ParamCacheLauncher`` is the local backend's ``Launcher`` when the cache is enabled.
-Starting a replica tries, in order:
-
-1. **fork / prefork** — a live template of the stage holds its weights in host memory;
-   it hands over a warmed pre-forked child (``prefork``) or forks one (``fork``);
-2. **mmap** — no live template, but the stage's weights are in the tmpfs copy under
-   ``cache.shm_dir``: a new template maps them zero-copy (no disk read), then forks;
-3. **cold** — the weights are read from disk (and copied to tmpfs, checksum verified in
-   the same pass) before the template starts.
-
-Which tier served each start is recorded on the replica (``ReplicaInfo.tier``) and
-exported by the gateway (``quartfaas_replica_start_seconds{stage,tier}``, hit/miss
-counters). The tmpfs copy, not the on-disk file, is the host-memory cache: idle page
-cache is reclaimed on these machines, tmpfs and live process memory are not.
-
-A ``KeysManager`` (``control/placement/keys_manager.py``) keeps the cached stages under
-``memory_threshold_frac`` of host memory: admitting a stage evicts least-recently-used
-unpinned stages first (their templates stop, their tmpfs copies are removed); a stage
-with live replicas is pinned. A start that cannot fit, or that would exceed the memory
-the host has available now, is refused with the numbers (``InsufficientMemory``), not
-left to the OOM killer. A template that dies is restarted (mmap tier); replicas it had
-forked keep serving, and new starts wait for the restarted template.
-
-Template process: ``dataplane/forkserver.py``.
+It owns the stage templates and the ``KeysManager`` that keeps them within
+``cache.memory_threshold_frac`` of host memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import hashlib
 import json
 import logging
 import os
 import shutil
 import signal
-import socket
-import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quartfaas.backends.base import StartTier
-from quartfaas.backends.local import EventPipe, Launched, Runtime, read_tail
+from quartfaas.control.backend import StartTier
 from quartfaas.control.placement.keys_manager import KeysManager, gib
 from quartfaas.dataplane.forkserver import message_pair, recv_msg, send_msg
+from quartfaas.dataplane.launch import EventPipe, Launched, ReplicaFiles, read_tail
+from quartfaas.dataplane.param_cache.host import copy_verified, meminfo, set_child_subreaper
+from quartfaas.dataplane.param_cache.templates import ForkedReplica, Template
 from quartfaas.errors import BackendError, InsufficientMemory, WeightsError
 
 log = logging.getLogger("quartfaas.param_cache")
-
-_COPY_CHUNK = 8 * 1024 * 1024
-
-
-def meminfo() -> dict[str, int]:
-    """/proc/meminfo in bytes."""
-    out: dict[str, int] = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            parts = rest.split()
-            if parts:
-                out[key] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
-    return out
-
-
-def pss_bytes(pid: int) -> int | None:
-    """Proportional set size of a process (shared pages split among their users)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def set_child_subreaper() -> bool:
-    """Orphaned replicas (their template died) are re-parented to us, so we can reap them."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        return False
-
-
-def copy_verified(src: Path, dst: Path, sha256: str | None) -> None:
-    """Copy ``src`` to ``dst`` (atomically), hashing in the same pass; a mismatch fails."""
-    if src.exists() and not stat.S_ISREG(src.stat().st_mode):
-        raise WeightsError(f"weights file {str(src)!r} is not a regular file")
-    tmp = dst.with_suffix(dst.suffix + ".part")
-    h = hashlib.sha256()
-    try:
-        with open(src, "rb", buffering=0) as fin, open(tmp, "wb") as fout:
-            buf = bytearray(_COPY_CHUNK)
-            view = memoryview(buf)
-            while n := fin.readinto(buf):
-                h.update(view[:n])
-                fout.write(view[:n])
-    except FileNotFoundError:
-        tmp.unlink(missing_ok=True)
-        raise WeightsError(
-            f"weights file {str(src)!r} does not exist; "
-            "run `quartfaas make-weights SPEC` to (re)generate it"
-        ) from None
-    if sha256 is not None and h.hexdigest() != sha256:
-        tmp.unlink(missing_ok=True)
-        raise WeightsError(
-            f"weights file {str(src)!r} fails its checksum (sha256 {h.hexdigest()[:12]}..., "
-            f"manifest says {sha256[:12]}...): it is corrupt or truncated; "
-            "run `quartfaas make-weights SPEC --force` to regenerate it"
-        )
-    os.replace(tmp, dst)
-
-
-@dataclass
-class ForkedReplica:
-    """A replica forked by a template: watched through a pidfd (it is not our child)."""
-
-    pid: int
-    pipe: EventPipe
-    template: Template
-    pidfd: int = -1
-    exited: asyncio.Future[int] | None = None
-
-    def __post_init__(self) -> None:
-        self.pidfd = os.pidfd_open(self.pid)
-
-    def events(self) -> AsyncIterator[dict[str, object]]:
-        return self.pipe.lines()
-
-    async def wait(self) -> int:
-        if self.exited is None:
-            loop = asyncio.get_running_loop()
-            self.exited = loop.create_future()
-            fut = self.exited
-
-            def gone() -> None:
-                loop.remove_reader(self.pidfd)
-                if not fut.done():
-                    fut.set_result(0)
-
-            loop.add_reader(self.pidfd, gone)
-        await asyncio.shield(self.exited)
-        code = self._reap()
-        if code is None:  # the template reaps and reports; give its message a moment
-            report = self.template.exit_codes.setdefault(
-                self.pid, asyncio.get_running_loop().create_future()
-            )
-            with contextlib.suppress(TimeoutError):
-                code = await asyncio.wait_for(asyncio.shield(report), 1.0)
-        with contextlib.suppress(OSError):
-            os.close(self.pidfd)
-        self.pidfd = -1
-        return -1 if code is None else code
-
-    def _reap(self) -> int | None:
-        """If the template died we inherited this process (subreaper): reap it ourselves."""
-        try:
-            res = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
-        except (ChildProcessError, OSError):
-            return None
-        if res is None:
-            return None
-        return res.si_status if res.si_code == os.CLD_EXITED else -res.si_status
-
-    def signal(self, sig: int) -> None:
-        if self.pidfd >= 0:
-            with contextlib.suppress(ProcessLookupError, OSError):
-                signal.pidfd_send_signal(self.pidfd, sig)
-
-
-@dataclass
-class Template:
-    """The gateway's handle on one stage template process."""
-
-    stage: str
-    proc: asyncio.subprocess.Process
-    sock: socket.socket
-    weights: Path | None
-    tier: StartTier  # how this template got its weights (mmap or cold)
-    ready: asyncio.Future[dict[str, Any]]
-    spawns: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
-    exit_codes: dict[int, asyncio.Future[int]] = field(default_factory=dict)
-    first_used: bool = False
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.returncode is None
-
-    def dispatch(self, msg: dict[str, Any]) -> None:
-        op = msg.get("op")
-        if op in ("ready", "failed"):
-            if not self.ready.done():
-                self.ready.set_result(msg)
-        elif op in ("spawned", "error"):
-            fut = self.spawns.pop(str(msg.get("replica_id")), None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-        elif op == "exited":
-            pid, code = int(msg["pid"]), int(msg["code"])
-            done = self.exit_codes.setdefault(pid, asyncio.get_running_loop().create_future())
-            if not done.done():
-                done.set_result(code)
-
-    def fail_pending(self, why: str) -> None:
-        if not self.ready.done():
-            self.ready.set_result({"op": "failed", "message": why})
-        for rid, fut in list(self.spawns.items()):
-            if not fut.done():
-                fut.set_result({"op": "error", "replica_id": rid, "message": why})
-        self.spawns.clear()
 
 
 class ParamCacheLauncher:
@@ -223,14 +35,14 @@ class ParamCacheLauncher:
 
     def __init__(
         self,
-        runtime: Runtime,
+        files: ReplicaFiles,
         *,
         keys: KeysManager | None = None,
         clock: Callable[[], float] = time.monotonic,
         python: str = sys.executable,
     ) -> None:
-        self.rt = runtime
-        self.spec = runtime.spec
+        self.files = files
+        self.spec = files.spec
         cache = self.spec.cache
         host_mem = meminfo().get("MemTotal", 0)
         self.keys = keys if keys is not None else KeysManager(host_mem, cache.memory_threshold_frac)
@@ -359,20 +171,20 @@ class ParamCacheLauncher:
         os.set_inheritable(child.fileno(), True)
         cmd = [
             self.python, "-m", "quartfaas.dataplane.forkserver",
-            "--spec-json", str(self.rt.spec_json), "--stage", stage,
-            "--control-fd", str(child.fileno()), "--lifeline-fd", str(self.rt.lifeline_read),
+            "--spec-json", str(self.files.spec_json), "--stage", stage,
+            "--control-fd", str(child.fileno()), "--lifeline-fd", str(self.files.lifeline_read),
             "--prefork", str(self.spec.cache.prefork),
         ]  # fmt: skip
         if weights is not None:
             cmd += ["--weights", str(weights)]
-        log_path = self.rt.log_path(f"template-{stage}")
+        log_path = self.files.log_path(f"template-{stage}")
         with open(log_path, "ab") as logf:
             proc = await asyncio.create_subprocess_exec(
                 *cmd,
                 stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
-                pass_fds=(child.fileno(), self.rt.lifeline_read),
+                pass_fds=(child.fileno(), self.files.lifeline_read),
                 start_new_session=True,
-                env={**os.environ, **self.rt.worker_env},
+                env={**os.environ, **self.files.worker_env},
             )  # fmt: skip
         child.close()
         parent.setblocking(False)

@@ -1,13 +1,17 @@
 """The embedded runtime: gateway + local backend (+ controller) in one process.
 
-``EmbeddedRuntime`` wires a ``Gateway`` (HTTP API and dispatch), a ``LocalBackend``
-(worker processes) and, when enabled, the control loop, on one asyncio event loop. It
-starts each stage's ``min_replicas``, waits (with a deadline) until the pipeline can
+``EmbeddedRuntime`` is the composition root: it wires a ``Gateway`` (HTTP API and
+dispatch, ``dataplane/gateway/``), a ``LocalBackend`` (worker processes,
+``backends/local.py``) and, when enabled, the control loop, on one asyncio event loop.
+It sits above both: the local backend imports the data plane's launch seam, the data
+plane imports neither (import-linter contracts in ``pyproject.toml``).
+
+It starts each stage's ``min_replicas``, waits (with a deadline) until the pipeline can
 serve, and shuts everything down cleanly: stop taking requests, let in-flight requests
 finish for a grace period, stop the workers, leave no processes behind.
 
 With ``cache.enabled`` replicas start through the parameter cache
-(``dataplane/param_cache.py``: fork from a stage template); otherwise each replica is a
+(``dataplane/param_cache/``: fork from a stage template); otherwise each replica is a
 fresh process. Stages with ``min_replicas: 0`` get their template loaded at start, so a
 first request forks a replica at once; an idle reaper takes them back to zero after
 ``cache.idle_to_zero_s`` without arrivals. Replicas are put in their own CPU group with
@@ -30,12 +34,13 @@ from typing import Any
 
 from aiohttp import web
 
-from quartfaas.backends.base import ReplicaInfo, ReplicaState, reconcile
 from quartfaas.backends.cpu import CpuActuator
-from quartfaas.backends.local import Launcher, LocalBackend, Runtime
+from quartfaas.backends.local import LocalBackend
 from quartfaas.clock import Clock, MonotonicClock
+from quartfaas.control.backend import ReplicaInfo, ReplicaState, reconcile
 from quartfaas.control.loop import ControlLoop, run_live
 from quartfaas.dataplane.gateway import Gateway
+from quartfaas.dataplane.launch import Launcher, ReplicaFiles
 from quartfaas.errors import BackendError
 from quartfaas.metrics.proc_cpu import ProcessCpuMeter
 from quartfaas.spec import PipelineSpec
@@ -54,7 +59,7 @@ class EmbeddedRuntime:
         port: int | None = None,
         clock: Clock | None = None,
         environ: Mapping[str, str] | None = None,
-        launcher_factory: Callable[[Runtime], Launcher] | None = None,
+        launcher_factory: Callable[[ReplicaFiles], Launcher] | None = None,
         controller: bool | None = None,
         base_dir: Path | None = None,
         decision_log: Path | None = None,
@@ -65,7 +70,7 @@ class EmbeddedRuntime:
         self.clock = clock or MonotonicClock()
         self.environ = dict(os.environ if environ is None else environ)
         self.gateway = Gateway(spec, clock=self.clock, environ=self.environ)
-        self.files = Runtime(spec, base_dir)
+        self.files = ReplicaFiles(spec, base_dir)
         if launcher_factory is not None:
             launcher: Launcher | None = launcher_factory(self.files)
         elif spec.cache.enabled:
@@ -77,8 +82,8 @@ class EmbeddedRuntime:
         self.cpu = CpuActuator.detect(environ=self.environ)
         self.backend = LocalBackend(
             spec,
-            self.gateway,
-            runtime=self.files,
+            self.gateway.replicas,
+            files=self.files,
             launcher=launcher,
             clock=self.clock.now,
             set_cpu=self.cpu.set_cpu,
