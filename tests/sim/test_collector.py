@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from quartfaas.clock import FakeClock
+from quartfaas.control.snapshot import LatencyStats
 from quartfaas.sim.backend import SimBackend
 from quartfaas.sim.cluster import cluster_preset
 from quartfaas.sim.collector import SimCollector
@@ -101,3 +102,34 @@ def test_collect_refuses_time_travel() -> None:
         col.collect(4.0)
     with pytest.raises(ValueError, match="advance"):
         col.collect(6.0)
+
+
+@pytest.mark.parametrize("interval", [1.0, 0.5, 0.7])
+def test_bucketed_window_equals_the_whole_window_recomputed(interval: float) -> None:
+    """The per-bucket path (sim/windowbuckets.py) gives the figures of the full pass."""
+    e, backend, fast, clock = _setup()
+    slow = SimCollector(e, backend, fast.pipeline, window_s=10.0, buckets=False)
+    for i in range(1, 120):
+        now = i * interval
+        e.advance(now)
+        clock.set(now)
+        a, b = fast.collect(now), slow.collect(now)
+        _same_latency(a.e2e, b.e2e)
+        for sa, sb in zip(a.stages, b.stages, strict=True):
+            for field in ("arrivals", "rejected", "arrival_rate", "departure_rate"):
+                assert getattr(sa, field) == getattr(sb, field)
+            for field in ("arrival_cv", "departure_cv", "service_mean_s", "service_scv"):
+                x, y = getattr(sa, field), getattr(sb, field)
+                assert (x is None) == (y is None)
+                if x is not None:
+                    assert x == pytest.approx(y, rel=1e-9, abs=1e-12)
+            _same_latency(sa.latency, sb.latency)
+    if interval == 1.0:  # 10 s is a whole number of 1 s buckets: never the slow path
+        assert fast.slow_path_calls == 0
+
+
+def _same_latency(a: LatencyStats, b: LatencyStats) -> None:
+    assert a.count == b.count
+    assert (a.p50_s, a.p95_s, a.p99_s) == (b.p50_s, b.p95_s, b.p99_s)  # same order statistics
+    if a.count:
+        assert a.mean_s == pytest.approx(b.mean_s, rel=1e-12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from io import StringIO
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def test_same_seed_gives_byte_identical_tables() -> None:
 def test_cli_table_is_byte_identical_and_out_dir_is_written(tmp_path: Path) -> None:
     args = ["simulate", "--cluster", "small", "--pipeline", "whisper-time-3",
             "--workload", "mmpp:cv=4", "--rate", "40", "--duration", "40",
-            "--policies", "quart,hpa", "--seed", "5", "--no-progress"]  # fmt: skip
+            "--policies", "quart,hpa", "--seed", "5", "--seeds", "1", "--no-progress"]  # fmt: skip
     runner = CliRunner()
     first = runner.invoke(sim_app, [*args, "--out", str(tmp_path)])
     second = runner.invoke(sim_app, args)
@@ -112,7 +113,7 @@ def test_too_long_a_run_is_refused_before_starting_with_numbers() -> None:
     assert "shorten --duration" in msg
     est = ex.Estimate(requests=720_000, stages=21, runs=8, ticks=3600)
     assert est.visits == 720_000 * 21 * 8
-    assert est.seconds > est.visits / ex.VISITS_PER_S
+    assert est.seconds > est.visits * ex.MEASURED_SPEED.per_visit_s
 
 
 def test_ablations_run_and_no_cache_pays_the_cold_tier() -> None:
@@ -144,11 +145,27 @@ def test_static_is_peak_provisioning_deployed_up_front() -> None:
     for s in PIPE.stages:
         want = int(np.ceil(peak * s.service_s / (0.7 * s.max_concurrency)))
         assert counts[s.name] == max(s.min_replicas, min(s.max_replicas, want))
-    t = ex.compare_policies(PIPE, SMALL, w, ["static"], seed=1, duration_s=60)
+    big = replace(SMALL, servers=tuple(replace(SMALL.servers[0], name=f"b{i}", gpus=8)
+                                       for i in range(8)))  # fmt: skip
+    t = ex.compare_policies(PIPE, big, w, ["static"], seed=1, duration_s=60)
     r = t.rows[0].result
     assert t.rows[0].values["scale_ups"] == 0 and t.rows[0].values["starts"] == "-"
     assert list(r.ready[0]) == [counts[s.name] for s in PIPE.stages]
-    assert "static: peak 1-s rate" in t.notes[0]
+    assert "static: peak 1-s rate" in t.notes[0] and "fits: " in t.notes[0]
+    assert r.refused_initial == 0 and r.gpu_seconds == pytest.approx(r.replica_seconds)
+
+
+def test_static_larger_than_an_exclusive_cluster_is_refused_and_says_so() -> None:
+    w = ex.make_workload(LOAD, seed=1)
+    counts = ex.static_counts(PIPE, SMALL, ex.arrivals_for(w, 60))
+    assert sum(counts.values()) > SMALL.total_gpus  # the premise
+    t = ex.compare_policies(PIPE, SMALL, w, ["static"], seed=1, duration_s=60)
+    r = t.rows[0].result
+    held = r.ready + r.starting + r.draining
+    assert held.sum(axis=1).max() == SMALL.total_gpus  # one replica per GPU, never more
+    assert r.refused_initial == sum(counts.values()) - SMALL.total_gpus
+    assert t.rows[0].values["refused"] >= r.refused_initial  # type: ignore[operator]
+    assert "DOES NOT FIT" in t.notes[0]
 
 
 def test_peak_rate_counts_the_busiest_window() -> None:
@@ -160,11 +177,11 @@ def test_peak_rate_counts_the_busiest_window() -> None:
 
 def test_workload_names_and_rates() -> None:
     code = ex.make_workload("azure-code", rate=50.0)
-    assert str(code).startswith("trace:azure-code,rate=50")
-    once = ex.arrivals_for(code, None)  # one replay, rescaled to 50/s on average
-    assert (once.size - 1) / once[-1] == pytest.approx(50.0)
-    arr = ex.arrivals_for(code, 400.0)  # repeated to cover 400 s
-    assert arr[-1] < 400.0 and arr.size > once.size
+    assert str(code).startswith("trace:azure-code,method=thinning,rate=50")
+    once = ex.arrivals_for(code, None)  # the trace's span at its own time scale, 50/s
+    assert once.size / 3436 == pytest.approx(50.0, rel=0.02)
+    arr = ex.arrivals_for(code, 400.0)  # a 400 s window at 50/s
+    assert arr[-1] < 400.0 and arr.size / 400 == pytest.approx(50.0, rel=0.05)
     assert ex.make_workload("mmpp:cv=4", rate=20).mmpp_process().mean_rate == pytest.approx(20)
     with pytest.raises(SpecError, match="given twice"):
         ex.make_workload("poisson:rate=3", rate=4)
@@ -213,3 +230,31 @@ def test_sweep_writes_csv_and_figure_with_progress(tmp_path: Path) -> None:
     assert events[-1].done == events[-1].total
     with pytest.raises(SpecError, match="at least one CV"):
         sweep_mod.sweep(PIPE, SMALL, [], [20], ["quart"])
+
+
+def test_cli_seeds_replicate_and_the_seed_changes_the_table(tmp_path: Path) -> None:
+    """Issue #11 item 6: N seeds, mean and 95% interval; --seed 1 vs 2 differ, 1 twice not."""
+    args = ["simulate", "--cluster", "small", "--pipeline", "whisper-time-3",
+            "--trace", "azure-code", "--rate", "30", "--duration", "40",
+            "--policies", "quart,hpa", "--seeds", "3", "--no-progress"]  # fmt: skip
+    runner = CliRunner()
+    one = runner.invoke(sim_app, [*args, "--seed", "1", "--out", str(tmp_path)])
+    again = runner.invoke(sim_app, [*args, "--seed", "1"])
+    two = runner.invoke(sim_app, [*args, "--seed", "2"])
+    for res in (one, again, two):
+        assert res.exit_code == 0, res.output
+    assert one.stdout == again.stdout
+    assert one.stdout != two.stdout
+    assert "slo_ci95" in one.stdout and "3 seeds from base seed 1" in one.stdout
+    assert (tmp_path / "attainment_vs_gpu.png").stat().st_size > 0
+    rows = json.loads((tmp_path / "table.json").read_text())["rows"]
+    assert [r["policy"] for r in rows] == ["quart", "hpa"] and rows[0]["runs"] == 3
+
+
+def test_mean_ci95_and_seed_sets() -> None:
+    from quartfaas.sim.experiments.replicate import mean_ci95, seeds_for
+
+    m, h = mean_ci95([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / np.sqrt(3))
+    assert np.isnan(mean_ci95([5.0])[1])
+    assert seeds_for(1, 5) == seeds_for(1, 5) and not set(seeds_for(1, 5)) & set(seeds_for(2, 5))

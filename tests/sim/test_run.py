@@ -212,8 +212,10 @@ def test_scale_down_drains_in_flight_work() -> None:
     assert last > 5.0  # it had a visit in flight at the drain...
     assert leaves[0].time == pytest.approx(last)  # ...and left when that visit finished
     assert r.completed == arr.size
-    # GPU time: two replicas to the drained one's exit, one to the end.
-    assert r.gpu_seconds == pytest.approx(last + r.end_s)
+    # Replica time: two replicas to the drained one's exit, one to the end; a CPU-only
+    # stage holds no GPU.
+    assert r.replica_seconds == pytest.approx(last + r.end_s)
+    assert r.gpu_seconds == 0.0
 
 
 def test_cluster_that_cannot_hold_the_pipeline_is_refused_with_numbers() -> None:
@@ -250,8 +252,10 @@ def test_progress_callback_reports_advancing_time() -> None:
 def test_policy_scaling_out_lowers_latency_under_overload() -> None:
     pipe = replace(pipeline_preset("whisper-time-3"), slo_p99_s=0.5)
     arr = poisson(150.0, 9000, 6)  # needs ~2-3 replicas per stage
-    held = simulate(pipe, cluster_preset("small"), Hold(), arr, controller=cfg())
-    scaled = simulate(pipe, cluster_preset("small"), RateRule(), arr, controller=cfg())
+    small = cluster_preset("small")  # 8 exclusive GPUs: too few for ~9 replicas
+    roomy = replace(small, servers=tuple(replace(s, gpus=8) for s in small.servers))
+    held = simulate(pipe, roomy, Hold(), arr, controller=cfg())
+    scaled = simulate(pipe, roomy, RateRule(), arr, controller=cfg())
     assert scaled.slo_attainment() > held.slo_attainment() + 0.2
     assert scaled.gpu_seconds > held.gpu_seconds
     assert scaled.starts_by_tier.get("fork", 0) > 0

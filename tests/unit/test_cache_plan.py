@@ -15,6 +15,7 @@ from quartfaas.control.placement.cache_plan import (
     plan_cache,
 )
 from quartfaas.control.placement.keys_manager import GIB, KeysManager
+from quartfaas.control.placement.model import PlacementConfig, StartSource
 
 
 def apply(servers: list[ServerState], plan: CachePlan) -> dict[str, KeysManager]:
@@ -61,7 +62,9 @@ def test_prewarm_goes_where_it_saves_most_and_says_why() -> None:
     (pre,) = plan.prewarm
     assert pre.server == "remote"  # a remote fetch is the slowest start to avoid
     assert "remote -> fork" in pre.reason and "1.00 expected starts" in pre.reason
-    assert pre.benefit_s > 10
+    cost = PlacementConfig().cost  # the shared start-up delay table
+    saved = cost.seconds(StartSource.REMOTE, 4 * GIB) - cost.seconds(StartSource.FORK, 4 * GIB)
+    assert pre.benefit_s == pytest.approx(saved) and saved > 5.0
 
 
 def test_copies_scale_with_expected_starts() -> None:

@@ -153,3 +153,17 @@ def test_control_imports_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 21, 64])
+def test_numpy_forward_equals_the_torch_module(gat, n):
+    """predict_log_cv runs NumpyGat; it must give the torch module's outputs (1e-5)."""
+    import numpy as np
+
+    rng = np.random.default_rng(n)
+    for _ in range(5):
+        rows = rng.normal(0.0, 1.5, (n, len(FEATURE_NAMES))).tolist()
+        fast, ref = gat.predict_log_cv(rows), gat.predict_log_cv_torch(rows)
+        assert fast == pytest.approx(ref, abs=1e-5)
+    rows = features(_snapshot(n, cv0=3.0), gat._qna.predict(_snapshot(n, cv0=3.0)))
+    assert gat.predict_log_cv(rows) == pytest.approx(gat.predict_log_cv_torch(rows), abs=1e-5)

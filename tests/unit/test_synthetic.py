@@ -191,10 +191,14 @@ def test_workload_generates_the_same_arrays_as_the_functions() -> None:
 
 def test_trace_workload_rescales_slices_and_covers() -> None:
     base = load_trace("azure-code")
-    whole = Workload.parse("trace:azure-code,rate=5").trace()
+    whole = Workload.parse("trace:azure-code,rate=5,method=squeeze").trace()  # the old way
     assert len(whole) == len(base)
     assert whole.mean_rate == pytest.approx(5.0, rel=1e-12)
     assert whole.prompt_tokens is not None
+    own = Workload.parse("trace:azure-code,rate=5").trace()  # default: thinning, own time
+    assert len(own) / base.duration_s == pytest.approx(5.0, rel=0.05)
+    assert own.arrivals_s[-1] == pytest.approx(base.duration_s, rel=0.01)
+    assert own.prompt_tokens is not None
     part = Workload.parse("trace:azure-code,start=600,end=1200,compress=2").trace()
     assert part.duration_s < 300.0
     assert len(part) == int(np.count_nonzero((base.arrivals_s >= 600) & (base.arrivals_s < 1200)))

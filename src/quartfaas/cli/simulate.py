@@ -29,6 +29,7 @@ from quartfaas.errors import QuartfaasError, SpecError
 from quartfaas.sim import experiments as ex
 from quartfaas.sim import sweep as sweep_mod
 from quartfaas.sim.cluster import cluster_preset
+from quartfaas.sim.experiments.replicate import plot_attainment_vs_gpu, replicate_policies
 from quartfaas.sim.pipelines import pipeline_preset
 from quartfaas.sim.report import plot_latency_cdf, plot_replicas
 
@@ -135,36 +136,74 @@ def simulate_cmd(
         ),
     ] = "azure-code",
     rate: Annotated[
-        float | None, typer.Option("--rate", help="mean requests/s (a trace is rescaled)")
+        float | None,
+        typer.Option("--rate", help="mean requests/s (a trace: thinned at its own time scale)"),
     ] = None,
     duration: Annotated[
-        float | None, typer.Option("--duration", help="seconds of arrivals (trace: one replay)")
+        float | None, typer.Option("--duration", help="seconds of arrivals (trace: a window of it)")
     ] = 300.0,
     policies: Annotated[
         str | None,
-        typer.Option("--policies", help=f"comma list of {', '.join(ex.policy_names())}"),
+        typer.Option(
+            "--policies",
+            help=f"comma list of {', '.join(ex.policy_names())}; each may take "
+            f"+{'|+'.join(ex.INFRAS)} (infrastructure: e.g. hpa+cache, quart+k8s)",
+        ),
     ] = None,
     placement: Annotated[
-        str,
-        typer.Option("--placement", help="placer, or a comma list to compare placers (one policy)"),
-    ] = "quart",
+        str | None,
+        typer.Option(
+            "--placement",
+            help="placer for every policy (default: each policy's platform), or a comma "
+            "list to compare placers (one policy)",
+        ),
+    ] = None,
     seed: SeedOpt = 0,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            "--seeds",
+            help="independent realisations per policy (mean and 95% interval); 1: one run "
+            "with per-run detail",
+        ),
+    ] = 5,
     slo_ms: SloOpt = None,
     out: OutOpt = None,
     progress: ProgressOpt = True,
     max_visits: MaxVisitsOpt = ex.MAX_VISITS,
 ) -> None:
-    """Run policies (or placers) on one workload and print the comparison table."""
+    """Run policies (or placers) on one workload and print the comparison table.
+
+    With ``--seeds N`` (default 5) each policy runs on N independent realisations of the
+    workload (seeds derived from ``--seed``) and the table gives the mean and a 95%
+    interval; ``--out`` then also writes ``attainment_vs_gpu.png`` (one point per run).
+    """
     positive(duration, "--duration")  # errors name the option, not duration_s (#16)
     positive(rate, "--rate")
     with _friendly():
         pipe = pipeline_preset(pipeline)
         cl = cluster_preset(cluster)
         w = ex.make_workload(workload, rate=rate, seed=seed)
-        placers = ex.parse_list(placement, ex.placement_names(), "placers")
+        placers = ex.parse_list(placement, ex.placement_names(), "placers") if placement else []
+        if len(placers) <= 1 and seeds != 1:
+            with _progress(progress) as bar:
+                rep = replicate_policies(
+                    pipe, cl, workload, policies or ",".join(ex.POLICIES), rate=rate, seed=seed,
+                    n_seeds=seeds, duration_s=duration, slo_ms=slo_ms, placement=placement,
+                    progress=bar, max_visits=max_visits,
+                )  # fmt: skip
+            render(rep.table, table_console())
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                for name, text in (("table.txt", rep.table.text()), ("table.csv", rep.table.csv()),
+                                   ("table.json", rep.table.json())):  # fmt: skip
+                    (out / name).write_text(text, encoding="utf-8")
+                fig = plot_attainment_vs_gpu(rep, out / "attainment_vs_gpu.png")
+                err.print(f"wrote {out}/table.txt, table.csv, table.json, {fig.name}")
+            return
         with _progress(progress) as bar:
             if len(placers) > 1:
-                pols = ex.parse_list(policies or "quart", ex.policy_names(), "policies")
+                pols = ex.parse_policies(policies or "quart")
                 if len(pols) != 1:
                     raise SpecError(
                         f"comparing placers ({','.join(placers)}) runs one policy; "
@@ -177,7 +216,7 @@ def simulate_cmd(
             else:
                 table = ex.compare_policies(
                     pipe, cl, w, policies or ",".join(ex.POLICIES), seed=seed,
-                    duration_s=duration, slo_ms=slo_ms, placement=placers[0], progress=bar,
+                    duration_s=duration, slo_ms=slo_ms, placement=placement, progress=bar,
                     max_visits=max_visits,
                 )  # fmt: skip
         render(table, table_console())
@@ -205,7 +244,10 @@ def sweep_cmd(
     cluster: ClusterOpt = "paper",
     pipeline: PipelineOpt = "bert-21b-me-21",
     duration: Annotated[float, typer.Option("--duration", help="seconds per cell")] = 120.0,
-    placement: Annotated[str, typer.Option("--placement", help="placer for every run")] = "quart",
+    placement: Annotated[
+        str | None,
+        typer.Option("--placement", help="placer for every run (default: each policy's)"),
+    ] = None,
     seed: SeedOpt = 0,
     slo_ms: SloOpt = None,
     out: Annotated[Path, typer.Option("--out", help="directory for sweep.csv/png")] = Path(

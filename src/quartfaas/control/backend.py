@@ -160,15 +160,25 @@ class CountScalable(Protocol):
 
 
 def reconcile(backend: Backend, stage: str, desired: int) -> ReconcilePlan:
-    """Apply ``plan_reconcile`` for one stage through ``backend``."""
-    if isinstance(backend, CountScalable):
+    """Apply ``plan_reconcile`` for one stage through ``backend``.
+
+    Called for every stage at every tick, so it avoids work when nothing changes: a backend
+    with a ``live_count(stage)`` method (starting + ready replicas, kept incrementally; the
+    simulator's) answers "already there" without listing replicas, and ``CountScalable`` is
+    detected by its method, not by ``isinstance`` against a runtime-checkable Protocol
+    (which inspects every member on each call).
+    """
+    live_count = getattr(backend, "live_count", None)
+    if live_count is not None and live_count(stage) == desired:
+        return ReconcilePlan(start=0, stop=())
+    if callable(getattr(backend, "scale_to", None)):
         live = [
             r for r in backend.list_replicas(stage)
             if r.state in (ReplicaState.STARTING, ReplicaState.READY)
         ]  # fmt: skip
         if len(live) == desired:
             return ReconcilePlan(start=0, stop=())
-        return backend.scale_to(stage, desired)
+        return backend.scale_to(stage, desired)  # type: ignore[attr-defined]
     plan = plan_reconcile(backend.list_replicas(stage), desired)
     for _ in range(plan.start):
         backend.start_replica(stage)

@@ -10,7 +10,21 @@ engine gives it no new work and tells when its last visit ends; the GPU is relea
 
 The service-time multiplier of a replica is ``(1 - cpu_frac) / gpu.speed +
 cpu_frac x stage.cpus / cpus``, so ``set_cpu`` changes the speed of later visits.
+
+Accelerators are exclusive (``ClusterSpec.sharing``, default ``exclusive``): a replica of a
+GPU stage holds one whole GPU, and a start that finds no free GPU is refused
+(``InsufficientMemory``, which ``ControlLoop`` counts as a refused action). With sharing
+(``time-slice``/``mps``) several replicas may hold one GPU, and each one's multiplier is
+multiplied by ``sim/cluster.sharing_multiplier(sharing, tenants)`` (bandwidth-bound
+processor sharing, all tenants busy: the worst case), updated as tenants come and go.
+``gpu_seconds`` is GPU occupancy (GPUs held x time, from the first start call on a GPU to
+the last replica leaving it, starting and draining included); ``replica_seconds`` is the
+plain sum of replica lifetimes, equal to it on an exclusive cluster.
 Time is read from the ``Clock`` the driver (``sim/run.py``) advances; nothing here sleeps.
+
+Over 400 lines because the Backend protocol, GPU exclusivity and sharing, occupancy
+accounting and the incremental counts all read and write one replica table (``_live``,
+``_by_stage``, the GPUs' tenants); split, each part would reach into the others' state.
 
 Limitation: ``stop_replica(drain=False)`` also drains - the engine has already committed
 the visits a replica started and cannot abort them.
@@ -26,8 +40,9 @@ from quartfaas.clock import Clock
 from quartfaas.control.backend import CpuLever, PoolStatus, ReplicaInfo, ReplicaState, StartTier
 from quartfaas.control.placement.keys_manager import GIB, KeysManager
 from quartfaas.errors import BackendError, InsufficientMemory
-from quartfaas.sim.cluster import ClusterSpec, ServerSpec
+from quartfaas.sim.cluster import ClusterSpec, GpuSharing, ServerSpec, sharing_multiplier
 from quartfaas.sim.engine import Engine
+from quartfaas.sim.gpu_accounting import gpu_occupancy_seconds, replica_seconds
 from quartfaas.sim.pipelines import SimPipeline, SimStage
 from quartfaas.sim.placement import (
     ClusterView,
@@ -62,6 +77,7 @@ class _Gpu:
     index: int
     free_gib: float
     tenants: dict[str, str] = field(default_factory=dict)  # replica id -> affinity key
+    reps: dict[str, _Replica] = field(default_factory=dict)  # GPU-stage replicas held here
 
 
 @dataclass(slots=True)
@@ -108,10 +124,18 @@ class SimBackend:
         self._live: dict[str, _Replica] = {}
         self._by_stage: dict[str, dict[str, _Replica]] = {s.name: {} for s in pipeline.stages}
         self._next_leave = math.inf  # earliest leaves_at among draining replicas
-        self._ended: list[tuple[float, float]] = []  # (requested_at, leaves_at) of gone replicas
+        # (GPU key or None for a CPU-only stage, requested_at, leaves_at) of gone replicas
+        self._ended: list[tuple[tuple[int, int] | None, float, float]] = []
+        self._exclusive = cluster.sharing is GpuSharing.EXCLUSIVE
         self._counter = 0
         self.events: list[ReplicaEvent] = []
         self.pools = PreforkPools()  # the templates' pre-fork pools (sim/prefork_pool.py)
+        # Counts kept incrementally (read per stage at every tick): non-draining replicas,
+        # draining ones, and the starting ones' ready times.
+        names = [s.name for s in pipeline.stages]
+        self._n_active = dict.fromkeys(names, 0)
+        self._n_draining = dict.fromkeys(names, 0)
+        self._starting: dict[str, dict[str, float]] = {n: {} for n in names}
 
     # -- Backend protocol -------------------------------------------------------------
 
@@ -127,6 +151,10 @@ class SimBackend:
         if rep.drained_at is not None:
             return
         rep.drained_at = now
+        name = rep.stage.name
+        self._n_active[name] -= 1
+        self._n_draining[name] += 1
+        self._starting[name].pop(rep.rid, None)
         rep.leaves_at = self.engine.drain_replica(rep.handle)
         self._next_leave = min(self._next_leave, rep.leaves_at)
         self.events.append(
@@ -154,7 +182,7 @@ class SimBackend:
             )
         self._free_cpus[server] -= extra
         rep.cpus = cpus
-        self.engine.set_multiplier(rep.handle, self._multiplier(rep.stage, rep.gpu, cpus))
+        self.engine.set_multiplier(rep.handle, self._shared(rep))
         return CpuLever.SIMULATED
 
     def set_pool(self, stage: str, depth: int) -> None:  # control.backend.PoolScalable
@@ -173,27 +201,40 @@ class SimBackend:
         """(ready, starting, draining) replicas of ``stage`` now."""
         now = self.clock.now()
         self._reap(now)
-        ready = starting = draining = 0
-        for r in self._by_stage[stage].values():
-            if r.drained_at is not None:
-                draining += 1
-            elif r.ready_at > now:
-                starting += 1
-            else:
-                ready += 1
-        return ready, starting, draining
+        pending = self._starting[stage]
+        if pending:
+            for rid in [rid for rid, at in pending.items() if at <= now]:
+                del pending[rid]
+        starting = len(pending)
+        return self._n_active[stage] - starting, starting, self._n_draining[stage]
+
+    def live_count(self, stage: str) -> int:
+        """Starting + ready replicas of ``stage`` (``control/backend.reconcile``'s fast path)."""
+        self._reap(self.clock.now())
+        if stage not in self._n_active:
+            raise BackendError(f"unknown stage {stage!r}; stages: {', '.join(self._stages)}")
+        return self._n_active[stage]
 
     def cpus_per_replica(self, stage: str) -> float:
         cpus = [r.cpus for r in self._by_stage[stage].values()]
         return sum(cpus) / len(cpus) if cpus else self._stages[stage].cpus
 
-    def gpu_seconds(self, until: float) -> float:
-        """GPU time held by replicas (from the start call to leaving) up to ``until``."""
-        total = sum(max(0.0, min(end, until) - begin) for begin, end in self._ended)
+    def _holds(self, until: float) -> list[tuple[tuple[int, int] | None, float, float]]:
+        holds = list(self._ended)
         for r in self._live.values():
             end = until if r.leaves_at is None else min(r.leaves_at, until)
-            total += max(0.0, end - r.requested_at)
-        return total
+            key = (r.gpu.server, r.gpu.index) if r.stage.gpu_memory_gib > 0 else None
+            holds.append((key, r.requested_at, max(end, r.requested_at)))
+        return holds
+
+    def gpu_seconds(self, until: float) -> float:
+        """GPU occupancy up to ``until``: GPUs held x time (a shared GPU counts once)."""
+        holds = [h for h in self._holds(until) if h[0] is not None]
+        return gpu_occupancy_seconds(holds, until)
+
+    def replica_seconds(self, until: float) -> float:
+        """Sum of replica lifetimes (start call to leaving) up to ``until``, CPU stages too."""
+        return replica_seconds(self._holds(until), until)
 
     def view(self, stage: SimStage) -> ClusterView:
         """The frozen picture a ``Placer`` decides on."""
@@ -206,7 +247,7 @@ class SimBackend:
             for r in self._live.values()
             if r.drained_at is None
         )
-        return ClusterView(tuple(self._gpu_views(stage)), servers, live)
+        return ClusterView(tuple(self._gpu_views(stage)), servers, live, self._exclusive)
 
     def _gpu_views(self, stage: SimStage) -> list[GpuView]:
         return [
@@ -219,6 +260,7 @@ class SimBackend:
                 tenants=frozenset(g.tenants.values()),
                 server_free_cpus=self._free_cpus[g.server],
                 cached=stage.name in self.caches[g.server],
+                occupants=len(g.reps),
             )
             for g in self._gpus
         ]
@@ -234,13 +276,33 @@ class SimBackend:
         speed = self._servers[gpu.server].gpu.speed if stage.gpu_memory_gib > 0 else 1.0
         return (1.0 - stage.cpu_frac) / speed + stage.cpu_frac * stage.cpus / cpus
 
+    def _shared(self, rep: _Replica) -> float:
+        """``rep``'s multiplier with its GPU's current number of sharers."""
+        mult = self._multiplier(rep.stage, rep.gpu, rep.cpus)
+        tenants = len(rep.gpu.reps)
+        if self._exclusive or tenants <= 1 or rep.stage.gpu_memory_gib <= 0:
+            return mult
+        return mult * sharing_multiplier(self.cluster.sharing, tenants)
+
+    def _reshare(self, gpu: _Gpu) -> None:
+        if not self._exclusive:
+            for r in gpu.reps.values():
+                self.engine.set_multiplier(r.handle, self._shared(r))
+
     def _start(self, name: str, *, initial: bool) -> _Replica:
         now = self.clock.now()
         self._reap(now)
         stage = self._stages.get(name)
         if stage is None:
             raise BackendError(f"unknown stage {name!r}; stages: {', '.join(self._stages)}")
-        req = PlaceRequest(stage.name, self._affinity_key(stage), stage.gpu_memory_gib, stage.cpus)
+        uses_gpu = stage.gpu_memory_gib > 0
+        req = PlaceRequest(
+            stage.name,
+            self._affinity_key(stage),
+            stage.gpu_memory_gib,
+            stage.cpus,
+            exclusive=self._exclusive and uses_gpu,
+        )
         view = self.view(stage)
         choice = self.placer.place(req, view)
         if choice is None:
@@ -260,6 +322,12 @@ class SimBackend:
         gpu = next(
             g for g in self._gpus if (g.server, g.index) == (choice.server_index, choice.gpu_index)
         )
+        if req.exclusive and gpu.reps:
+            raise BackendError(
+                f"placer {self.placer.name} chose {choice.server}/{choice.gpu_index} for "
+                f"{stage.name}, which already holds {len(gpu.reps)} replica(s) on an "
+                "exclusive cluster"
+            )
         server = self._servers[gpu.server]
         cache = self.caches[gpu.server]
         tier: StartTier | None
@@ -293,8 +361,14 @@ class SimBackend:
             gpu.tenants[rid] = req.affinity_key
         self._free_cpus[gpu.server] -= stage.cpus
         rep = _Replica(rid, stage, handle, gpu, tier, now, now + delay, stage.cpus, pinned)
+        if uses_gpu:
+            gpu.reps[rid] = rep
+            self._reshare(gpu)
         self._live[rid] = rep
         self._by_stage[stage.name][rid] = rep
+        self._n_active[stage.name] += 1
+        if now + delay > now:
+            self._starting[stage.name][rid] = now + delay
         kind: Literal["initial", "start"] = "initial" if initial else "start"
         self.events.append(
             ReplicaEvent(now, stage.name, rid, kind, tier, server.name, delay, handle)
@@ -308,13 +382,17 @@ class SimBackend:
         for r in gone:
             del self._live[r.rid]
             del self._by_stage[r.stage.name][r.rid]
+            self._n_draining[r.stage.name] -= 1
             r.gpu.free_gib += r.stage.gpu_memory_gib
             r.gpu.tenants.pop(r.rid, None)
+            if r.gpu.reps.pop(r.rid, None) is not None:
+                self._reshare(r.gpu)
             self._free_cpus[r.gpu.server] += r.cpus
             if r.pinned:
                 self.caches[r.gpu.server].unpin(r.stage.name)
             assert r.leaves_at is not None and r.drained_at is not None
-            self._ended.append((r.requested_at, r.leaves_at))
+            key = (r.gpu.server, r.gpu.index) if r.stage.gpu_memory_gib > 0 else None
+            self._ended.append((key, r.requested_at, r.leaves_at))
             self.events.append(
                 ReplicaEvent(
                     r.leaves_at,

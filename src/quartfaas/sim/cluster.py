@@ -5,6 +5,12 @@ parameter cache, CPU cores) and ``StartDelays``, the model of how long a new rep
 to serve depending on where its weights come from. ``sim/backend.py`` keeps the mutable
 state (free GPU memory, host caches) and asks a ``Placer`` (``placement.py``) for a GPU.
 
+``TableDelays`` computes the same delays from the shared table in
+``control/placement/startup_delays.py`` (CUDA context for a forked GPU replica, pageable vs pinned
+copies, readiness); ``GpuSharing`` and ``sharing_multiplier`` model GPUs shared by several
+replicas (exclusive by default). ``sim/gpu_accounting.py`` computes GPU occupancy and
+whether a deployment fits.
+
 Presets (``cluster_preset(name)``): ``paper`` is the prototype's cluster, ``small`` a
 two-server cluster for tests and examples. Figures that are assumptions, not measurements,
 say so where they are defined; replace them with measured ones as they become available.
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from quartfaas.control.backend import StartTier
+from quartfaas.control.placement import startup_delays as sd
 from quartfaas.errors import SimulationError
 
 
@@ -27,8 +34,9 @@ class GpuType:
     Batch-1 inference of large-model stages is memory-bandwidth bound, so speed is taken
     as the ratio of datasheet memory bandwidths to the V100's 900 GB/s. The profile's GPU is
     not recorded in the prototype; we assume V100 (an assumption, documented here).
-    ``h2d_gib_per_s`` is pinned host-to-device copy bandwidth, ~85% of the PCIe link
-    (gen3 x16 for V100, gen4 x16 for the others).
+    ``h2d_gib_per_s`` is pinned host-to-device copy bandwidth of the GPU's PCIe link
+    (gen3 x16 for V100, gen4 x16 for the others) at the achieved share cited in
+    ``control/placement/startup_delays.pcie_pinned_bytes_per_s``.
     """
 
     name: str
@@ -37,12 +45,14 @@ class GpuType:
     h2d_gib_per_s: float
 
 
+_GEN3 = sd.pcie_pinned_bytes_per_s(3) / sd.GIB
+_GEN4 = sd.pcie_pinned_bytes_per_s(4) / sd.GIB
 GPU_TYPES: dict[str, GpuType] = {
-    # memory: datasheet; speed: bandwidth / 900 GB/s; h2d: 0.85 x PCIe link.
-    "V100": GpuType("V100", 32.0, 1.0, 11.0),  # 900 GB/s HBM2, PCIe 3.0
-    "3090": GpuType("3090", 24.0, 936 / 900, 22.0),  # 936 GB/s GDDR6X, PCIe 4.0
-    "A40": GpuType("A40", 48.0, 696 / 900, 22.0),  # 696 GB/s GDDR6, PCIe 4.0
-    "A100": GpuType("A100", 40.0, 1555 / 900, 22.0),  # A100-40GB: 1555 GB/s HBM2, PCIe 4.0
+    # memory: datasheet; speed: bandwidth / 900 GB/s; h2d: pinned over the PCIe link.
+    "V100": GpuType("V100", 32.0, 1.0, _GEN3),  # 900 GB/s HBM2, PCIe 3.0
+    "3090": GpuType("3090", 24.0, 936 / 900, _GEN4),  # 936 GB/s GDDR6X, PCIe 4.0
+    "A40": GpuType("A40", 48.0, 696 / 900, _GEN4),  # 696 GB/s GDDR6, PCIe 4.0
+    "A100": GpuType("A100", 40.0, 1555 / 900, _GEN4),  # A100-40GB: 1555 GB/s HBM2, PCIe 4.0
 }
 
 
@@ -107,12 +117,94 @@ class StartDelays:
         raise SimulationError(f"the simulator does not model start tier {tier.value!r}")
 
 
+# StartTier (what a backend reports) -> the shared table's tier, per weight source.
+_TABLE_TIER = {
+    StartTier.PREFORK: sd.Tier.PREFORK,
+    StartTier.FORK: sd.Tier.FORK,
+    StartTier.MMAP: sd.Tier.HOST,
+    StartTier.NONE: sd.Tier.NONE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TableDelays(StartDelays):
+    """``StartDelays`` computed from the shared table ``control/placement/startup_delays.py``.
+
+    Unlike the legacy model it charges a forked GPU replica a CUDA context, copies forked
+    (pageable) pages at the pageable bandwidth unless ``pinned``, and takes the pinned
+    bandwidth from the GPU's own link (``GpuType.h2d_gib_per_s``). The legacy fields of
+    ``StartDelays`` are ignored, except ``source`` (where a miss reads its weights).
+    """
+
+    table: sd.DelayTable = field(default_factory=sd.DelayTable)
+    pinned: bool = False
+
+    def seconds(
+        self, tier: StartTier, size_gib: float, gpu: GpuType | None, warmup_s: float
+    ) -> float:
+        if tier is StartTier.COLD:
+            t = sd.Tier.DISK if self.source is WeightSource.LOCAL_DISK else sd.Tier.REMOTE
+        else:
+            t = _TABLE_TIER[tier]
+        table = self.table
+        if gpu is not None:
+            table = replace(table, pinned_bytes_per_s=gpu.h2d_gib_per_s * sd.GIB)
+        start = sd.delay(t, size_gib * sd.GIB, gpu is not None, table, pinned=self.pinned)
+        return start + (warmup_s if t is not sd.Tier.NONE else 0.0)
+
+
+class GpuSharing(StrEnum):
+    """How replicas may share one GPU (a cluster option; ``exclusive`` is the default).
+
+    - ``exclusive``: a replica of a GPU stage holds one whole GPU (the prototype's rule);
+    - ``time-slice``: replicas share a GPU by the driver's time slicing;
+    - ``mps``: replicas share it concurrently under CUDA MPS.
+
+    Either way a sharer's service time grows with its share of the memory bandwidth; see
+    ``sharing_multiplier``.
+    """
+
+    EXCLUSIVE = "exclusive"
+    TIME_SLICE = "time-slice"
+    MPS = "mps"
+
+
+def sharing_multiplier(
+    sharing: GpuSharing, tenants: int, busy_frac: float = 1.0, switch_overhead: float = 0.0
+) -> float:
+    """Service-time multiplier of one of ``tenants`` replicas sharing a GPU.
+
+    Model: bandwidth-bound processor sharing. Batch-1 inference of large-model stages is
+    limited by memory bandwidth (a roofline argument), and a GPU's memory bandwidth is
+    split among the kernels running at once, so while ``m`` sharers are busy each gets
+    ``1/m`` of it and its visit takes ``m`` times as long. Each co-tenant is busy a
+    fraction ``busy_frac`` of the time, so on average ``m = 1 + (tenants - 1) x busy_frac``
+    (``busy_frac = 1`` is the worst case, all busy). Time slicing also pays
+    ``switch_overhead`` (share of each slice lost to context switches) per extra busy
+    tenant; MPS shares without switching. ``exclusive`` admits one tenant, multiplier 1.
+    """
+    if tenants < 1 or not 0.0 <= busy_frac <= 1.0 or switch_overhead < 0:
+        raise SimulationError(
+            f"sharing needs tenants >= 1 ({tenants}), 0 <= busy_frac <= 1 ({busy_frac}) "
+            f"and switch_overhead >= 0 ({switch_overhead})"
+        )
+    if sharing is GpuSharing.EXCLUSIVE:
+        if tenants > 1:
+            raise SimulationError(f"an exclusive GPU holds one replica, not {tenants}")
+        return 1.0
+    busy = 1.0 + (tenants - 1) * busy_frac
+    if sharing is GpuSharing.TIME_SLICE:
+        return busy * (1.0 + switch_overhead * (busy - 1.0))
+    return busy
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
     name: str
     servers: tuple[ServerSpec, ...]
     delays: StartDelays = field(default_factory=StartDelays)
     cache_threshold_frac: float = 0.85  # prototype KeysManager: cached stages <= 85% of memory
+    sharing: GpuSharing = GpuSharing.EXCLUSIVE  # replicas of GPU stages per GPU: see GpuSharing
 
     @property
     def total_gpus(self) -> int:
@@ -155,11 +247,12 @@ def cluster_names() -> list[str]:
 
 
 def cluster_preset(name: str, *, delays: StartDelays | None = None) -> ClusterSpec:
-    """A named cluster; ``delays`` replaces its start-delay model (e.g. measured fork_s)."""
+    """A named cluster; ``delays`` replaces its start-delay model (default ``TableDelays()``:
+    the shared table ``control/placement/startup_delays.py`` the placer's cost model reads)."""
     try:
         spec = _PRESETS[name]()
     except KeyError:
         raise SimulationError(
             f"unknown cluster {name!r}; valid clusters: {', '.join(cluster_names())}"
         ) from None
-    return spec if delays is None else replace(spec, delays=delays)
+    return replace(spec, delays=TableDelays() if delays is None else delays)

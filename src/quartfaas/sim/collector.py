@@ -15,14 +15,18 @@ the live collectors (``metrics/``) build from the gateway, over the window
 arrivals in a non-empty window has ``arrival_rate = 0.0`` (observed idle); with fewer than
 three arrivals the CV is ``None``. The engine keeps each stage's arrival and departure
 order with non-decreasing times, so the window is found with one pointer per level that
-only moves forward: a tick costs O(requests in the window), in one compiled call
-(``sim/windowstats.py``).
+only moves forward. Each call turns the records added since the previous one into a
+bucket (``sim/windowbuckets.py``) and combines the window's buckets, so a tick costs
+O(records since the last tick) plus a selection over the window's latency samples; when
+the window does not start on a bucket edge it recomputes the window in one compiled pass
+(``sim/windowstats.py``), which gives the same figures.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections import deque
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,7 +34,16 @@ from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, StageSnap
 from quartfaas.sim.backend import SimBackend
 from quartfaas.sim.engine import Engine
 from quartfaas.sim.pipelines import SimPipeline
+from quartfaas.sim.windowbuckets import COUNT, FIRST, LAST, N_FIELDS, combine, fill_bucket
 from quartfaas.sim.windowstats import E2E_FIELDS, STAGE_FIELDS, window_stats
+
+
+class _Bucket(NamedTuple):
+    stats: np.ndarray  # (levels, N_FIELDS)
+    lat: np.ndarray
+    off: np.ndarray
+    first: float  # earliest record time in the bucket
+    last: float  # latest
 
 
 def _opt(x: float) -> float | None:
@@ -48,7 +61,13 @@ class SimCollector:
     """Builds snapshots of one simulated pipeline; call ``collect`` with increasing ``now``."""
 
     def __init__(
-        self, engine: Engine, backend: SimBackend, pipeline: SimPipeline, window_s: float
+        self,
+        engine: Engine,
+        backend: SimBackend,
+        pipeline: SimPipeline,
+        window_s: float,
+        *,
+        buckets: bool = True,  # False: recompute the whole window every call (a reference)
     ) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
@@ -60,6 +79,10 @@ class SimCollector:
         self._last_now = -np.inf
         self._out = np.zeros((engine.n_stages, len(STAGE_FIELDS)))
         self._e2e = np.zeros((1, len(E2E_FIELDS)))
+        self._hi = np.zeros(engine.n_stages + 1, dtype=np.int64)
+        self._buckets: deque[_Bucket] = deque()
+        self.slow_path_calls = 0  # windows that did not start on a bucket edge
+        self._use_buckets = buckets
 
     def collect(self, now: float) -> PipelineSnapshot:
         e = self.engine
@@ -70,18 +93,7 @@ class SimCollector:
         self._last_now = now
         begin = max(0.0, now - self.window_s)
         span = now - begin
-        window_stats(
-            begin,
-            e.arrivals,
-            e.start,
-            e.finish,
-            e.seq,
-            e.cnt,
-            e.rejected_at,
-            self._lo,
-            self._out,
-            self._e2e,
-        )
+        self._window(begin)
         stages = []
         for k, st in enumerate(self.pipeline.stages):
             row = self._out[k]
@@ -120,6 +132,49 @@ class SimCollector:
             window_s=self.window_s,
             data_age_s=0.0,
             source="sim",
+        )
+
+
+    def _window(self, begin: float) -> None:
+        e = self.engine
+        stats = np.zeros((e.n_stages + 1, N_FIELDS))
+        lat, off = fill_bucket(
+            e.arrivals, e.start, e.finish, e.seq, e.cnt, e.rejected_at, self._hi, stats
+        )
+        seen = stats[:, COUNT] > 0
+        if seen.any():
+            first = float(stats[seen, FIRST].min())
+            last = float(stats[seen, LAST].max())
+            self._buckets.append(_Bucket(stats, lat, off, first, last))
+        buckets = self._buckets
+        while buckets and buckets[0].last < begin:
+            buckets.popleft()
+        if self._use_buckets and all(b.first >= begin for b in buckets):
+            if buckets:
+                combine(
+                    np.stack([b.stats for b in buckets]),
+                    np.concatenate([b.lat for b in buckets]),
+                    np.stack([b.off for b in buckets]),
+                    self._out,
+                    self._e2e,
+                )
+            else:
+                combine(
+                    stats[None], lat, off[None], self._out, self._e2e
+                )  # an empty window: zero counts, NaN statistics
+            return
+        self.slow_path_calls += 1
+        window_stats(
+            begin,
+            e.arrivals,
+            e.start,
+            e.finish,
+            e.seq,
+            e.cnt,
+            e.rejected_at,
+            self._lo,
+            self._out,
+            self._e2e,
         )
 
 

@@ -7,6 +7,8 @@ CDF per policy and GPUs held over time per policy, plus replicas per stage for o
 
 Latency percentiles are over completed requests; SLO attainment counts rejected and
 unfinished requests as misses, so a policy cannot look good by dropping load.
+``gpu_seconds`` is GPU occupancy (GPUs held x time); ``replica_seconds`` the sum of replica
+lifetimes (equal on an exclusive cluster without CPU-only stages).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ _COLUMNS = (
     ("slo_ms", "{:.0f}"),
     ("slo_attain_pct", "{:.2f}"),
     ("gpu_seconds", "{:.0f}"),
+    ("replica_seconds", "{:.0f}"),
     ("scale_ups", "{:d}"),
     ("scale_downs", "{:d}"),
     ("starts", "{}"),
@@ -51,6 +54,8 @@ def summary_row(r: SimResult) -> dict[str, object]:
         "slo_ms": r.pipeline.slo_p99_s * 1000.0,
         "slo_attain_pct": 100.0 * r.slo_attainment(),
         "gpu_seconds": r.gpu_seconds,
+        "replica_seconds": r.replica_seconds,
+        "refused_initial": r.refused_initial,
         "scale_ups": sum(1 for e in r.scale_events if e.action == "scale-up"),
         "scale_downs": sum(1 for e in r.scale_events if e.action == "scale-down"),
         "starts": " ".join(f"{k}:{v}" for k, v in tiers.items()) or "-",

@@ -75,7 +75,9 @@ class SimResult:
     ready: np.ndarray  # (ticks, stages) replicas after each tick's decision
     starting: np.ndarray
     draining: np.ndarray
-    gpu_seconds: float
+    gpu_seconds: float  # GPU occupancy: GPUs held x time (sim/gpu_accounting.py)
+    replica_seconds: float  # sum of replica lifetimes
+    refused_initial: int  # replicas asked for up front (beyond min_replicas) that found no GPU
     scale_events: tuple[ScaleEvent, ...]
     replica_events: tuple[ReplicaEvent, ...]
     snapshots_taken: int
@@ -202,8 +204,11 @@ def simulate(
     backend = SimBackend(cluster, pipeline, engine, clock, placer)
     wanted = {s.name: s.min_replicas for s in pipeline.stages}
     wanted.update(initial_replicas or {})
+    refused_initial = 0
+    # Every stage's min_replicas first (a cluster that cannot hold those is an error), then
+    # the rest round-robin so a deployment too large for the cluster is refused evenly.
     for st in pipeline.stages:
-        for i in range(wanted[st.name]):
+        for i in range(min(st.min_replicas, wanted[st.name])):
             try:
                 backend.deploy_initial(st.name)
             except InsufficientMemory as exc:
@@ -213,6 +218,17 @@ def simulate(
                     f"({k} stages, {total} initial replicas, anti-affinity "
                     f"{pipeline.anti_affinity!r}): replica {i + 1} of {wanted[st.name]}: {exc}"
                 ) from None
+    extra_wanted = {
+        s.name: wanted[s.name] - min(s.min_replicas, wanted[s.name]) for s in pipeline.stages
+    }
+    while any(extra_wanted.values()):
+        for st in pipeline.stages:
+            if extra_wanted[st.name] > 0:
+                extra_wanted[st.name] -= 1
+                try:
+                    backend.deploy_initial(st.name)
+                except InsufficientMemory:
+                    refused_initial += 1
     recorder = _Recorder(backend, [s.name for s in pipeline.stages])
     recorder.sample(0.0)
     collector = SimCollector(engine, backend, pipeline, cfg.window_s)
@@ -246,6 +262,7 @@ def simulate(
         ticks=tick,
         end=now,
         wall0=wall0,
+        refused_initial=refused_initial,
     )
 
 
@@ -262,6 +279,7 @@ def _result(
     ticks: int,
     end: float,
     wall0: float,
+    refused_initial: int = 0,
 ) -> SimResult:
     k = engine.n_stages
     latency = np.full(engine.n_requests, np.nan)
@@ -286,6 +304,8 @@ def _result(
         starting=counts[:, :, 1],
         draining=counts[:, :, 2],
         gpu_seconds=backend.gpu_seconds(end),
+        replica_seconds=backend.replica_seconds(end),
+        refused_initial=refused_initial,
         scale_events=tuple(recorder.events),
         replica_events=tuple(sorted(backend.events, key=lambda e: e.time)),
         snapshots_taken=ticks,

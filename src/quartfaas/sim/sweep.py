@@ -27,8 +27,7 @@ from quartfaas.sim.experiments import (
     Row,
     check_fits,
     make_placer,
-    parse_list,
-    policy_names,
+    parse_policies,
     policy_setup,
     policy_values,
     prepare_run,
@@ -41,8 +40,8 @@ from quartfaas.workload import Workload
 SWEEP_COLUMNS = (
     ("cv", "{:g}"), ("load_rps", "{:g}"), ("policy", "{}"), ("requests", "{:d}"),
     ("p50_ms", "{:.1f}"), ("p99_ms", "{:.1f}"), ("slo_attain_pct", "{:.2f}"),
-    ("gpu_seconds", "{:.0f}"), ("scale_ups", "{:d}"), ("scale_downs", "{:d}"),
-    ("refused", "{:d}"), ("starts", "{}"),
+    ("gpu_seconds", "{:.0f}"), ("replica_seconds", "{:.0f}"), ("scale_ups", "{:d}"),
+    ("scale_downs", "{:d}"), ("refused", "{:d}"), ("starts", "{}"),
 )  # fmt: skip
 
 
@@ -69,7 +68,7 @@ def sweep(
     seed: int = 0,
     duration_s: float = 300.0,
     slo_ms: float | None = None,
-    placement: str = "quart",
+    placement: str | None = None,
     controller: ControllerConfig | None = None,
     out_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
@@ -80,7 +79,7 @@ def sweep(
     Results are kept only as rows (not the per-request records), so a sweep's memory stays
     that of one run.
     """
-    names = parse_list(policies, policy_names(), "policies")
+    names = parse_policies(policies)
     if not cvs or not loads:
         raise SpecError("a sweep needs at least one CV (--cvs) and one load (--loads)")
     cells = [(float(c), float(ld)) for c in cvs for ld in loads]
@@ -91,7 +90,8 @@ def sweep(
     Estimate(
         total_requests, pipeline.num_stages, len(names), int(duration_s / cfg.interval_s)
     ).check(max_visits, f"a sweep of {len(cells)} (CV, load) cells x {len(names)} policies")
-    check_fits(pipeline, cluster, placement, sum(s.min_replicas for s in pipeline.stages))
+    initial = sum(s.min_replicas for s in pipeline.stages)
+    check_fits(pipeline, cluster, placement or "quart", initial)
     runs = len(cells) * len(names)
     rows: list[Row] = []
     title = ""
@@ -101,10 +101,11 @@ def sweep(
         for i, name in enumerate(names):
             setup = policy_setup(name, pipe, cluster, arrivals, cfg)
             label = f"{name} cv={c:g} load={ld:g}"
-            r = run_one(replace(setup, name=label), pipe, arrivals, make_placer(placement, pipe),
+            placer = make_placer(placement or setup.placer, pipe)
+            r = run_one(replace(setup, name=label), pipe, arrivals, placer,
                      seed=seed, cfg=cfg, index=j * len(names) + i, runs=runs,
                      progress=progress)  # fmt: skip
-            v = policy_values(name, r, name == "quart-no-cache")
+            v = policy_values(name, r, not setup.fork)
             v.update(cv=c, load_rps=ld)
             # Drop the per-request arrays: a sweep keeps only its numbers.
             rows.append(Row(name, v, _light(r)))
@@ -112,7 +113,7 @@ def sweep(
     slo = pipeline.slo_p99_s * 1000 if slo_ms is None else slo_ms
     table = Comparison(
         f"{head} | SLO p99 {slo:.0f} ms | {duration_s:g} s per cell\n"
-        f"cluster {cluster.describe()} | placer {placement} | seed {seed}",
+        f"cluster {cluster.describe()} | placer {placement or 'per policy'} | seed {seed}",
         SWEEP_COLUMNS,
         tuple(rows),
         ("workload per cell: mmpp:rate=LOAD,cv=CV (on 25 % of the time); gamma below CV 1",),

@@ -31,7 +31,20 @@ from quartfaas.workload.synthetic import (
     mmpp_for,
     poisson,
 )
+from quartfaas.workload.trace_rate import Method, at_rate
 from quartfaas.workload.traces import NAMED_TRACES, Trace, load_trace
+
+# How a trace reaches rate= (workload/trace_rate.py): "thinning" (default: Poisson under the
+# trace's 1 s envelope, own time scale), "superpose" (shifted windows), "squeeze" (compress
+# time: the old way, kept for comparison), "replay" (the trace as recorded; no rate=).
+TRACE_METHODS = ("thinning", "superpose", "squeeze", "replay")
+
+
+def _window_rate(tr: Trace, duration_s: float | None) -> float:
+    """The trace's own mean rate (what resampling without ``rate=`` keeps)."""
+    if len(tr) < 2 or tr.duration_s <= 0:
+        raise SpecError(f"trace {tr.name} needs >= 2 arrivals over a positive span")
+    return len(tr) / tr.duration_s
 
 ParamValue = float | str
 
@@ -55,9 +68,9 @@ _KINDS: dict[str, _Kind] = {
     ),
     "trace": _Kind(
         ("name",),
-        ("rate", "compress", "start", "end"),
-        usage=f"trace:NAME[,rate=R|compress=F][,start=S][,end=E] (NAME: "
-        f"{', '.join(sorted(NAMED_TRACES))} or a CSV path)",
+        ("rate", "compress", "start", "end", "method"),
+        usage=f"trace:NAME[,rate=R|compress=F][,method=thinning|superpose|squeeze]"
+        f"[,start=S][,end=E] (NAME: {', '.join(sorted(NAMED_TRACES))} or a CSV path)",
     ),
 }
 
@@ -85,7 +98,7 @@ class Workload:
     @classmethod
     def make(cls, kind: str, params: Mapping[str, ParamValue], seed: int = 0) -> Workload:
         """Validate and build (the same checks as ``parse``)."""
-        norm = {k: (v if k == "name" else float(v)) for k, v in params.items()}
+        norm = {k: (v if k in ("name", "method") else float(v)) for k, v in params.items()}
         w = cls(kind, tuple(sorted(norm.items())), int(seed))
         w._validate()
         return w
@@ -124,7 +137,7 @@ class Workload:
                 raise SpecError(
                     f"{text!r}: unknown parameter {key!r} for {kind}; valid: {valid} ({spec.usage})"
                 )
-            if key == "name":
+            if key in ("name", "method"):
                 params[key] = value
                 continue
             try:
@@ -171,6 +184,13 @@ class Workload:
     def _check_trace_values(self, given: set[str]) -> None:
         if "rate" in given and "compress" in given:
             raise SpecError("trace: give rate or compress, not both")
+        method = self.get("method")
+        if method is not None and method not in TRACE_METHODS:
+            raise SpecError(
+                f"trace: unknown method {method!r}; valid methods: {', '.join(TRACE_METHODS)}"
+            )
+        if method is not None and "compress" in given:
+            raise SpecError("trace: method applies to rate=, not to compress=")
         for key in ("rate", "compress"):
             if key in given:
                 check_positive(key, self._num(key))
@@ -243,6 +263,14 @@ class Workload:
             tr = tr.slice(float(p.get("start", 0.0)), None if end is None else float(end))
         if "compress" in p:
             tr = tr.compress(float(p["compress"]))
-        if "rate" in p:
-            tr = tr.rescale_to_rate(float(p["rate"]))
+        method = str(p.get("method", "thinning" if "rate" in p else "replay"))
+        if method == "squeeze":  # the old way: compress time until the mean rate is reached
+            if "rate" in p:
+                tr = tr.rescale_to_rate(float(p["rate"]))
+        elif method != "replay":
+            # The trace's own time scale (workload/trace_rate.py); the seed picks the
+            # realisation; without rate= the window is resampled at its own mean rate.
+            rate = float(p["rate"]) if "rate" in p else _window_rate(tr, duration_s)
+            how: Method = "superpose" if method == "superpose" else "thinning"
+            return at_rate(tr, rate, method=how, duration_s=duration_s, seed=self.seed)
         return tr if duration_s is None else tr.cover(duration_s)

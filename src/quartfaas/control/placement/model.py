@@ -13,13 +13,14 @@ cache is the frozen ``CacheView`` of its ``KeysManager`` (``control/placement/ke
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from quartfaas.control.placement.keys_manager import GIB, CacheView, KeysManager
+from quartfaas.control.placement.startup_delays import DEFAULT_TABLE, DelayTable, Tier, delay
 
 # Cost of leaving one requested replica unplaced. It dwarfs any start time or dispersion,
 # so every placer first places as many replicas as the hard constraints allow.
@@ -48,40 +49,84 @@ class _Frozen(BaseModel):
 class StartCostModel(_Frozen):
     """Expected seconds from a start call to a ready replica, by start tier.
 
-    fork:   ``fork_s + size / host_to_gpu_bytes_per_s``
-    disk:   ``process_start_s + size / disk_bytes_per_s + size / host_to_gpu_bytes_per_s``
-    remote: ``process_start_s + size / remote_bytes_per_s + size / host_to_gpu_bytes_per_s``
+    Computed by ``control/placement/startup_delays.delay`` from the one delay table the
+    simulator also uses (``sim/cluster.TableDelays``), for a GPU replica:
 
-    Defaults: fork and process start from /work/shared/reference/host-facts.md (fork()
-    3-10 ms plus a first-forward penalty of tens of ms; a fresh process spends ~0.8 s
-    importing torch), disk 0.8 GB/s (measured 0.7-0.95 GB/s for weights evicted to disk),
-    host-to-GPU 12 GB/s (PCIe 3.0 x16 in practice), remote 0.25 GB/s (an assumed share of
-    a 10 GbE link under concurrent loads). All are settings: measure your own cluster.
+    fork:   ``fork_s + cuda_context_s + size / h2d`` (the fork template never initialises
+            CUDA, so a forked GPU child creates its own context)
+    disk:   ``process_start_s + size / disk_bytes_per_s + cuda_context_s + size / h2d``
+    remote: ``process_start_s + size / remote_bytes_per_s + cuda_context_s + size / h2d``
+
+    plus ``readiness_s``; ``h2d`` is the pinned bandwidth when ``pinned``, else the pageable
+    one (``DelayTable.pageable_bytes_per_s``). Every default is ``DEFAULT_TABLE``'s, whose
+    figures cite their source or the benchmark that measured them. All are settings:
+    measure your own cluster (``benchmarks/gpu_scaleup.py``).
     """
 
-    fork_s: float = Field(
-        default=0.03, ge=0, le=600, description="fork + first-forward overhead, s"
-    )
+    fork_s: float = Field(default=DEFAULT_TABLE.fork_s, ge=0, le=600, description="fork, s")
     process_start_s: float = Field(
-        default=1.0,
+        default=DEFAULT_TABLE.process_start_s,
         ge=0,
         le=600,
-        description="fresh process: interpreter, import torch, CUDA context",
+        description="fresh process: interpreter, import torch, build the stage, s",
+    )
+    cuda_context_s: float = Field(
+        default=DEFAULT_TABLE.cuda_context_s, ge=0, le=600, description="CUDA context, s"
     )
     host_to_gpu_bytes_per_s: float = Field(
-        default=12e9, gt=0, description="copy of weights from host memory to GPU, bytes/s"
+        default=DEFAULT_TABLE.pinned_bytes_per_s,
+        gt=0,
+        description="pinned copy of weights from host memory to GPU, bytes/s",
     )
-    disk_bytes_per_s: float = Field(default=0.8e9, gt=0, description="local disk read, bytes/s")
+    host_memcpy_bytes_per_s: float = Field(
+        default=DEFAULT_TABLE.host_memcpy_bytes_per_s,
+        gt=0,
+        description="host memcpy (pageable copies are staged through a pinned buffer), bytes/s",
+    )
+    disk_bytes_per_s: float = Field(
+        default=DEFAULT_TABLE.disk_bytes_per_s, gt=0, description="local disk read, bytes/s"
+    )
     remote_bytes_per_s: float = Field(
-        default=0.25e9, gt=0, description="remote storage fetch, bytes/s"
+        default=DEFAULT_TABLE.remote_bytes_per_s, gt=0, description="remote fetch, bytes/s"
     )
+    readiness_s: float = Field(
+        default=DEFAULT_TABLE.readiness_s, ge=0, le=600, description="readiness delay, s"
+    )
+    pinned: bool = Field(default=False, description="host pages are page-locked before copy")
+
+    def table(self) -> DelayTable:
+        """These figures as the shared ``DelayTable``."""
+        return replace(
+            DEFAULT_TABLE,
+            fork_s=self.fork_s,
+            process_start_s=self.process_start_s,
+            cuda_context_s=self.cuda_context_s,
+            pinned_bytes_per_s=self.host_to_gpu_bytes_per_s,
+            host_memcpy_bytes_per_s=self.host_memcpy_bytes_per_s,
+            disk_bytes_per_s=self.disk_bytes_per_s,
+            remote_bytes_per_s=self.remote_bytes_per_s,
+            readiness_s=self.readiness_s,
+        )
+
+    @classmethod
+    def from_table(cls, table: DelayTable, *, pinned: bool = False) -> StartCostModel:
+        return cls(
+            fork_s=table.fork_s,
+            process_start_s=table.process_start_s,
+            cuda_context_s=table.cuda_context_s,
+            host_to_gpu_bytes_per_s=table.pinned_bytes_per_s,
+            host_memcpy_bytes_per_s=table.host_memcpy_bytes_per_s,
+            disk_bytes_per_s=table.disk_bytes_per_s,
+            remote_bytes_per_s=table.remote_bytes_per_s,
+            readiness_s=table.readiness_s,
+            pinned=pinned,
+        )
 
     def seconds(self, source: StartSource, size_bytes: int) -> float:
-        copy = size_bytes / self.host_to_gpu_bytes_per_s
-        if source is StartSource.FORK:
-            return self.fork_s + copy
-        bw = self.disk_bytes_per_s if source is StartSource.DISK else self.remote_bytes_per_s
-        return self.process_start_s + size_bytes / bw + copy
+        return delay(_TIER[source], size_bytes, True, self.table(), pinned=self.pinned)
+
+
+_TIER = {StartSource.FORK: Tier.FORK, StartSource.DISK: Tier.DISK, StartSource.REMOTE: Tier.REMOTE}
 
 
 class PlacementConfig(_Frozen):

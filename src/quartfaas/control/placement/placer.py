@@ -27,8 +27,9 @@ the same GPU (``pipeline_gpu_penalty_s``, 0.5 s); no hard per-server limit, so a
 cluster still places everything.
 
 Objective (Quart): minimise the sum of expected start seconds of the new replicas
-(``StartCostModel``: fork 0.03 s + size/12 GB/s; disk 1 s + size/0.8 GB/s + size/12 GB/s;
-remote the same at 0.25 GB/s) + spread penalties + ``lambda x sum_s n_s KL(P_s || Q)``
+(``StartCostModel``, from the delay table ``startup_delays.py`` the simulator also uses:
+fork, CUDA context and the copy to the GPU; disk and remote a new process, the read, the
+context and the copy) + spread penalties + ``lambda x sum_s n_s KL(P_s || Q)``
 (lambda 0.5 s/nat), P_s being stage s's replicas over servers and Q the servers' shares
 of capacity (speed-weighted free GPU fraction, smoothed so no share is 0). Using n x KL
 (the log-likelihood ratio of the counts) makes dispersion grow with replicas as start

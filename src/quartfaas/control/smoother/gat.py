@@ -23,9 +23,12 @@ the prototype added it to every attention logit of a row, which a softmax cancel
 
 **Cost.** ``torch`` and ``torch_geometric`` are imported only when a model is built or
 loaded (importing torch_geometric takes seconds), so ``control/`` stays cheap to import
-when the GAT is not used. Inference runs on the CPU under ``torch.inference_mode`` in eval
-mode (no dropout), on one intra-op thread (see ``predict_log_cv``): the same snapshot gives
-the same prediction.
+when the GAT is not used. Inference (``predict_log_cv``) runs the same forward in numpy
+(``NumpyGat``, float64, attention over the path graph's edge list): a few dozen array
+operations instead of the torch modules' dispatch, which the simulator pays every tick.
+It equals the torch module's output (``predict_log_cv_torch``, eval mode, no dropout)
+within 1e-5 (tests/unit/test_gat.py); the
+same snapshot gives the same prediction.
 """
 
 from __future__ import annotations
@@ -173,6 +176,73 @@ def edge_index_tensor(n: int) -> Any:
     return torch.tensor([src, dst], dtype=torch.long)
 
 
+def _elu(x: Any) -> Any:
+    import numpy as np
+
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
+
+
+class NumpyGat:
+    """The ``CvGat`` forward in numpy, from its state dict (inference only).
+
+    ``GATv2Conv`` (torch_geometric 2.x, ``share_weights=False``, no residual, no edge
+    features): ``x_l = W_l x + b_l`` and ``x_r = W_r x + b_r`` split into heads; for an
+    edge j -> i the logit is ``att . LeakyReLU_0.2(x_l[j] + x_r[i])``, softmax over i's
+    incoming edges, output ``sum_j alpha_ij x_l[j]`` (heads concatenated, or averaged for
+    one head) plus ``bias``; softmax and sums over each node's incoming edges by scatter
+    (``ufunc.at``), O(edges).
+    """
+
+    def __init__(self, state: dict[str, Any], cfg: GatConfig) -> None:
+        import numpy as np
+
+        self.cfg = cfg
+        self.w = {k: np.asarray(v, dtype=np.float64) for k, v in state.items()}
+        self._masks: dict[int, Any] = {}  # n -> (src, dst) edge arrays
+
+    def _edges(self, n: int) -> Any:
+        import numpy as np
+
+        e = self._masks.get(n)
+        if e is None:
+            src, dst = path_edges(n)
+            e = self._masks[n] = (np.asarray(src), np.asarray(dst))
+        return e
+
+    def _conv(self, name: str, h: Any, heads: int, concat: bool, edges: Any) -> Any:
+        import numpy as np
+
+        w = self.w
+        n = h.shape[0]
+        src, dst = edges
+        xl = (h @ w[f"{name}.lin_l.weight"].T + w[f"{name}.lin_l.bias"]).reshape(n, heads, -1)
+        xr = (h @ w[f"{name}.lin_r.weight"].T + w[f"{name}.lin_r.bias"]).reshape(n, heads, -1)
+        s = xl[src] + xr[dst]  # [edge, head, channel]: message j -> i
+        s = np.where(s > 0, s, 0.2 * s)
+        logits = np.einsum("ehc,hc->eh", s, w[f"{name}.att"][0])
+        top = np.full((n, heads), -np.inf)
+        np.maximum.at(top, dst, logits)  # softmax over each node's incoming edges
+        alpha = np.exp(logits - top[dst])
+        total = np.zeros((n, heads))
+        np.add.at(total, dst, alpha)
+        alpha /= total[dst]
+        out = np.zeros_like(xl)
+        np.add.at(out, dst, alpha[:, :, None] * xl[src])
+        out = out.reshape(n, -1) if concat else out.mean(axis=1)
+        return out + w[f"{name}.bias"]
+
+    def __call__(self, x: Any) -> Any:
+        import numpy as np
+
+        w = self.w
+        edges = self._edges(x.shape[0])
+        h = _elu(x @ w["inp.weight"].T + w["inp.bias"])
+        h = _elu(self._conv("conv1", h, self.cfg.heads, True, edges))
+        h = _elu(self._conv("conv2", h, 1, False, edges))
+        out = np.concatenate([h, x], axis=1) @ w["head.weight"].T + w["head.bias"]
+        return x[:, self.cfg.qna_feature] + out[:, 0]
+
+
 class GatPredictor:
     """``CvPredictor`` backed by trained weights (the shipped ones unless ``directory``)."""
 
@@ -181,6 +251,7 @@ class GatPredictor:
     def __init__(self, directory: Path | str | None = None) -> None:
         self.directory = Path(directory) if directory is not None else shipped_dir()
         self._model: Any = None
+        self._numpy: NumpyGat | None = None
         self._config: GatConfig | None = None
         self._edges: dict[int, Any] = {}
         self._qna = QnaPredictor()
@@ -223,6 +294,7 @@ class GatPredictor:
             raise WeightsError(f"{self.directory / MODEL_FILE} does not fit {cfg}: {exc}") from exc
         model.eval()
         self._model, self._config = model, cfg
+        self._numpy = NumpyGat({k: v.numpy() for k, v in state.items()}, cfg)
 
     def _edge_index(self, n: int) -> Any:
         ei = self._edges.get(n)
@@ -232,6 +304,17 @@ class GatPredictor:
 
     def predict_log_cv(self, rows: list[list[float]]) -> list[float]:
         """The model's ln CV per stage for ready-made feature rows (clipped to the CV range)."""
+        import numpy as np
+
+        self.load()
+        if not rows:
+            return []
+        assert self._numpy is not None
+        y = self._numpy(np.asarray(rows, dtype=np.float64))
+        return [min(max(float(v), _LOG_MIN), _LOG_MAX) for v in y.tolist()]
+
+    def predict_log_cv_torch(self, rows: list[list[float]]) -> list[float]:
+        """``predict_log_cv`` through the torch module (the reference the numpy one matches)."""
         import torch
 
         self.load()
@@ -277,6 +360,7 @@ __all__ = [
     "MODEL_FILE",
     "GatConfig",
     "GatPredictor",
+    "NumpyGat",
     "build_model",
     "edge_index_tensor",
     "gat_beats_qna",

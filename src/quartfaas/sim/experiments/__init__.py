@@ -22,9 +22,16 @@ Choices stated once, here:
 - **static** is peak provisioning: per stage ``peak_replicas`` (control/baselines) for the
   workload's highest 1-second arrival rate at 70 % utilisation, with service times on the
   cluster's slowest GPU; the replicas are deployed before the run (no start delays).
-- **placement**: every policy of a comparison uses the same placer (default ``quart``).
+- **infrastructure** is a factor apart from the policy (``setups.INFRAS``): a policy name
+  takes ``+cache`` (Quart's cache-aware placer, the fork tier and the cache pre-warm),
+  ``+fork`` (Kubernetes placement with a fork tier), ``+k8s`` (Kubernetes least-allocated
+  placement, every start loads its weights) or ``+ray`` (Ray's default scheduling). By
+  default each policy runs on its platform's: Quart on ``cache``, ``ray`` on ``ray``, the
+  other baselines on ``k8s``; ``placement=`` overrides the placer of all.
+- **GPUs are exclusive** (``ClusterSpec.sharing``): a start that finds no free GPU is
+  refused and counted in the ``refused`` column.
 - **size**: a comparison is refused before it starts when requests x stages x runs exceeds
-  ``max_visits`` (records cost ~28 bytes a visit; the engine does ~2M visits/s).
+  ``max_visits`` (records cost ~28 bytes a visit; run time by the measured ``MEASURED_SPEED``).
 - Every other policy starts from each stage's ``min_replicas``.
 
 Runs are deterministic: same arguments and seed, same rows (``Comparison.text`` is
@@ -45,14 +52,18 @@ from quartfaas.sim.experiments.compare import (
 )
 from quartfaas.sim.experiments.setups import (
     ABLATIONS,
+    INFRAS,
     POLICIES,
     SIM_PLACERS,
     STATIC_TARGET_UTILISATION,
+    Infra,
     NoForkDelays,
     PolicySetup,
     check_fits,
+    default_infra,
     make_placer,
     parse_list,
+    parse_policies,
     placement_names,
     policy_names,
     policy_setup,
@@ -67,9 +78,8 @@ from quartfaas.sim.experiments.tables import (
 )
 from quartfaas.sim.experiments.workloads import (
     MAX_VISITS,
+    MEASURED_SPEED,
     STATIC_PEAK_WINDOW_S,
-    TICK_COST_S,
-    VISITS_PER_S,
     Estimate,
     arrivals_for,
     expected_requests,
@@ -78,10 +88,40 @@ from quartfaas.sim.experiments.workloads import (
 )
 
 __all__ = [
-    "ABLATIONS", "MAX_VISITS", "PLACEMENT_COLUMNS", "POLICIES", "POLICY_COLUMNS", "SIM_PLACERS",
-    "STATIC_PEAK_WINDOW_S", "STATIC_TARGET_UTILISATION", "TICK_COST_S", "VISITS_PER_S",
-    "Comparison", "Estimate", "NoForkDelays", "PolicySetup", "ProgressEvent", "ProgressFn", "Row",
-    "arrivals_for", "check_fits", "compare_placements", "compare_policies", "expected_requests",
-    "make_placer", "make_workload", "parse_list", "peak_rate", "placement_names", "policy_names",
-    "policy_setup", "policy_values", "prepare_run", "run_one", "static_counts",
+    "ABLATIONS",
+    "INFRAS",
+    "MAX_VISITS",
+    "MEASURED_SPEED",
+    "PLACEMENT_COLUMNS",
+    "POLICIES",
+    "POLICY_COLUMNS",
+    "SIM_PLACERS",
+    "STATIC_PEAK_WINDOW_S",
+    "STATIC_TARGET_UTILISATION",
+    "Comparison",
+    "Estimate",
+    "Infra",
+    "NoForkDelays",
+    "PolicySetup",
+    "ProgressEvent",
+    "ProgressFn",
+    "Row",
+    "arrivals_for",
+    "check_fits",
+    "compare_placements",
+    "compare_policies",
+    "default_infra",
+    "expected_requests",
+    "make_placer",
+    "make_workload",
+    "parse_list",
+    "parse_policies",
+    "peak_rate",
+    "placement_names",
+    "policy_names",
+    "policy_setup",
+    "policy_values",
+    "prepare_run",
+    "run_one",
+    "static_counts",
 ]  # fmt: skip

@@ -21,8 +21,8 @@ from quartfaas.sim.experiments.setups import (
     check_fits,
     make_placer,
     parse_list,
+    parse_policies,
     placement_names,
-    policy_names,
     policy_setup,
 )
 from quartfaas.sim.experiments.tables import (
@@ -125,14 +125,19 @@ def compare_policies(
     seed: int = 0,
     duration_s: float | None = None,
     slo_ms: float | None = None,
-    placement: str = "quart",
+    placement: str | None = None,
     controller: ControllerConfig | None = None,
     progress: ProgressFn | None = None,
     max_visits: int = MAX_VISITS,
 ) -> Comparison:
-    """One row per policy (p50/p99, SLO attainment, GPU-seconds, scale events, start tiers)."""
-    names = parse_list(policies, policy_names(), "policies")
-    make_placer(placement, pipeline)  # name check before any work
+    """One row per policy (p50/p99, SLO attainment, GPU-seconds, scale events, start tiers).
+
+    Each ``POLICY[+INFRA]`` runs on its infrastructure (``setups.INFRAS``; by default its
+    platform's); ``placement`` overrides the placer of every policy.
+    """
+    names = parse_policies(policies)
+    if placement is not None:
+        make_placer(placement, pipeline)  # name check before any work
     cfg = controller or ControllerConfig.model_validate({})
     Estimate(
         expected_requests(workload, duration_s),
@@ -140,19 +145,25 @@ def compare_policies(
         len(names),
         int((duration_s or 0) / cfg.interval_s),
     ).check(max_visits, f"comparing {len(names)} policies")
-    check_fits(pipeline, cluster, placement, sum(s.min_replicas for s in pipeline.stages))
+    initial = sum(s.min_replicas for s in pipeline.stages)
+    check_fits(pipeline, cluster, placement or "quart", initial)
     pipeline, arrivals, title = prepare_run(pipeline, slo_ms, workload, duration_s)
     rows, notes = [], []
+    infra = []
     for i, name in enumerate(names):
         setup = policy_setup(name, pipeline, cluster, arrivals, cfg)
         if setup.note:
             notes.append(setup.note)
-        placer = make_placer(placement, pipeline)  # fresh: placers may keep state
+        chosen = placement or setup.placer
+        infra.append(f"{name}: {chosen}" + (", fork" if setup.fork else ", no fork")
+                     + (", pre-warm" if setup.prewarm else ""))  # fmt: skip
+        placer = make_placer(chosen, pipeline)  # fresh: placers may keep state
         r = run_one(setup, pipeline, arrivals, placer, seed=seed, cfg=cfg, index=i,
                  runs=len(names), progress=progress)  # fmt: skip
         r = replace(r, policy=name)  # plots label lines by the name the user typed
-        rows.append(Row(name, policy_values(name, r, name == "quart-no-cache"), r))
-    title += f"\ncluster {cluster.describe()} | placer {placement} | seed {seed}"
+        rows.append(Row(name, policy_values(name, r, not setup.fork), r))
+    title += (f"\ncluster {cluster.describe()} ({cluster.sharing.value} GPUs) | seed {seed}"
+              f"\ninfrastructure: {'; '.join(infra)}")  # fmt: skip
     return Comparison(title, POLICY_COLUMNS, tuple(rows), tuple(notes))
 
 

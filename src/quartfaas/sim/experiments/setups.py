@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -15,10 +15,18 @@ from quartfaas.control.config import ControllerConfig
 from quartfaas.control.placement import PLACERS, get_placer
 from quartfaas.control.policy import Policy
 from quartfaas.errors import SimulationError, SpecError
-from quartfaas.sim.cluster import ClusterSpec, GpuType, StartDelays
+from quartfaas.sim.cluster import ClusterSpec, GpuSharing, GpuType, StartDelays
 from quartfaas.sim.experiments.workloads import peak_rate
+from quartfaas.sim.gpu_accounting import static_peak_fit
 from quartfaas.sim.pipelines import SimPipeline
-from quartfaas.sim.placement import CacheFirstPlacer, ControlPlacer, FirstFitPlacer, Placer
+from quartfaas.sim.placement import (
+    CacheFirstPlacer,
+    ControlPlacer,
+    FirstFitPlacer,
+    LeastAllocatedPlacer,
+    Placer,
+    RayDefaultPlacer,
+)
 
 POLICIES = ("quart", "openfaas-ce", "openfaas-pro", "knative", "hpa", "ray", "uniform", "static")
 
@@ -29,7 +37,8 @@ ABLATIONS = (
 )  # fmt: skip
 
 
-SIM_PLACERS = ("first-fit", "cache-first")  # sim/placement.py's own, model anti-affinity
+# sim/placement.py's own: model anti-affinity (first two), platform defaults (last two)
+SIM_PLACERS = ("first-fit", "cache-first", "least-allocated", "ray-default")
 
 
 STATIC_TARGET_UTILISATION = 0.7
@@ -50,7 +59,8 @@ def check_fits(pipeline: SimPipeline, cluster: ClusterSpec, placement: str, init
     biggest = max((s.gpu_memory_gib for s in pipeline.stages), default=0.0)
     largest_gpu = max((s.gpu.memory_gib for s in cluster.servers), default=0.0)
     gpu_stages = sum(s.min_replicas for s in pipeline.stages if s.gpu_memory_gib > 0)
-    one_per_gpu = placement in SIM_PLACERS and pipeline.anti_affinity == "model"
+    exclusive = cluster.sharing is GpuSharing.EXCLUSIVE
+    one_per_gpu = exclusive or (placement in SIM_PLACERS and pipeline.anti_affinity == "model")
     problems = []
     if need_mem > have_mem:
         problems.append(f"{need_mem:.1f} GiB of GPU memory > the cluster's {have_mem:.1f} GiB")
@@ -58,8 +68,9 @@ def check_fits(pipeline: SimPipeline, cluster: ClusterSpec, placement: str, init
         problems.append(f"a {biggest:.1f} GiB replica > the largest GPU ({largest_gpu:.1f} GiB)")
     if one_per_gpu and gpu_stages > cluster.total_gpus:
         problems.append(
-            f"{gpu_stages} replicas need one GPU each (model-level anti-affinity with placer "
-            f"{placement}) > {cluster.total_gpus} GPUs"
+            f"{gpu_stages} replicas need one GPU each ("
+            + ("exclusive GPUs" if exclusive else f"model-level anti-affinity, placer {placement}")
+            + f") > {cluster.total_gpus} GPUs"
         )
     if problems:
         raise SimulationError(
@@ -72,17 +83,18 @@ def _quart(cfg: ControllerConfig) -> Policy:
     return registry.make_policy("quart", cfg)
 
 
+@dataclass(frozen=True, slots=True)
 class NoForkDelays(StartDelays):
-    """``StartDelays`` where a host-memory hit costs what a miss does (the no-cache ablation)."""
+    """``inner``'s delays where a host-memory hit costs what a miss does (no parameter cache)."""
 
-    __slots__ = ()
+    inner: StartDelays = field(default_factory=StartDelays)
 
     def seconds(
         self, tier: StartTier, size_gib: float, gpu: GpuType | None, warmup_s: float
     ) -> float:
         if tier in (StartTier.FORK, StartTier.PREFORK):
             tier = StartTier.COLD
-        return StartDelays.seconds(self, tier, size_gib, gpu, warmup_s)
+        return self.inner.seconds(tier, size_gib, gpu, warmup_s)
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,62 @@ class PolicySetup:
     initial: dict[str, int] | None = None
     note: str = ""
     prewarm: bool = False  # Quart's cache management (sim/cache_planner.py) after each tick
+    placer: str = "quart"  # the placer it runs on (infrastructure, see INFRAS)
+    fork: bool = True  # host-memory hits start by fork (False: they pay the cold tier)
+    infra: str = "cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Infra:
+    """Infrastructure a policy runs on, independent of the policy (issue #11 item 2)."""
+
+    name: str
+    placer: str
+    fork: bool  # the parameter cache's fork tier
+    prewarm: bool  # Quart's cache pre-warm (sim/cache_planner.py)
+    about: str
+
+
+INFRAS = {
+    "cache": Infra("cache", "quart", True, True,
+                   "Quart's cache-aware placer, fork tier and cache pre-warm"),
+    "fork": Infra("fork", "least-allocated", True, False,
+                  "Kubernetes least-allocated placement with a host-memory fork tier"),
+    "k8s": Infra("k8s", "least-allocated", False, False,
+                 "Kubernetes least-allocated placement, every start loads its weights"),
+    "ray": Infra("ray", "ray-default", False, False,
+                 "Ray's default (hybrid) scheduling, every start loads its weights"),
+}  # fmt: skip
+
+
+def default_infra(base: str) -> str:
+    """The platform a policy comes with: Quart its cache, Ray Ray's, the rest Kubernetes."""
+    if base.startswith("quart"):
+        return "cache"
+    return "ray" if base == "ray" else "k8s"
+
+
+def split_policy(name: str) -> tuple[str, str | None]:
+    """``hpa+cache`` -> (``hpa``, ``cache``); ``hpa`` -> (``hpa``, None)."""
+    base, plus, infra = name.partition("+")
+    return base, (infra if plus else None)
+
+
+def parse_policies(text: str | Sequence[str]) -> list[str]:
+    """A comma list of ``POLICY[+INFRA]`` names, each part checked."""
+    items = parse_list(text, [x.strip() for x in (text.split(",") if isinstance(text, str)
+                                                  else text)], "policies")  # fmt: skip
+    for item in items:
+        base, infra = split_policy(item)
+        if base not in policy_names():
+            raise SpecError(
+                f"unknown policy {base!r}; valid policies: "
+                f"{', '.join(policy_names())} (each may take +{'|+'.join(INFRAS)})"
+            )
+        if infra is not None and infra not in INFRAS:
+            raise SpecError(f"unknown infrastructure {infra!r} in {item!r}; valid: "
+                            + "; ".join(f"{k} ({v.about})" for k, v in INFRAS.items()))  # fmt: skip
+    return items
 
 
 def static_counts(
@@ -119,6 +187,35 @@ def policy_setup(
     arrivals: np.ndarray,
     cfg: ControllerConfig,
 ) -> PolicySetup:
+    """``POLICY[+INFRA]``: the policy, on its platform's infrastructure unless INFRA says."""
+    base, infra = split_policy(name)
+    setup = _base_setup(base, pipeline, cluster, arrivals, cfg)
+    if infra is None:
+        kind = default_infra(base)
+        if kind == "cache":  # Quart and its ablations, as each one defines them
+            return replace(setup, name=name, infra=kind)
+    else:
+        kind = infra
+    inf = INFRAS[kind]
+    delays = cluster.delays if inf.fork else NoForkDelays(inner=cluster.delays)
+    return replace(
+        setup,
+        name=name,
+        cluster=replace(setup.cluster, delays=delays),
+        placer=inf.placer,
+        fork=inf.fork,
+        prewarm=inf.prewarm,
+        infra=kind,
+    )
+
+
+def _base_setup(
+    name: str,
+    pipeline: SimPipeline,
+    cluster: ClusterSpec,
+    arrivals: np.ndarray,
+    cfg: ControllerConfig,
+) -> PolicySetup:
     if name == "quart":
         return PolicySetup(name, _quart(cfg), cluster, prewarm=True)
     if name == "quart-no-smoother":
@@ -133,16 +230,19 @@ def policy_setup(
     if name == "quart-no-prewarm":
         return PolicySetup(name, _quart(cfg), cluster)
     if name == "quart-no-cache":
-        d = cluster.delays
-        delays = NoForkDelays(**{f.name: getattr(d, f.name) for f in fields(d)})
+        delays = NoForkDelays(inner=cluster.delays)
         note = "quart-no-cache: host-memory hits pay the cold tier (starts shown as cold)"
-        return PolicySetup(name, _quart(cfg), replace(cluster, delays=delays), note=note)
+        return PolicySetup(name, _quart(cfg), replace(cluster, delays=delays), note=note,
+                           fork=False)  # fmt: skip
     if name == "static":
         counts = static_counts(pipeline, cluster, arrivals)
+        fit = static_peak_fit(pipeline, cluster, counts)
         note = (
             f"static: peak 1-s rate {peak_rate(arrivals):.0f}/s at "
             f"{STATIC_TARGET_UTILISATION:.0%} utilisation -> {sum(counts.values())} replicas "
-            f"({min(counts.values())}-{max(counts.values())} per stage)"
+            f"({min(counts.values())}-{max(counts.values())} per stage); "
+            + ("fits: " if fit.fits else "DOES NOT FIT, the rest are refused: ")
+            + fit.reason
         )
         return PolicySetup(name, make_policy("static", replicas=counts), cluster, counts, note)
     if name in BASELINES:
@@ -155,6 +255,10 @@ def make_placer(name: str, pipeline: SimPipeline) -> Placer:
         return FirstFitPlacer()
     if name == "cache-first":
         return CacheFirstPlacer()
+    if name == "least-allocated":
+        return LeastAllocatedPlacer()
+    if name == "ray-default":
+        return RayDefaultPlacer()
     if name not in PLACERS:
         raise SpecError(f"unknown placer {name!r}; valid placers: {', '.join(placement_names())}")
     return ControlPlacer(get_placer(name), pipeline)

@@ -68,8 +68,8 @@ class Comparison:
 POLICY_COLUMNS = (
     ("policy", "{}"), ("requests", "{:d}"), ("completed", "{:d}"), ("rejected", "{:d}"),
     ("p50_ms", "{:.1f}"), ("p99_ms", "{:.1f}"), ("slo_attain_pct", "{:.2f}"),
-    ("gpu_seconds", "{:.0f}"), ("scale_ups", "{:d}"), ("scale_downs", "{:d}"),
-    ("refused", "{:d}"), ("starts", "{}"),
+    ("gpu_seconds", "{:.0f}"), ("replica_seconds", "{:.0f}"), ("scale_ups", "{:d}"),
+    ("scale_downs", "{:d}"), ("refused", "{:d}"), ("starts", "{}"),
 )  # fmt: skip
 
 
@@ -83,7 +83,9 @@ PLACEMENT_COLUMNS = (
 def policy_values(name: str, r: SimResult, no_cache: bool) -> dict[str, object]:
     v = summary_row(r)
     v["policy"] = name
-    v["refused"] = sum(1 for e in r.scale_events if e.error)
+    # refused: scale actions the backend refused (no free GPU) + replicas deployed up front
+    # that found none (a static deployment larger than the cluster)
+    v["refused"] = sum(1 for e in r.scale_events if e.error) + r.refused_initial
     if no_cache:  # those fork starts were charged the cold tier: show them as such
         tiers = r.starts_by_tier
         cold = tiers.pop("fork", 0) + tiers.pop("prefork", 0) + tiers.pop("cold", 0)

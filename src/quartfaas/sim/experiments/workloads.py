@@ -2,7 +2,8 @@
 
 ``make_workload`` reads a trace name or a ``kind:key=value`` string; ``Estimate`` refuses,
 with the numbers, a comparison of more than ``max_visits`` stage visits (records cost ~28
-bytes a visit; the engine does ~2M visits/s). ``peak_rate`` feeds the static baseline.
+bytes a visit), and says how long it would take by the measured ``MEASURED_SPEED``.
+``peak_rate`` feeds the static baseline.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from quartfaas.errors import SimulationError, SpecError
+from quartfaas.sim.speed import SpeedModel
 from quartfaas.workload import Workload
 from quartfaas.workload.traces import NAMED_TRACES
 
 MAX_VISITS = 50_000_000
 
 
-VISITS_PER_S = 2e6  # closed-loop engine speed on one core (benchmarks/sim_speed.py)
-
-
-TICK_COST_S = 0.01  # a policy decision + snapshot on 21 stages, order of magnitude
+# How long a run takes, measured (not assumed): ``python benchmarks/sim_speed.py`` on the
+# shared 2-vCPU development machine, 2026-12-02, bert-21b-me-21 at 300 req/s, 1M requests:
+# engine 3.18 CPU s for 21.0M visits (0.151 us a visit); the closed loop with the full
+# Quart policy (shipped GAT) 10.54 CPU s over ~3,334 ticks, i.e. 2.2 ms a tick beyond the
+# engine (1.99M visits per CPU s at that load). ``sim/speed.calibrate`` refits both terms
+# for another policy or machine.
+MEASURED_SPEED = SpeedModel(per_visit_s=1.51e-7, per_tick_s=2.2e-3, policy="quart")
 
 
 STATIC_PEAK_WINDOW_S = 1.0
@@ -31,12 +36,19 @@ STATIC_PEAK_WINDOW_S = 1.0
 def make_workload(text: str, *, rate: float | None = None, seed: int = 0) -> Workload:
     """A workload from a trace name (``azure-code``) or a ``kind:key=value`` string.
 
-    ``rate`` sets the mean rate: a trace is rescaled to it, a synthetic kind gets
-    ``rate=`` (giving it in the string too is an error).
+    ``rate`` sets the mean rate: a trace reaches it at its own time scale by envelope
+    thinning over the replayed window (``workload/trace_rate.py``; ``method=superpose`` or
+    ``method=squeeze`` in the string choose another way), a synthetic kind gets ``rate=``
+    (giving it in the string too is an error). A trace is resampled with ``seed`` even
+    without a rate, so every seed is an independent realisation.
     """
     text = text.strip()
     if ":" not in text and text in NAMED_TRACES:
         text = f"trace:{text}"
+    if text.startswith("trace:") and "method=" not in text and "compress=" not in text:
+        # The trace's own time scale, one realisation per seed (workload/trace_rate.py),
+        # also without rate= (resampled at its own mean rate): the seed always matters.
+        text += ",method=thinning"
     if rate is not None:
         kind, _, rest = text.partition(":")
         text = f"{kind}:{rest + ',' if rest else ''}rate={float(rate)!r}"
@@ -59,6 +71,11 @@ def arrivals_for(workload: Workload, duration_s: float | None) -> np.ndarray:
 
 def expected_requests(workload: Workload, duration_s: float | None) -> int:
     """Requests the workload will produce, known before generating (traces are read)."""
+    if workload.kind == "trace" and workload.get("method") in ("thinning", "superpose"):
+        once = workload.trace(None)  # the trace's span at the target rate
+        if duration_s is None or once.duration_s <= 0:
+            return len(once)
+        return math.ceil(len(once) * duration_s / once.duration_s)
     if workload.kind == "trace":
         once = workload.trace(None)  # one replay; covering a long duration repeats it
         if duration_s is None or once.mean_rate is None:
@@ -92,7 +109,8 @@ class Estimate:
 
     @property
     def seconds(self) -> float:
-        return self.visits / VISITS_PER_S + self.ticks * self.runs * TICK_COST_S
+        """CPU seconds the runs will take by ``MEASURED_SPEED`` (visit and tick costs)."""
+        return MEASURED_SPEED.seconds(self.visits, self.ticks * self.runs)
 
     def check(self, max_visits: int, what: str = "") -> None:
         if self.visits <= max_visits:
