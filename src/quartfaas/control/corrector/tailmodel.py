@@ -310,7 +310,7 @@ def _union_bound(
         total += wt.quantile(1.0 - eps)
         if wt.p_wait > 0 and math.isfinite(wt.rate):
             m1 = wt.p_wait / wt.rate
-            v = 2.0 * wt.p_wait / wt.rate**2 - m1 * m1
+            v = 2.0 * m1 / wt.rate - m1 * m1  # no rate**2: it overflows for tiny waits
             mean += m1
             sd_waits += math.sqrt(max(v, 0.0))
             var_waits += max(v, 0.0)
@@ -450,7 +450,7 @@ def _wait_units(
             gap = 0.0
             continue
         servers = c * s.servers_per_replica
-        if gap >= s.service_mean_s / servers * (1.0 - 1e-9) or not waits:
+        if not waits or servers <= 0 or gap >= s.service_mean_s / servers * (1.0 - 1e-9):
             continue  # never waits: the stream passes shifted by the service time
         if servers == 1:
             run_p.append(wt.p_wait)
