@@ -36,8 +36,9 @@ def run(spec: PipelineSpec, body: Callable[[EmbeddedRuntime, httpx.AsyncClient],
 
 
 def count(rt: EmbeddedRuntime, function: str, code: int) -> float:
+    label = rt.gateway.namespaces.label(function)  # upstream's name.namespace form (#16)
     value = rt.gateway.metrics.registry.get_sample_value(
-        "gateway_function_invocation_total", {"function_name": function, "code": str(code)}
+        "gateway_function_invocation_total", {"function_name": label, "code": str(code)}
     )
     return value or 0.0
 
@@ -76,7 +77,8 @@ def test_hostile_bodies_are_json_400s_and_counted(kill_leftovers: list[str]) -> 
         # aiohttp's own errors answer JSON too.
         r = await c.get("/no/such/route")
         assert r.status_code == 404 and r.json()["code"] == 404
-        r = await c.get("/function/hb")
+        # (/function/{name} takes any method, as upstream; the scale API is POST only.)
+        r = await c.get("/system/scale-function/hb")
         assert r.status_code == 405 and "POST" in r.headers["Allow"]
         assert r.json()["code"] == 405
 

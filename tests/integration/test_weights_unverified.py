@@ -72,7 +72,7 @@ def test_unverified_nan_weights_answer_a_json_502(tmp_path: Path, kill_leftovers
             assert "nanw-s1" in err and "non-finite" in err and "weights" in err
             reg = rt.gateway.metrics.registry
             assert reg.get_sample_value(
-                "gateway_function_invocation_total", {"function_name": "nanw", "code": "502"}
+                "gateway_function_invocation_total", {"function_name": "nanw.openfaas-fn", "code": "502"}
             ) == 1
 
     asyncio.run(main())

@@ -3,6 +3,7 @@ line per problem (``field = value: rule``)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,25 @@ from pydantic import ValidationError
 from quartfaas.errors import SpecError
 from quartfaas.spec.base import FieldError
 from quartfaas.spec.pipeline import PipelineSpec
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML 1.1's float rule needs a dot, so ``1e-12`` would load as a string and fail the
+    strict number fields; floats here follow YAML 1.2 (and JSON), as users write them."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -73,7 +93,7 @@ def load_spec(path: str | Path) -> PipelineSpec:
     if not p.is_file():
         raise SpecError(f"spec file {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_SpecLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
