@@ -195,6 +195,9 @@ def _gamma_cdf(k: float, theta: float, t: FloatArray) -> FloatArray:
     return np.interp(t, fine, cum, left=0.0, right=1.0)
 
 
+_GAMMA_POINTS = 385
+
+
 @functools.lru_cache(maxsize=1024)
 def _gamma_table(k: float, theta: float) -> tuple[FloatArray, FloatArray]:
     """The Gamma CDF on 385 points over mean ± 12 standard deviations (the mass outside
@@ -202,7 +205,7 @@ def _gamma_table(k: float, theta: float) -> tuple[FloatArray, FloatArray]:
     integration error. Cached: a plan asks for the same stage at two grids."""
     mean, sd = k * theta, math.sqrt(k) * theta
     lo, hi = max(0.0, mean - 12.0 * sd), mean + 12.0 * sd
-    fine = np.linspace(lo, hi, 385)
+    fine = np.linspace(lo, hi, _GAMMA_POINTS)
     x = np.maximum(fine, 1e-300)
     logpdf = (k - 1.0) * np.log(x) - x / theta - math.lgamma(k) - k * math.log(theta)
     pdf = np.where(fine > 0, np.exp(logpdf), 0.0)
@@ -249,10 +252,42 @@ def service_rows(stages: Sequence[StageLoad], delta: float, n: int) -> FloatArra
             -r2[:, None] * e
         )
         out[closed] = np.diff(cdf, axis=1, prepend=0.0)
-    for i, s in enumerate(rand):
-        if min(s.service_scv, MAX_SCV) < 1.0:
-            out[i] = _rounded_pmf(service_cdf(s, edges))
+    gamma = [i for i, s in enumerate(rand) if min(s.service_scv, MAX_SCV) < 1.0]
+    if gamma:
+        scv = np.array([min(rand[i].service_scv, MAX_SCV) for i in gamma])
+        mean = np.array([rand[i].service_mean_s for i in gamma])
+        out[gamma] = np.diff(_gamma_cdf_rows(1.0 / scv, mean * scv, edges), axis=1, prepend=0.0)
     return out
+
+
+def _gamma_cdf_rows(k: FloatArray, theta: FloatArray, t: FloatArray) -> FloatArray:
+    """``_gamma_cdf`` of several stages (rows) at the same sorted ``t >= 0``: the same
+    trapezoid table as ``_gamma_table`` built for all rows at once, and the same linear
+    interpolation (the table's points are equally spaced, so each ``t``'s interval is
+    found by division rather than a search)."""
+    n_fine = _GAMMA_POINTS
+    mean, sd = k * theta, np.sqrt(k) * theta
+    lo = np.maximum(0.0, mean - 12.0 * sd)
+    hi = mean + 12.0 * sd
+    step = (hi - lo) / (n_fine - 1)
+    fine = np.arange(n_fine, dtype=np.float64)[None, :] * step[:, None] + lo[:, None]
+    fine[:, -1] = hi
+    x = np.maximum(fine, 1e-300)
+    lg = np.array([math.lgamma(float(v)) for v in k])
+    logpdf = (k - 1.0)[:, None] * np.log(x) - x / theta[:, None]
+    logpdf -= (lg + k * np.log(theta))[:, None]
+    pdf = np.where(fine > 0, np.exp(logpdf), 0.0)
+    cum = np.zeros_like(fine)
+    np.cumsum(0.5 * (pdf[:, 1:] + pdf[:, :-1]) * (fine[:, 1:2] - fine[:, 0:1]), axis=1,
+              out=cum[:, 1:])
+    cum /= cum[:, -1:]
+    pos = (t[None, :] - lo[:, None]) / step[:, None]
+    j = np.clip(np.floor(pos).astype(np.int64), 0, n_fine - 2)
+    rows = np.arange(k.size)[:, None]
+    x0, x1 = fine[rows, j], fine[rows, j + 1]
+    f0, f1 = cum[rows, j], cum[rows, j + 1]
+    val = f0 + (f1 - f0) / (x1 - x0) * (t[None, :] - x0)
+    return np.where(t[None, :] < lo[:, None], 0.0, np.where(t[None, :] > hi[:, None], 1.0, val))
 
 
 def wait_pmf(wt: WaitTail, delta: float, n: int) -> FloatArray:
@@ -401,9 +436,17 @@ def _comonotone_pmf(units: list[tuple[FloatArray, FloatArray]], delta: float, n:
     x0 = -math.log(p_max)
     x = x0 + np.linspace(0.0, 60.0, 4097)  # x = -log τ
     total = np.zeros_like(x)
+    single = [u for u in units if u[0].size == 1]
+    if single:  # one-member units in one array operation, summed in the same order
+        lp = np.log(np.array([float(p[0]) for p, _ in single]))
+        rs = np.array([float(r[0]) for _, r in single])
+        rows = np.maximum((lp[:, None] + x[None, :]) / rs[:, None], 0.0)
+        for row in rows:
+            total += row
     for p, r in units:
-        q = (np.log(p)[:, None] + x[None, :]) / r[:, None]
-        total += np.maximum(q.max(axis=0), 0.0)
+        if p.size > 1:
+            q = (np.log(p)[:, None] + x[None, :]) / r[:, None]
+            total += np.maximum(q.max(axis=0), 0.0)
     edges = (np.arange(n) + 0.5) * delta
     xs = np.interp(edges, total, x, right=x[-1])
     return _rounded_pmf(1.0 - np.exp(-xs))
