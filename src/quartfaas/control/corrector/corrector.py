@@ -367,8 +367,9 @@ class ReplicaCorrector:
         new: list[StageState] = []
         pos = {i: j for j, i in enumerate(inp.planned)}
         n = len(snapshot.stages)
+        factors = dict(fb_state.factors)
         for i, (s, st) in enumerate(zip(snapshot.stages, olds, strict=True)):
-            factor = fb_state.factor(s.name)
+            factor = factors.get(s.name, 1.0)
             j = pos.get(i)
             budget: float | None = slo / n
             model: int | None = None

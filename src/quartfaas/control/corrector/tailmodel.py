@@ -437,12 +437,17 @@ def _comonotone_pmf(units: list[tuple[FloatArray, FloatArray]], delta: float, n:
     x = x0 + np.linspace(0.0, 60.0, 4097)  # x = -log τ
     total = np.zeros_like(x)
     single = [u for u in units if u[0].size == 1]
-    if single:  # one-member units in one array operation, summed in the same order
-        lp = np.log(np.array([float(p[0]) for p, _ in single]))
-        rs = np.array([float(r[0]) for _, r in single])
-        rows = np.maximum((lp[:, None] + x[None, :]) / rs[:, None], 0.0)
-        for row in rows:
-            total += row
+    if single:
+        # Σ_u max(0, (x - b_u)/r_u) with b_u = -log p_u is piecewise linear in x: with
+        # the b_u sorted, it is x·Σ 1/r_u - Σ b_u/r_u over the units with b_u < x.
+        b = -np.log(np.array([float(p[0]) for p, _ in single]))
+        inv = 1.0 / np.array([float(r[0]) for _, r in single])
+        order = np.argsort(b)
+        b, inv = b[order], inv[order]
+        slope = np.concatenate(([0.0], np.cumsum(inv)))
+        offset = np.concatenate(([0.0], np.cumsum(b * inv)))
+        k = np.searchsorted(b, x, side="left")
+        total += np.maximum(x * slope[k] - offset[k], 0.0)
     for p, r in units:
         if p.size > 1:
             q = (np.log(p)[:, None] + x[None, :]) / r[:, None]
