@@ -148,11 +148,7 @@ class _Model:
         i = np.arange(grid)
         alpha = _TILT / length
         tilt = np.exp(-alpha * i)
-        rows = service_rows(stages, self.delta, grid) * tilt
-        if rows.size:
-            svc = np.prod(np.fft.rfft(rows, length, axis=1), axis=0)
-        else:
-            svc = np.ones(j.size, dtype=np.complex128)
+        svc = _service_spectrum(stages, self.delta, grid, tilt)
         # P(T <= SLO) = sum of the first n masses = Re(Φ · weights) (untilting each mass):
         # the rfft half-spectrum counts every frequency but 0 and Nyquist twice. The kernel
         # sum_i (e^α·e^{2πij/L})^i is a geometric series.
@@ -228,6 +224,32 @@ class _Model:
         """Wait transforms of stages ``idx`` at ``replicas`` (rows in that order)."""
         p, r = self.params(idx, replicas)
         return _wait_spectra(p, r, self.delta, self.n, self.omega, self.omega_n1)
+
+
+_SVC_CACHE: dict[tuple[object, ...], ComplexArray] = {}
+_SVC_CACHE_SIZE = 8
+
+
+def _service_spectrum(
+    stages: Sequence[StageLoad], delta: float, grid: int, tilt: npt.NDArray[np.float64]
+) -> ComplexArray:
+    """Product of the tilted service transforms. Kept for the last few (service times,
+    grid): a tick's plan and its down-scale plan share the SLO and the services, so the
+    second plan reuses the first's spectrum (the values are the same either way)."""
+    key = (grid, delta, tuple((s.service_mean_s, s.service_scv) for s in stages))
+    svc = _SVC_CACHE.get(key)
+    if svc is not None:
+        return svc
+    length = _WRAP * grid
+    rows = service_rows(stages, delta, grid) * tilt
+    if rows.size:
+        svc = np.prod(np.fft.rfft(rows, length, axis=1), axis=0)
+    else:
+        svc = np.ones(length // 2 + 1, dtype=np.complex128)
+    if len(_SVC_CACHE) >= _SVC_CACHE_SIZE:
+        del _SVC_CACHE[next(iter(_SVC_CACHE))]
+    _SVC_CACHE[key] = svc
+    return svc
 
 
 def _ratio(num: ComplexArray, den: ComplexArray) -> ComplexArray:

@@ -53,7 +53,6 @@ export those helpers.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -198,21 +197,45 @@ def _gamma_cdf(k: float, theta: float, t: FloatArray) -> FloatArray:
 _GAMMA_POINTS = 385
 
 
-@functools.lru_cache(maxsize=1024)
+_GAMMA_CACHE: dict[tuple[float, float], tuple[FloatArray, FloatArray]] = {}
+_GAMMA_CACHE_SIZE = 2048
+
+
 def _gamma_table(k: float, theta: float) -> tuple[FloatArray, FloatArray]:
     """The Gamma CDF on 385 points over mean ± 12 standard deviations (the mass outside
     is below 1e-9), by trapezoids on the density, normalised so that no mass is lost to
-    integration error. Cached: a plan asks for the same stage at two grids."""
-    mean, sd = k * theta, math.sqrt(k) * theta
-    lo, hi = max(0.0, mean - 12.0 * sd), mean + 12.0 * sd
-    fine = np.linspace(lo, hi, _GAMMA_POINTS)
-    x = np.maximum(fine, 1e-300)
-    logpdf = (k - 1.0) * np.log(x) - x / theta - math.lgamma(k) - k * math.log(theta)
-    pdf = np.where(fine > 0, np.exp(logpdf), 0.0)
-    cum = np.empty(fine.size)
-    cum[0] = 0.0
-    np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * (fine[1] - fine[0]), out=cum[1:])
-    return fine, cum / cum[-1]
+    integration error. Cached: a tick asks for the same stage at several grids."""
+    return _gamma_tables(np.array([k]), np.array([theta]))[0]
+
+
+def _gamma_tables(k: FloatArray, theta: FloatArray) -> list[tuple[FloatArray, FloatArray]]:
+    """``_gamma_table`` of every ``(k, theta)`` pair; the missing ones built in one array
+    operation (rows), so that a tick's first plan does not pay 64 small numpy calls."""
+    keys = [(float(a), float(b)) for a, b in zip(k, theta, strict=True)]
+    missing = [i for i, key in enumerate(keys) if key not in _GAMMA_CACHE]
+    if missing:
+        km, tm = k[missing], theta[missing]
+        mean, sd = km * tm, np.sqrt(km) * tm
+        lo = np.maximum(0.0, mean - 12.0 * sd)
+        hi = mean + 12.0 * sd
+        fine = np.linspace(lo, hi, _GAMMA_POINTS, axis=1)
+        x = np.maximum(fine, 1e-300)
+        lg = np.array([math.lgamma(float(v)) for v in km])
+        logpdf = (km - 1.0)[:, None] * np.log(x) - x / tm[:, None]
+        logpdf -= (lg + km * np.log(tm))[:, None]
+        pdf = np.where(fine > 0, np.exp(logpdf), 0.0)
+        cum = np.zeros_like(fine)
+        trap = 0.5 * (pdf[:, 1:] + pdf[:, :-1]) * (fine[:, 1:2] - fine[:, 0:1])
+        np.cumsum(trap, axis=1, out=cum[:, 1:])
+        cum /= cum[:, -1:]
+        while len(_GAMMA_CACHE) + len(missing) > _GAMMA_CACHE_SIZE and _GAMMA_CACHE:
+            del _GAMMA_CACHE[next(iter(_GAMMA_CACHE))]
+        for row, i in enumerate(missing):
+            f, c = fine[row], cum[row]
+            f.flags.writeable = False
+            c.flags.writeable = False
+            _GAMMA_CACHE[keys[i]] = (f, c)
+    return [_GAMMA_CACHE[key] for key in keys]
 
 
 def _rounded_pmf(cdf_at_half: FloatArray) -> FloatArray:
@@ -262,25 +285,15 @@ def service_rows(stages: Sequence[StageLoad], delta: float, n: int) -> FloatArra
 
 def _gamma_cdf_rows(k: FloatArray, theta: FloatArray, t: FloatArray) -> FloatArray:
     """``_gamma_cdf`` of several stages (rows) at the same sorted ``t >= 0``: the same
-    trapezoid table as ``_gamma_table`` built for all rows at once, and the same linear
-    interpolation (the table's points are equally spaced, so each ``t``'s interval is
-    found by division rather than a search)."""
+    (cached) ``_gamma_table`` per stage and the same linear interpolation, for all rows at
+    once (the table's points are equally spaced, so each ``t``'s interval is found by
+    division rather than a search)."""
     n_fine = _GAMMA_POINTS
-    mean, sd = k * theta, np.sqrt(k) * theta
-    lo = np.maximum(0.0, mean - 12.0 * sd)
-    hi = mean + 12.0 * sd
+    tables = _gamma_tables(k, theta)
+    fine = np.stack([f for f, _ in tables])
+    cum = np.stack([c for _, c in tables])
+    lo, hi = fine[:, 0], fine[:, -1]
     step = (hi - lo) / (n_fine - 1)
-    fine = np.arange(n_fine, dtype=np.float64)[None, :] * step[:, None] + lo[:, None]
-    fine[:, -1] = hi
-    x = np.maximum(fine, 1e-300)
-    lg = np.array([math.lgamma(float(v)) for v in k])
-    logpdf = (k - 1.0)[:, None] * np.log(x) - x / theta[:, None]
-    logpdf -= (lg + k * np.log(theta))[:, None]
-    pdf = np.where(fine > 0, np.exp(logpdf), 0.0)
-    cum = np.zeros_like(fine)
-    np.cumsum(0.5 * (pdf[:, 1:] + pdf[:, :-1]) * (fine[:, 1:2] - fine[:, 0:1]), axis=1,
-              out=cum[:, 1:])
-    cum /= cum[:, -1:]
     pos = (t[None, :] - lo[:, None]) / step[:, None]
     j = np.clip(np.floor(pos).astype(np.int64), 0, n_fine - 2)
     rows = np.arange(k.size)[:, None]
@@ -542,14 +555,15 @@ def e2e_distribution(
         p_w = np.array([float(u[0][0]) for u in single])
         r_w = np.array([float(u[1][0]) for u in single])
         rows.append(_wait_rows(p_w, r_w, delta, grid))
-    spec = np.ones(length // 2 + 1, dtype=np.complex128)
-    if svc_rows or rows:
-        spec = np.prod(np.fft.rfft(np.vstack(svc_rows + rows), length, axis=1), axis=0)
+    ones = np.ones(length // 2 + 1, dtype=np.complex128)
+    svc = ones
+    if svc_rows:
+        svc = np.prod(np.fft.rfft(np.stack(svc_rows), length, axis=1), axis=0)
+    spec = svc
+    if rows:
+        spec = svc * np.prod(np.fft.rfft(np.vstack(rows), length, axis=1), axis=0)
     w = correlation_weight(stages) if len(units) > 1 else 0.0
     if w > 0:
-        svc = np.ones(length // 2 + 1, dtype=np.complex128)
-        if svc_rows:
-            svc = np.prod(np.fft.rfft(np.stack(svc_rows), length, axis=1), axis=0)
         comon = svc * np.fft.rfft(_comonotone_pmf(units, delta, grid), length)
         spec = (1.0 - w) * spec + w * comon
     pmf = np.fft.irfft(spec, length)[:grid]
