@@ -27,11 +27,14 @@ and the check adds replicas only where the burst share raises the tail.
 Speed: a candidate's end-to-end transform is the current product times one ratio of wait
 transforms; each greedy step is one contraction over all stages. Wait tails and Erlang B
 are vectorised over stages (an Erlang-B table grown for all stages at once), wait masses
-go through one real FFT, service spectra are fixed per plan, and the final check reuses
-the wait tails. ``benchmarks/planner_time.py`` measured a 64-stage plan at a median
-6.3 ms of CPU time (``time.process_time``) and 16.9 ms wall on the shared 2-CPU host at
-load average ~19, against 10.2 ms CPU / 29.5 ms wall for this branch's first version in
-the same minute: above the issue's 5 ms on this host.
+go through one real FFT, service spectra are fixed per plan (and kept for the next plan
+with the same services and grid: a tick's down-scale plan), and the final check reuses
+the wait tails. ``benchmarks/planner_time.py`` (inputs perturbed every repeat, so no
+cache across plans helps) measured a 64-stage plan at a median 5.2 ms of CPU time
+(``time.process_time``) on the shared 2-CPU host at load average ~1.3, the same as
+main's 4.9-5.2 ms in the same minutes: about the issue's 5 ms on this host. The full
+Quart tick (``benchmarks/controller_tick.py``) is ~12 ms of CPU (two plans, feedback,
+predictor, smoother, compensator).
 
 Over 400 lines: the search (start, greedy, trim, check) shares the ``_Model`` grid state;
 a split would pass that state across modules.
