@@ -159,3 +159,9 @@ def test_comonotone_sum_matches_the_unit_by_unit_sum() -> None:
     xs = np.interp((np.arange(n) + 0.5) * delta, total, x, right=x[-1])
     expected = np.diff(np.concatenate(([0.0], 1.0 - np.exp(-xs))))
     assert np.allclose(_comonotone_pmf(units, delta, n), expected, atol=1e-12, rtol=0)
+
+
+def test_with_load_is_replace() -> None:
+    # Every field away from its default, so a field that with_load forgets shows up.
+    s = StageLoad("x", 3.0, 0.02, 0.3, 1.7, 2.5, 3, 2.0, 2, 9)
+    assert s.with_load(5.0, 0.04) == replace(s, arrival_rate=5.0, service_mean_s=0.04)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from quartfaas.control.corrector.tailmodel import StageLoad
 
@@ -131,5 +131,5 @@ def corrected(stages: Sequence[StageLoad], state: FeedbackState) -> tuple[StageL
     out = []
     for s in stages:
         f = factors.get(s.name, 1.0)
-        out.append(s if f == 1.0 else replace(s, service_mean_s=s.service_mean_s * f))
+        out.append(s if f == 1.0 else s.with_load(s.arrival_rate, s.service_mean_s * f))
     return tuple(out)
