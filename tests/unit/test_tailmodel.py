@@ -165,3 +165,12 @@ def test_with_load_is_replace() -> None:
     # Every field away from its default, so a field that with_load forgets shows up.
     s = StageLoad("x", 3.0, 0.02, 0.3, 1.7, 2.5, 3, 2.0, 2, 9)
     assert s.with_load(5.0, 0.04) == replace(s, arrival_rate=5.0, service_mean_s=0.04)
+
+
+def test_idle_deterministic_stage_at_zero_replicas() -> None:
+    # No arrivals and no replicas: it never waits (was a division by zero servers).
+    busy = StageLoad("a", 5.0, 0.05)
+    idle = StageLoad("d", 0.0, 0.05, service_scv=0.0, min_replicas=0)
+    assert e2e_quantile([busy, idle], [1, 0], 0.99) == pytest.approx(
+        e2e_quantile([busy], [1], 0.99) + 0.05, rel=0.01
+    )

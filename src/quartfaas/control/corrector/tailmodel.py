@@ -528,7 +528,7 @@ def _wait_units(
             gap = 0.0
             continue
         servers = c * s.servers_per_replica
-        if gap >= s.service_mean_s / servers * (1.0 - 1e-9) or not waits:
+        if not waits or gap >= s.service_mean_s / servers * (1.0 - 1e-9):  # 0 servers: idle
             continue  # never waits: the stream passes shifted by the service time
         if servers == 1:
             run_p.append(wt.p_wait)
