@@ -293,7 +293,9 @@ def service_rows(stages: Sequence[StageLoad], delta: float, n: int) -> FloatArra
         )
         out[closed] = np.diff(cdf, axis=1, prepend=0.0)
     gamma = [i for i, s in enumerate(rand) if min(s.service_scv, MAX_SCV) < 1.0]
-    if gamma:
+    if len(gamma) == 1:  # one stage (the feedback's per-stage quantiles): np.interp
+        out[gamma[0]] = _rounded_pmf(service_cdf(rand[gamma[0]], edges))
+    elif gamma:
         scv = np.array([min(rand[i].service_scv, MAX_SCV) for i in gamma])
         mean = np.array([rand[i].service_mean_s for i in gamma])
         out[gamma] = np.diff(_gamma_cdf_rows(1.0 / scv, mean * scv, edges), axis=1, prepend=0.0)
