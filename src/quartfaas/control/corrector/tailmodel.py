@@ -377,7 +377,7 @@ def _union_bound(
         total += wt.quantile(1.0 - eps)
         if wt.p_wait > 0 and math.isfinite(wt.rate):
             m1 = wt.p_wait / wt.rate
-            v = 2.0 * wt.p_wait / wt.rate**2 - m1 * m1
+            v = 2.0 * m1 / wt.rate - m1 * m1  # not rate**2: it overflows for a huge rate
             mean += m1
             sd_waits += math.sqrt(max(v, 0.0))
             var_waits += max(v, 0.0)
