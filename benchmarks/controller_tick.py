@@ -4,8 +4,9 @@ Builds a sequence of snapshots (load drifting up and down, some queues, some idl
 latency sometimes over budget) *before* timing, so only ``decide`` is measured, then
 runs a warm-up and ``--repeats`` timed ticks, threading the state through as the control
 loop does (``now`` always moves forward, one second a tick). Prints a table (median, p90,
-p99, max, ms; and this thread's CPU time, which shows how much of a slow wall figure is
-the machine being busy with other work) and exits 1 if the full Quart tick's median
+p99, max, ms; and the median and p99 of this thread's CPU time, which shows how much of
+a slow wall figure is the machine being busy with other work) and the load average, and
+exits 1 if the full Quart tick's median
 exceeds ``--limit-ms`` (5 ms, issue 12). Rows:
 
 * ``quart`` (the default predictor, ``auto``): predictor, forecast, joint planner with
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import random
 import statistics
 import sys
@@ -103,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         ("quart (QNA)", QuartPolicy(cfg, predictor="qna", host_cores=16)),
         ("quart-corrector", ReplicaCorrector(cfg)),
     ]
-    print(f"{args.stages} stages, {args.repeats} ticks after {args.warmup} warm-up")
+    print(f"{args.stages} stages, {args.repeats} ticks after {args.warmup} warm-up; "
+          f"load average before {_loadavg()}, {os.cpu_count()} CPUs")  # fmt: skip
     print(f"{'policy':<22}{'median ms':>10} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'cpu median ms':>14} {'actions/tick':>13}")  # fmt: skip
+          f"{'cpu median ms':>14} {'cpu p99 ms':>11} {'actions/tick':>13}")  # fmt: skip
     failed = False
     for name, policy in policies:
         times_ms, cpu_ms, actions = _time(policy, snaps, args.warmup, args.repeats)
@@ -114,12 +117,22 @@ def main(argv: list[str] | None = None) -> int:
         def q(p: float, xs: list[float] = times_ms) -> float:
             return xs[min(len(xs) - 1, int(p * len(xs)))]
 
+        cpu_sorted = sorted(cpu_ms)
         print(f"{name:<22}{median:10.3f} {q(0.90):8.3f} {q(0.99):8.3f} {times_ms[-1]:8.3f} "
-              f"{statistics.median(cpu_ms):14.3f} {actions / args.repeats:13.1f}")  # fmt: skip
+              f"{statistics.median(cpu_ms):14.3f} {q(0.99, cpu_sorted):11.3f} "
+              f"{actions / args.repeats:13.1f}")  # fmt: skip
         if name == policies[0][0] and median > args.limit_ms:
             print(f"FAIL: median {median:.3f} ms > {args.limit_ms} ms", file=sys.stderr)
             failed = True
+    print(f"load average after {_loadavg()}")
     return 1 if failed else 0
+
+
+def _loadavg() -> str:
+    try:
+        return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # not on every platform
+        return "n/a"
 
 
 def _time(

@@ -41,3 +41,32 @@ def test_infeasible_is_a_value_with_the_best_vector() -> None:
 def test_idle_pipeline_plans_minimums() -> None:
     plan = plan_replicas([StageLoad("a", 0.0, 0.1, min_replicas=2)], 1.0)
     assert plan.outcome is PlanOutcome.IDLE and plan.replicas == (2,)
+
+
+def test_caches_do_not_change_the_plan() -> None:
+    # The tick's caches (Gamma tables, the service spectrum shared by the plan and the
+    # down-scale plan) must give the plan computed from scratch, on a set of loads.
+    import random
+
+    from quartfaas.control.corrector import planner, tailmodel
+
+    rng = random.Random(11)
+    for _ in range(6):
+        stages = [
+            StageLoad(
+                f"s{i}",
+                rng.uniform(5.0, 40.0),
+                rng.uniform(0.01, 0.06),
+                service_scv=rng.choice((0.0, rng.uniform(0.01, 0.5), 1.0, 2.0)),
+                arrival_scv=rng.uniform(0.6, 1.7),
+                burst_factor=rng.choice((None, rng.uniform(1.0, 4.0))),
+                max_replicas=16,
+            )
+            for i in range(24)
+        ]
+        slo = 3.0 * sum(s.service_mean_s for s in stages) + 0.5
+        warm = [plan_replicas(stages, slo) for _ in range(2)]
+        planner._SVC_CACHE.clear()
+        tailmodel._GAMMA_CACHE.clear()
+        cold = plan_replicas(stages, slo)
+        assert warm[0] == warm[1] == cold

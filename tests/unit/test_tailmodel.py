@@ -12,6 +12,7 @@ import pytest
 from quartfaas.control.corrector.tailmodel import (
     CORR_SCALE,
     StageLoad,
+    _comonotone_pmf,
     correlation_weight,
     e2e_quantile,
     index_of_dispersion,
@@ -128,3 +129,48 @@ def test_service_rows_match_service_pmf() -> None:
     assert rows.shape == (len(random), 128)
     for s, row in zip(random, rows, strict=True):
         assert np.allclose(row, service_pmf(s, 0.01, 128), atol=1e-12)
+
+
+def test_gamma_rows_match_the_scalar_path_at_every_grid() -> None:
+    # Many sub-exponential stages at once (the array path), edges below, inside and past
+    # each table's range, against the one-stage path (np.interp on the same table).
+    rng = np.random.default_rng(5)
+    means, scvs = rng.uniform(0.005, 0.3, 40), rng.uniform(0.02, 0.99, 40)
+    stages = [
+        StageLoad(f"s{i}", 1.0, float(m), service_scv=float(v))
+        for i, (m, v) in enumerate(zip(means, scvs, strict=True))
+    ]
+    for delta, n in ((0.0005, 128), (0.004, 256), (0.03, 64)):
+        rows = service_rows(stages, delta, n)
+        for s, row in zip(stages, rows, strict=True):
+            assert np.allclose(row, service_pmf(s, delta, n), atol=1e-12, rtol=0)
+
+
+def test_comonotone_sum_matches_the_unit_by_unit_sum() -> None:
+    rng = np.random.default_rng(9)
+    ps, rs = rng.uniform(1e-3, 1.0, 30), rng.uniform(2.0, 400.0, 30)
+    units = [(np.array([p]), np.array([r])) for p, r in zip(ps, rs, strict=True)]
+    units.append((np.array([0.3, 0.6]), np.array([40.0, 90.0])))  # a grouped unit
+    delta, n = 0.002, 256
+    x = -math.log(max(float(p.max()) for p, _ in units)) + np.linspace(0.0, 60.0, 4097)
+    total = np.zeros_like(x)
+    for p, r in units:
+        total += np.maximum(((np.log(p)[:, None] + x[None, :]) / r[:, None]).max(axis=0), 0.0)
+    xs = np.interp((np.arange(n) + 0.5) * delta, total, x, right=x[-1])
+    expected = np.diff(np.concatenate(([0.0], 1.0 - np.exp(-xs))))
+    assert np.allclose(_comonotone_pmf(units, delta, n), expected, atol=1e-12, rtol=0)
+
+
+def test_with_load_is_replace() -> None:
+    # Every field away from its default, so a field that with_load forgets shows up.
+    s = StageLoad("x", 3.0, 0.02, 0.3, 1.7, 2.5, 3, 2.0, 2, 9)
+    assert s.with_load(5.0, 0.04) == replace(s, arrival_rate=5.0, service_mean_s=0.04)
+
+
+def test_idle_deterministic_stage_at_zero_replicas() -> None:
+    # No arrivals and no replicas: it never waits (was a division by zero servers).
+    busy = StageLoad("a", 5.0, 0.05)
+    idle = StageLoad("d", 0.0, 0.05, service_scv=0.0, min_replicas=0)
+    assert e2e_quantile([busy, idle], [1, 0], 0.99) == pytest.approx(
+        e2e_quantile([busy], [1], 0.99) + 0.05, rel=0.01
+    )

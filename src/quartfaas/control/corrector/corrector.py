@@ -236,11 +236,15 @@ class ReplicaCorrector:
         if not below:
             return None
         window = snapshot.window_s
+        factors = dict(fb_state.factors)  # fb.corrected, in the same pass
         heavier = [
-            replace(s, arrival_rate=s.arrival_rate * (1.0 + _band(frac, s.arrival_rate * window)))
+            s.with_load(
+                s.arrival_rate * (1.0 + _band(frac, s.arrival_rate * window)),
+                s.service_mean_s * factors.get(s.name, 1.0),
+            )
             for s in inp.loads
         ]
-        tight, _ = self._plan(fb.corrected(heavier, fb_state), plan.slo_s)
+        tight, _ = self._plan(heavier, plan.slo_s)
         return tight
 
     # ------------------------------------------------------------------ per stage
@@ -367,8 +371,9 @@ class ReplicaCorrector:
         new: list[StageState] = []
         pos = {i: j for j, i in enumerate(inp.planned)}
         n = len(snapshot.stages)
+        factors = dict(fb_state.factors)
         for i, (s, st) in enumerate(zip(snapshot.stages, olds, strict=True)):
-            factor = fb_state.factor(s.name)
+            factor = factors.get(s.name, 1.0)
             j = pos.get(i)
             budget: float | None = slo / n
             model: int | None = None

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from quartfaas.control.corrector.tailmodel import StageLoad
 
@@ -107,8 +107,9 @@ def update(
     e2e = _log_error(snap.e2e_measured_s, snap.e2e_modelled_s)
     out: list[tuple[str, float]] = []
     moved: list[str] = []
+    known = dict(state.factors)
     for obs in snap.stages:
-        f = state.factor(obs.name)
+        f = known.get(obs.name, 1.0)
         err = _log_error(obs.measured_s, obs.modelled_s)
         if err is None:
             err = e2e
@@ -124,9 +125,11 @@ def update(
 
 def corrected(stages: Sequence[StageLoad], state: FeedbackState) -> tuple[StageLoad, ...]:
     """The stages with each service mean multiplied by its learned factor."""
-    return tuple(
-        s
-        if state.factor(s.name) == 1.0
-        else replace(s, service_mean_s=s.service_mean_s * state.factor(s.name))
-        for s in stages
-    )
+    factors = dict(state.factors)
+    if not factors:
+        return tuple(stages)
+    out = []
+    for s in stages:
+        f = factors.get(s.name, 1.0)
+        out.append(s if f == 1.0 else s.with_load(s.arrival_rate, s.service_mean_s * f))
+    return tuple(out)

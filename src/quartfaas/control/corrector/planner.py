@@ -27,11 +27,14 @@ and the check adds replicas only where the burst share raises the tail.
 Speed: a candidate's end-to-end transform is the current product times one ratio of wait
 transforms; each greedy step is one contraction over all stages. Wait tails and Erlang B
 are vectorised over stages (an Erlang-B table grown for all stages at once), wait masses
-go through one real FFT, service spectra are fixed per plan, and the final check reuses
-the wait tails. ``benchmarks/planner_time.py`` measured a 64-stage plan at a median
-6.3 ms of CPU time (``time.process_time``) and 16.9 ms wall on the shared 2-CPU host at
-load average ~19, against 10.2 ms CPU / 29.5 ms wall for this branch's first version in
-the same minute: above the issue's 5 ms on this host.
+go through one real FFT, service spectra are fixed per plan (and kept for the next plan
+with the same services and grid: a tick's down-scale plan), and the final check reuses
+the wait tails. ``benchmarks/planner_time.py`` (inputs perturbed every repeat, so no
+cache across plans helps) measured a 64-stage plan at a median 5.2 ms of CPU time
+(``time.process_time``) on the shared 2-CPU host at load average ~1.3, the same as
+main's 4.9-5.2 ms in the same minutes: about the issue's 5 ms on this host. The full
+Quart tick (``benchmarks/controller_tick.py``) is ~12 ms of CPU (two plans, feedback,
+predictor, smoother, compensator).
 
 Over 400 lines: the search (start, greedy, trim, check) shares the ``_Model`` grid state;
 a split would pass that state across modules.
@@ -148,11 +151,7 @@ class _Model:
         i = np.arange(grid)
         alpha = _TILT / length
         tilt = np.exp(-alpha * i)
-        rows = service_rows(stages, self.delta, grid) * tilt
-        if rows.size:
-            svc = np.prod(np.fft.rfft(rows, length, axis=1), axis=0)
-        else:
-            svc = np.ones(j.size, dtype=np.complex128)
+        svc = _service_spectrum(stages, self.delta, grid, tilt)
         # P(T <= SLO) = sum of the first n masses = Re(Φ · weights) (untilting each mass):
         # the rfft half-spectrum counts every frequency but 0 and Nyquist twice. The kernel
         # sum_i (e^α·e^{2πij/L})^i is a geometric series.
@@ -228,6 +227,32 @@ class _Model:
         """Wait transforms of stages ``idx`` at ``replicas`` (rows in that order)."""
         p, r = self.params(idx, replicas)
         return _wait_spectra(p, r, self.delta, self.n, self.omega, self.omega_n1)
+
+
+_SVC_CACHE: dict[tuple[object, ...], ComplexArray] = {}
+_SVC_CACHE_SIZE = 8
+
+
+def _service_spectrum(
+    stages: Sequence[StageLoad], delta: float, grid: int, tilt: npt.NDArray[np.float64]
+) -> ComplexArray:
+    """Product of the tilted service transforms. Kept for the last few (service times,
+    grid): a tick's plan and its down-scale plan share the SLO and the services, so the
+    second plan reuses the first's spectrum (the values are the same either way)."""
+    key = (grid, delta, tuple((s.service_mean_s, s.service_scv) for s in stages))
+    svc = _SVC_CACHE.get(key)
+    if svc is not None:
+        return svc
+    length = _WRAP * grid
+    rows = service_rows(stages, delta, grid) * tilt
+    if rows.size:
+        svc = np.prod(np.fft.rfft(rows, length, axis=1), axis=0)
+    else:
+        svc = np.ones(length // 2 + 1, dtype=np.complex128)
+    if len(_SVC_CACHE) >= _SVC_CACHE_SIZE:
+        del _SVC_CACHE[next(iter(_SVC_CACHE))]
+    _SVC_CACHE[key] = svc
+    return svc
 
 
 def _ratio(num: ComplexArray, den: ComplexArray) -> ComplexArray:

@@ -241,6 +241,7 @@ def _gamma_quantile(k: float, p: float) -> float:
     return math.exp(table[i] + (table[i + 1] - table[i]) * frac)
 
 
+@lru_cache(maxsize=8192)  # a tick asks for each stage's few percentiles many times
 def service_percentile(mean_s: float, scv: float, pct: float) -> float:
     """``pct`` percentile of a Gamma service time with this mean and SCV (shape ``1/scv``).
 
