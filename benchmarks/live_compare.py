@@ -8,7 +8,10 @@ with the conditions (spec, workload, repeats, the 1-min load average around each
 
     python benchmarks/live_compare.py [--spec emulated-bert21b] [--repeats 3]
         [--workload 'trace:azure-code,start=520,end=580,rate=4'] [--duration D]
-        [--policies quart,knative,hpa,openfaas-pro,ray,static] [--out runs/compare]
+        [--policies quart,knative,hpa,openfaas-pro,ray,static] [--out runs/compare] [--resume]
+
+``--resume`` keeps the runs already saved in ``OUT/runs.json`` (e.g. from an interrupted
+or shorter session) and runs only the missing (repeat, policy) pairs.
 
 ``static`` means the spec's minimum replicas with the controller off (``--policy none``).
 """
@@ -90,14 +93,22 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--out", type=Path, default=Path("runs/compare"))
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs already in OUT/runs.json and add only missing ones")  # fmt: skip
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     rows: list[dict[str, Any]] = []
     args.out.mkdir(parents=True, exist_ok=True)
+    saved = args.out / "runs.json"
+    if args.resume and saved.is_file():
+        rows = [r for r in json.loads(saved.read_text()) if r["policy"] in policies]
+    done = {(r["repeat"], r["policy"]) for r in rows}
     for rep in range(args.repeats):
         for p in policies:
+            if (rep, p) in done:
+                continue
             print(f"== {p} (repeat {rep + 1}/{args.repeats})", file=sys.stderr, flush=True)
             r = run_one(args.spec, p, args.workload, args.duration, args.out / f"r{rep}-{p}")
             r["repeat"] = rep
@@ -105,7 +116,7 @@ def main() -> int:
             print(f"   SLO {r['slo']:.1f}% p99 {r['p99_ms']:.0f} ms replica-s "
                   f"{r['replica_s']:.0f} load {r['load']:.2f} wall {r['wall_s']:.0f} s",
                   file=sys.stderr, flush=True)  # fmt: skip
-            (args.out / "runs.json").write_text(json.dumps(rows, indent=2))
+            saved.write_text(json.dumps(rows, indent=2))
     loads = [r["load"] for r in rows]
     print(f"\nspec {args.spec} (SLO p99 {rows[0]['slo_ms']:.0f} ms), workload {args.workload}"
           + (f", duration {args.duration:g} s" if args.duration else "")
