@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from quartfaas.sim.kernel import _jit
+from quartfaas.sim.windowstats import _latency as _select  # count, mean, p50/95/99
 
 # Per level (level k: arrivals at stage k; level K: completions), one row of a bucket.
 COUNT, FIRST, LAST, GAP_N, GAP_MEAN, GAP_M2, REJ, SVC_MEAN, SVC_M2 = range(9)
@@ -111,30 +112,6 @@ def _merge(  # noqa: PLR0917 - a numba kernel takes its arrays positionally
         return 0.0, 0.0, 0.0
     d = mb - ma
     return n, ma + d * nb / n, m2a + m2b + d * d * na * nb / n
-
-
-@_jit
-def _select(samples: np.ndarray, out: np.ndarray, col: int, row: int) -> None:
-    """count, mean, p50, p95, p99 of ``samples`` into ``out[row, col:col + 5]``."""
-    n = samples.shape[0]
-    out[row, col] = n
-    if n == 0:
-        for j in range(1, 5):
-            out[row, col + j] = np.nan
-        return
-    out[row, col + 1] = samples.mean()
-    pos = np.empty(3)
-    pos[0], pos[1], pos[2] = 0.5 * (n - 1), 0.95 * (n - 1), 0.99 * (n - 1)
-    kth = np.empty(6, dtype=np.int64)
-    for j in range(3):
-        lo = int(np.floor(pos[j]))
-        kth[2 * j] = lo
-        kth[2 * j + 1] = min(lo + 1, n - 1)
-    xs = np.partition(samples, kth)
-    for j in range(3):
-        a = xs[kth[2 * j]]
-        b = xs[kth[2 * j + 1]]
-        out[row, col + 2 + j] = a + (b - a) * (pos[j] - kth[2 * j])
 
 
 @_jit
