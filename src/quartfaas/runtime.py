@@ -47,7 +47,6 @@ from quartfaas.control.loop import ControlLoop, run_live
 from quartfaas.dataplane.gateway import Gateway
 from quartfaas.dataplane.gateway.routes import server_options
 from quartfaas.dataplane.launch import Launcher, ReplicaFiles, pid_alive, sweep_stale_dirs
-from quartfaas.errors import BackendError
 from quartfaas.metrics.proc_cpu import ProcessCpuMeter
 from quartfaas.spec import PipelineSpec
 
@@ -192,21 +191,7 @@ class EmbeddedRuntime:
     async def wait_ready(self, timeout_s: float | None = None) -> None:
         """Until every stage has min_replicas ready; a start failure raises at once."""
         timeout_s = timeout_s or self.spec.gateway.replica_start_timeout_s + 5.0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            missing = []
-            for stage in self.spec.stages:
-                pool = self.gateway.pools[stage.name]
-                if pool.ready_replicas < stage.min_replicas:
-                    if pool.last_start_error:
-                        raise BackendError(pool.last_start_error)
-                    missing.append(f"{stage.name} ({pool.ready_replicas}/{stage.min_replicas})")
-            if not missing:
-                return
-            if loop.time() > deadline:
-                raise BackendError(f"stages not ready after {timeout_s:.0f} s: {missing}")
-            await asyncio.sleep(0.01)
+        await self.gateway.replicas.wait_ready(timeout_s)
 
     def _cpu_utilisation(self, stage: str, now: float) -> float | None:
         """Mean over ready replicas of (cores used / CPU share) since the last tick."""

@@ -221,21 +221,7 @@ class RayRuntime:
     async def wait_ready(self, timeout_s: float | None = None) -> None:
         """Until every stage has min_replicas ready; a start failure raises at once."""
         timeout_s = timeout_s or self.spec.gateway.replica_start_timeout_s + 5.0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            missing = []
-            for stage in self.spec.stages:
-                pool = self.gateway.pools[stage.name]
-                if pool.ready_replicas < stage.min_replicas:
-                    if pool.last_start_error:
-                        raise BackendError(pool.last_start_error)
-                    missing.append(f"{stage.name} ({pool.ready_replicas}/{stage.min_replicas})")
-            if not missing:
-                return
-            if loop.time() > deadline:
-                raise BackendError(f"stages not ready after {timeout_s:.0f} s: {missing}")
-            await asyncio.sleep(0.02)
+        await self.gateway.replicas.wait_ready(timeout_s)
 
     def add_task(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from quartfaas.control.backend import Backend, ReplicaInfo, ReplicaState
 from quartfaas.dataplane.dispatch import Endpoint, StagePool
 from quartfaas.dataplane.outlier import OutlierPolicy, probe
-from quartfaas.errors import QuartfaasError
+from quartfaas.errors import BackendError, QuartfaasError
 from quartfaas.metrics.gateway_metrics import GatewayMetrics, StageGauges
 from quartfaas.spec import PipelineSpec
 
@@ -169,6 +169,25 @@ class StageReplicas:
             stages[stage.name] = f"{n}/{stage.min_replicas}"
             ready = ready and n >= stage.min_replicas
         return ready, stages
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Until every stage has ``min_replicas`` ready (``readiness``); a start failure
+        raises at once, and so does the deadline, naming the stages still short."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            missing = []
+            for stage in self.spec.stages:
+                pool = self.pools[stage.name]
+                if pool.ready_replicas < stage.min_replicas:
+                    if pool.last_start_error:
+                        raise BackendError(pool.last_start_error)
+                    missing.append(f"{stage.name} ({pool.ready_replicas}/{stage.min_replicas})")
+            if not missing:
+                return
+            if loop.time() > deadline:
+                raise BackendError(f"stages not ready after {timeout_s:.0f} s: {missing}")
+            await asyncio.sleep(0.01)
 
     def list(self, stage: str) -> list[ReplicaInfo]:
         """The backend's replicas of ``stage`` (none while no backend is attached)."""
