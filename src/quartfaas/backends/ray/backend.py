@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ import ray
 from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from quartfaas.backends.lifecycle import StartBook
 from quartfaas.backends.local import ReplicaListener
 from quartfaas.backends.ray.actor import StageReplica
 from quartfaas.backends.ray.nodes import (
@@ -96,9 +96,7 @@ class RayBackend:
         self.cache = ObjectStoreCache(spec)
         self._spec_json = spec.model_dump_json()
         self._replicas: dict[str, _Replica] = {}
-        self._ids = itertools.count(1)
-        self._backoff_until: dict[str, float] = {}
-        self._failures: dict[str, int] = {}
+        self._book = StartBook(spec, clock)  # ids and start back-off (backends/lifecycle.py)
         self.starts: list[ReplicaInfo] = []  # every READY start, with its tier (reports)
         # what each replica's ready() said: node, pid, load seconds, RSS/PSS/private KiB
         self.ready_info: dict[str, dict[str, Any]] = {}
@@ -117,21 +115,8 @@ class RayBackend:
     def start_replica(self, stage: str, *, node_id: str | None = None) -> ReplicaInfo:
         """``node_id`` (not in the protocol) pins the replica to a node, bypassing the
         placer (operators, benchmarks)."""
-        if self.closed:
-            raise BackendError("the backend is shut down")
-        try:
-            idx = self.spec.stage_index(stage)
-        except KeyError:
-            names = [s.name for s in self.spec.stages]
-            raise BackendError(f"unknown stage {stage!r}; stages: {names}") from None
-        rid = f"{stage}-{next(self._ids)}"
-        info = ReplicaInfo(
-            replica_id=rid,
-            stage=stage,
-            state=ReplicaState.STARTING,
-            requested_at=self.clock(),
-            cpu=self.spec.stages[idx].cpu,
-        )
+        info = self._book.declare(stage, closed=self.closed)
+        rid = info.replica_id
         rep = _Replica(info)
         self._replicas[rid] = rep
         self.listener.replica_starting(info)
@@ -297,9 +282,7 @@ class RayBackend:
     async def _run(self, rep: _Replica, pinned: str | None = None) -> None:
         stage = rep.info.stage
         idx = self.spec.stage_index(stage)
-        wait_s = self._backoff_until.get(stage, 0.0) - self.clock()
-        if wait_s > 0:
-            await asyncio.sleep(wait_s)
+        await self._book.wait_backoff(stage)
         if rep.stopping:
             self._finish(rep, ReplicaState.STOPPED)
             return
@@ -351,7 +334,7 @@ class RayBackend:
             else:
                 self._start_failed(rep, str(exc))
             return
-        self._failures[stage] = 0
+        self._book.started(stage)
         self.ready_info[rep.info.replica_id] = ready
         self._set(
             rep, state=ReplicaState.READY, ready_at=self.clock(), pid=int(ready["pid"]),
@@ -397,18 +380,11 @@ class RayBackend:
                 self.cache.forget_node(node)
 
     def _start_failed(self, rep: _Replica, message: str) -> None:
-        stage = rep.info.stage
-        n = self._failures.get(stage, 0) + 1
-        self._failures[stage] = n
-        self._backoff_until[stage] = self.clock() + min(30.0, 2.0 ** (n - 1))
-        msg = f"replica {rep.info.replica_id} of stage {stage} failed to start: {message}"
-        log.error("%s", msg)
         if rep.actor is not None:
             with contextlib.suppress(Exception):
                 ray.kill(rep.actor)
         self._release(rep)
-        self._set(rep, state=ReplicaState.FAILED, message=msg)
-        self.listener.replica_start_failed(rep.info)
+        rep.info = self._book.failed(rep.info, message, self.listener)
         self._replicas.pop(rep.info.replica_id, None)
 
     def _release(self, rep: _Replica) -> None:

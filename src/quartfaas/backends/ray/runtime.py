@@ -37,9 +37,10 @@ from quartfaas.backends.ray.cluster import RayConnection
 from quartfaas.backends.ray.standby import StandbyStage, plan_standbys
 from quartfaas.clock import Clock, MonotonicClock
 from quartfaas.control.backend import ReplicaState, reconcile
-from quartfaas.control.loop import ControlLoop, run_live
+from quartfaas.control.loop import ControlLoop
 from quartfaas.dataplane.gateway import Gateway
 from quartfaas.errors import BackendError
+from quartfaas.live_control import live_controller
 from quartfaas.spec import PipelineSpec
 
 log = logging.getLogger("quartfaas.ray.runtime")
@@ -200,22 +201,13 @@ class RayRuntime:
         return self.url
 
     def start_controller(self) -> ControlLoop:
-        """The same control loop as the local runtime, on this backend."""
-        from quartfaas.control.registry import make_policy
-        from quartfaas.control.sinks import DecisionMetrics, HoldLogger, JsonlDecisionLog
-        from quartfaas.metrics.collector import InProcessCollector
-
-        cfg = self.spec.controller
-        sinks: list[Any] = [DecisionMetrics(self.gateway.metrics.registry), HoldLogger()]
-        if self.decision_log is not None:
-            sinks.append(JsonlDecisionLog(self.decision_log))
-        self.loop = ControlLoop(make_policy(cfg.policy, cfg), self.backend, sinks)
-        collector = InProcessCollector(self.gateway)
-        self.add_task(
-            run_live(self.loop, collector.collect, self.clock, cfg.interval_s, self._stop),
-            "controller",
-        )
-        log.info("controller: policy %s every %.1f s (Ray backend)", cfg.policy, cfg.interval_s)
+        """The same control loop as the local runtime (``live_control.py``), on this
+        backend; its pool decision sets the standbys' depth (``RayBackend.set_pool``)."""
+        self.loop, run = live_controller(
+            self.spec.controller, self.gateway, self.backend, self.clock, self._stop,
+            decision_log=self.decision_log, label=" (Ray backend)",
+        )  # fmt: skip
+        self.add_task(run, "controller")
         return self.loop
 
     async def wait_ready(self, timeout_s: float | None = None) -> None:
