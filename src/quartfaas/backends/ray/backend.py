@@ -25,7 +25,8 @@ Stop with drain: the listener stops routing to the replica and waits for its cal
 actor's own ``drain`` confirms none is in flight, then the actor is killed.
 
 Over 400 lines because the lifecycle, the warm pool (``prewarm``, ``standbys``,
-``free_slots``) and the fault path all share one replica table and its Ray handles.
+``free_slots``, and the pool depth the control loop sets: ``control.backend.PoolScalable``)
+and the fault path all share one replica table and its Ray handles.
 """
 
 from __future__ import annotations
@@ -53,7 +54,13 @@ from quartfaas.backends.ray.nodes import (
     slots_of,
 )
 from quartfaas.backends.ray.weights import ObjectStoreCache
-from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState, StartTier
+from quartfaas.control.backend import (
+    CpuLever,
+    PoolStatus,
+    ReplicaInfo,
+    ReplicaState,
+    StartTier,
+)
 from quartfaas.control.placement import StageReq, get_placer
 from quartfaas.control.placement.keys_manager import GIB
 from quartfaas.errors import BackendError
@@ -104,6 +111,11 @@ class RayBackend:
         # actors started ahead of demand, per (stage, node): torch imported, no weights
         # (actor, slot): a standby holds a slot, which the placer sees as taken
         self._standby: dict[tuple[str, str], list[tuple[Any, str]]] = {}
+        # how many standbys each stage keeps (control.backend.PoolScalable): None until
+        # enable_pool; then the floor, or what the control loop's pool decision set
+        self.pool_limits: tuple[int, int] | None = None  # (floor, max depth)
+        self._pool_depth: dict[str, int] = {}
+        self.pool_waiting: dict[str, str] = {}  # stage -> why a standby is not placed
         self._reqs = tuple(
             StageReq(s.name, stage_param_bytes(spec, i) if spec.model.kind != "synthetic" else 0,
                      pipeline=spec.name, cpu_cores=s.cpu)
@@ -199,6 +211,37 @@ class RayBackend:
         return opts
 
     # -- warm pool ------------------------------------------------------------------
+
+    def enable_pool(self, floor: int, max_depth: int) -> None:
+        """Keep standbys (``runtime.StandbyKeeper`` places them): at least ``floor`` and
+        at most ``max_depth`` per stage, the depth between them set by ``set_pool``."""
+        if not 0 <= floor <= max_depth:
+            raise BackendError(f"standbys: floor ({floor}) must be in 0..max ({max_depth})")
+        self.pool_limits = (floor, max_depth)
+
+    def set_pool(self, stage: str, depth: int) -> None:
+        """The pool decision's depth for ``stage`` (``control.backend.PoolScalable``; the
+        loop calls it from ``control/placement/prefork.py``); a no-op without a pool."""
+        if self.pool_limits is not None:
+            self._pool_depth[stage] = max(0, min(depth, self.pool_limits[1]))
+
+    def pool_depth(self, stage: str) -> int:
+        """Standbys ``stage`` should keep: the last depth set, else the floor (0: no pool)."""
+        if self.pool_limits is None:
+            return 0
+        return self._pool_depth.get(stage, self.pool_limits[0])
+
+    def pool_status(self, stage: str) -> PoolStatus | None:
+        """The stage's standbys as the pool decision reads them. No memory figures: a
+        standby costs a slot, not cache memory, and slots bound where they wait
+        (``standby.plan_standbys``), not how many are asked for."""
+        if self.pool_limits is None:
+            return None
+        floor, most = self.pool_limits
+        waiting = sum(n for (st, _), n in self.standbys().items() if st == stage)
+        return PoolStatus(stage, self.pool_depth(stage), idle=waiting, warm=waiting,
+                          waiting=self.pool_waiting.get(stage, ""), floor=floor,
+                          max_depth=most)  # fmt: skip
 
     async def prewarm(self, stage: str, node_id: str, count: int = 1) -> int:
         """Start ``count`` standby actors of ``stage`` on ``node_id`` (they hold the
