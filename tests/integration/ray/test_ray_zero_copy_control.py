@@ -9,7 +9,8 @@ custom resource ``accel``, one cluster for the module.
   fresh pages) and RSS must not grow by the frame's size while the input is alive. The
   same frame sent as ``bytes`` (what the backend sent before) is copied into the heap and
   grows it by the frame's size: the measurement catches a copy on this machine.
-- The standby pool is the control loop's pool decision (``control.backend.PoolScalable``).
+- The standby pool is the control loop's pool decision (``control.backend.PoolScalable``):
+  ``RayRuntime``'s own controller sets each stage's depth on the backend.
 - ``quartfaas control`` (a subprocess) reads the gateway through a real Prometheus and
   scales the stage through ``/system/scale-function``; the Ray replica actors follow.
 """
@@ -215,5 +216,45 @@ def test_control_scales_a_gateway_on_ray(cluster, tmp_path: Path, unit_s: float)
         assert ticks and all(t["policy"] == "hpa" for t in ticks)
         ups = [s for t in ticks for s in t["stages"] if s["target"] > s["current"]]
         assert ups and all(s["reason"] for s in ups), ticks[-3:]
+
+    asyncio.run(main())
+
+
+def test_the_runtime_controller_sets_the_standby_depth(cluster) -> None:
+    """``RayRuntime`` with its controller on: each tick's pool decision
+    (``control/placement/prefork.py``) reaches ``RayBackend.set_pool``, and the keeper
+    says why a standby cannot be placed (synthetic stages have no weights to hold)."""
+    import httpx
+
+    from quartfaas.backends.ray.runtime import RayRuntime
+
+    spec = synthetic_spec(
+        1, name="pool", work="sleep", mean_ms=5.0,
+        controller={"enabled": True, "policy": "hpa", "interval_s": 0.5, "window_s": 2.0},
+        stage_overrides={0: {"cpu": 0.5}},
+    )  # fmt: skip
+
+    async def main() -> None:
+        async with (
+            RayRuntime(spec, port=0, accelerator_resource=ACCEL, standbys=1) as rt,
+            httpx.AsyncClient(base_url=rt.url, timeout=30.0) as c,
+        ):
+            assert rt.loop is not None
+
+            def decided() -> bool:
+                return rt.loop is not None and rt.loop.pool_state.get("pool-s0") is not None
+
+            end = time.monotonic() + 60
+            while not decided() and time.monotonic() < end:
+                r = await c.post("/function/pool", json={"inputs": [[1]]})
+                assert r.status_code == 200, r.text
+                await asyncio.sleep(0.05)
+            assert decided(), "no pool decision within 60 s"
+            decision = rt.loop.pool_state.get("pool-s0")
+            status = rt.backend.pool_status("pool-s0")
+            assert status is not None and status.depth == decision.depth
+            await wait_for(lambda: "weights" in rt.backend.pool_status("pool-s0").waiting, 10,
+                           "the keeper's note")  # fmt: skip
+            assert status.idle == 0 and rt.backend.standbys() == {}
 
     asyncio.run(main())
