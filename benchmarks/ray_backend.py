@@ -37,6 +37,13 @@ with ``--concurrency`` clients for ``--seconds``):
 
 Per hop = e2e p50 / 4 (client->gateway plus one hop per stage, as for Serve's figure).
 
+Then (``--part activations``) one large activation (``--activation-mib``) handed to a
+zero-work stage replica on a worker node, already in that node's object store, as the
+backend sends it now (a ``uint8`` array, read in place: ``backends/ray/activations.py``)
+and as it sent it before (``bytes``, rebuilt in the actor's heap): call -> meta seconds
+(median of ``--activation-calls``; the output is written to the object store in both) and
+how far the actor's anonymous memory rose while the input was alive.
+
     PYTHONPATH=src .venv/bin/python benchmarks/ray_backend.py [--repeats 2] [--part all]
 """
 
@@ -267,11 +274,69 @@ def print_pipeline(rows: list[dict[str, Any]]) -> None:
               f"{r['rps']:>9.0f}{r['rps'] / serve_rps:>9.1f}x")  # fmt: skip
 
 
+async def activation_rows(mib: int, calls: int) -> list[dict[str, Any]]:
+    """A zero-work stage fed a ``mib`` MiB frame: as a uint8 array vs as bytes."""
+    import numpy as np
+    import ray
+
+    from quartfaas.backends.ray.activations import to_object
+    from quartfaas.backends.ray.backend import RayBackend
+    from quartfaas.dataplane import framing
+    from quartfaas.spec import parse_spec
+
+    size = mib * 1024**2
+    spec = parse_spec({
+        "name": "act", "model": {"kind": "synthetic"},
+        "gateway": {"max_body_bytes": 2 * size, "replica_start_timeout_s": 300},
+        "stages": [{"name": "act-s0", "cpu": 1.0, "synthetic": {"work": "none"}}],
+    })  # fmt: skip
+    frame = framing.encode_numpy({"x": np.ones(size, np.uint8)})
+    backend = RayBackend(spec, Listener(), accelerator_resource="accel")
+    rows = []
+    try:
+        info = backend.start_replica("act-s0")
+        await wait_ready(backend, info.replica_id)
+        actor = backend.actor(info.replica_id)
+        for path, obj in (("uint8 array, read in place", to_object(frame)),
+                          ("bytes, copied to the heap", frame)):  # fmt: skip
+            ref = ray.put(obj)
+            await actor.invoke.options(num_returns=2).remote(ref)[0]  # pulled to the node
+            times = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                await actor.invoke.options(num_returns=2).remote(ref)[0]
+                times.append(time.perf_counter() - t0)
+            base = await actor.watch_inputs.remote(True)
+            await actor.invoke.options(num_returns=2).remote(ref)[0]
+            (seen,) = await actor.inputs_seen.remote()
+            await actor.watch_inputs.remote(False)
+            grown = max(seen["entry_kib"]["anonymous"], seen["exit_kib"]["anonymous"])
+            rows.append({"path": path, "ms": 1000 * statistics.median(times),
+                         "anon_mib": (grown - base["anonymous"]) / 1024,
+                         "owner": seen["owner"]})  # fmt: skip
+            print(f"  {path:<28} {rows[-1]['ms']:7.2f} ms", flush=True)
+            del ref
+    finally:
+        await backend.close()
+    return rows
+
+
+def print_activations(rows: list[dict[str, Any]], mib: int) -> None:
+    print()
+    print(f"one {mib} MiB activation into a zero-work stage replica (call -> meta, median)")
+    print(f"{'input':<30}{'ms':>9}{'heap growth MiB':>17}  owner")
+    for r in rows:
+        print(f"{r['path']:<30}{r['ms']:>9.2f}{r['anon_mib']:>17.1f}  {r['owner']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=str(ROOT / "src/quartfaas/examples/bert-1g.yaml"))
     parser.add_argument("--repeats", type=int, default=2, help="replica starts per tier")
-    parser.add_argument("--part", choices=("all", "tiers", "pipeline"), default="all")
+    parser.add_argument("--part", choices=("all", "tiers", "pipeline", "activations"),
+                        default="all")  # fmt: skip
+    parser.add_argument("--activation-mib", type=int, default=32)
+    parser.add_argument("--activation-calls", type=int, default=20)
     parser.add_argument("--requests", type=int, default=500, help="latency samples")
     parser.add_argument("--pipeline-repeats", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -285,17 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     from quartfaas.spec import load_spec
 
     spec = load_spec(args.spec)
-    if args.part != "pipeline" and not Path(spec.stage_weights_path(0)).is_file():
+    if args.part in ("all", "tiers") and not Path(spec.stage_weights_path(0)).is_file():
         print(f"no weights: run quartfaas make-weights {args.spec}", file=sys.stderr)
         return 2
     cluster = start_cluster()
     try:
         print(f"ray {ray.__version__}: head + 2 worker nodes; stage {spec.stages[0].name}")
         rows: list[dict[str, Any]] = []
-        if args.part != "pipeline":
+        if args.part in ("all", "tiers"):
             rows = asyncio.run(quartfaas_tiers(spec, args.repeats))
             rows += serve_new_replica(spec, args.repeats)
-        pipe = pipeline_rows(cluster.address, drive_args) if args.part != "tiers" else []
+        pipe = pipeline_rows(cluster.address, drive_args) if args.part in ("all", "pipeline") else []
+        act = (asyncio.run(activation_rows(args.activation_mib, args.activation_calls))
+               if args.part in ("all", "activations") else [])  # fmt: skip
     finally:
         with contextlib.suppress(Exception):
             ray.shutdown()
@@ -305,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         print_tiers(rows)
     if pipe:
         print_pipeline(pipe)
+    if act:
+        print_activations(act, args.activation_mib)
     return 0
 
 

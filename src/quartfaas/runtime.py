@@ -43,10 +43,11 @@ from quartfaas.backends.cpu import CpuActuator
 from quartfaas.backends.local import LocalBackend
 from quartfaas.clock import Clock, MonotonicClock
 from quartfaas.control.backend import ReplicaInfo, ReplicaState, reconcile
-from quartfaas.control.loop import ControlLoop, run_live
+from quartfaas.control.loop import ControlLoop
 from quartfaas.dataplane.gateway import Gateway
 from quartfaas.dataplane.gateway.routes import server_options
 from quartfaas.dataplane.launch import Launcher, ReplicaFiles, pid_alive, sweep_stale_dirs
+from quartfaas.live_control import live_controller
 from quartfaas.metrics.proc_cpu import ProcessCpuMeter
 from quartfaas.spec import PipelineSpec
 
@@ -168,24 +169,16 @@ class EmbeddedRuntime:
 
     def start_controller(self) -> ControlLoop:
         """The control loop on this event loop: in-process snapshots, this backend."""
-        from quartfaas.control.registry import make_policy
-        from quartfaas.control.sinks import DecisionMetrics, HoldLogger, JsonlDecisionLog
         from quartfaas.hostcores import host_cores
-        from quartfaas.metrics.collector import InProcessCollector
 
         cfg = self.spec.controller
         if cfg.host_cores is None:  # the replicas run here: the CPU compensator's cap
             cfg = cfg.model_copy(update={"host_cores": host_cores()})
-        sinks: list[Any] = [DecisionMetrics(self.gateway.metrics.registry), HoldLogger()]
-        if self.decision_log is not None:
-            sinks.append(JsonlDecisionLog(self.decision_log))
-        self.loop = ControlLoop(make_policy(cfg.policy, cfg), self.backend, sinks)
-        collector = InProcessCollector(self.gateway, cpu_utilisation=self._cpu_utilisation)
-        self.add_task(
-            run_live(self.loop, collector.collect, self.clock, cfg.interval_s, self._stop),
-            "controller",
-        )
-        log.info("controller: policy %s every %.1f s", cfg.policy, cfg.interval_s)
+        self.loop, run = live_controller(
+            cfg, self.gateway, self.backend, self.clock, self._stop,
+            decision_log=self.decision_log, cpu_utilisation=self._cpu_utilisation,
+        )  # fmt: skip
+        self.add_task(run, "controller")
         return self.loop
 
     async def wait_ready(self, timeout_s: float | None = None) -> None:

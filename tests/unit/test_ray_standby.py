@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("ray")
 
 from quartfaas.backends.ray.standby import StandbyStage, plan_standbys
+from quartfaas.control.placement.prefork import PoolConfig, PoolInput, PoolState, decide_pool
 
 
 def test_one_standing_standby_where_the_weights_are():
@@ -16,15 +17,40 @@ def test_one_standing_standby_where_the_weights_are():
     assert "holds the weights" in plan.actions[0].reason
 
 
-def test_controller_target_adds_standbys_up_to_the_cap_and_headroom():
-    s = StandbyStage("s0", live=2, max_replicas=4, target=5, holders=("A", "B"))
+def test_the_pool_depth_sets_how_many_up_to_the_headroom():
+    s = StandbyStage("s0", live=2, max_replicas=4, depth=3, why="forecast",
+                     holders=("A", "B"))  # fmt: skip
     plan = plan_standbys([s], {"A": 1, "B": 3})
-    assert sum(a.count for a in plan.actions) == 2  # 1 + 3 pending, capped at 2 = headroom
+    assert sum(a.count for a in plan.actions) == 2  # depth 3, capped at 2 = headroom
     assert plan.actions[0].node_id == "B"  # most free slots first
+    assert "pool depth 3 (forecast)" in plan.actions[0].reason
     full = StandbyStage("s0", live=4, max_replicas=4, holders=("A",), waiting={"A": 1})
     retire = plan_standbys([full], {"A": 3}).actions
     assert [(a.node_id, a.count) for a in retire] == [("A", -1)]
     assert "max_replicas" in retire[0].reason
+    # the pool shrank (depth 0): its standby is retired
+    shrunk = StandbyStage("s0", live=1, max_replicas=4, depth=0, holders=("A",),
+                          waiting={"A": 1})  # fmt: skip
+    assert [(a.node_id, a.count) for a in plan_standbys([shrunk], {"A": 3}).actions] == [
+        ("A", -1)
+    ]
+
+
+def test_the_depth_comes_from_the_prefork_pool_decision():
+    """The number the keeper asks for is ``control/placement/prefork.decide_pool``'s."""
+    cfg = PoolConfig(floor=1, max_depth=2)
+    # the controller just stepped s0 from 1 to 2 replicas: the next step is expected too
+    step = PoolInput("s0", target=2, current=1, max_replicas=8)
+    (d,), _ = decide_pool([step], PoolState(), 0.0, cfg)
+    s = StandbyStage("s0", live=2, max_replicas=8, depth=d.depth, why=d.reason,
+                     holders=("A",))  # fmt: skip
+    plan = plan_standbys([s], {"A": 4, "B": 4})
+    assert d.depth == 1 and [(a.node_id, a.count) for a in plan.actions] == [("A", 1)]
+    # a forecast of 4 over a target of 2: the decision asks 2 (its cap), the keeper too
+    ahead = PoolInput("s0", target=2, current=2, max_replicas=8, forecast=4)
+    (d2,), _ = decide_pool([ahead], PoolState(), 0.0, cfg)
+    s2 = StandbyStage("s0", live=2, max_replicas=8, depth=d2.depth, holders=("A",))
+    assert d2.depth == 2 and sum(a.count for a in plan_standbys([s2], {"A": 4}).actions) == 2
 
 
 def test_no_standby_without_cached_weights_or_room():

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import signal
 import time
@@ -29,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
+from quartfaas.backends.lifecycle import StartBook
 from quartfaas.control.backend import CpuLever, PoolStatus, ReplicaInfo, ReplicaState
 from quartfaas.dataplane.launch import ColdLauncher, Launched, Launcher, ReplicaFiles, read_tail
 from quartfaas.errors import BackendError, ReplicaStartTimeout
@@ -95,29 +95,14 @@ class LocalBackend:
         self._on_ready = on_ready
         self._on_exit = on_exit
         self._replicas: dict[str, _Replica] = {}
-        self._ids = itertools.count(1)
-        self._backoff_until: dict[str, float] = {}
-        self._failures: dict[str, int] = {}
+        self._book = StartBook(spec, clock)  # ids and start back-off (backends/lifecycle.py)
         self.closed = False
 
     # -- Backend protocol -----------------------------------------------------------
 
     def start_replica(self, stage: str) -> ReplicaInfo:
-        if self.closed:
-            raise BackendError("the backend is shut down")
-        try:
-            idx = self.spec.stage_index(stage)
-        except KeyError:
-            names = [s.name for s in self.spec.stages]
-            raise BackendError(f"unknown stage {stage!r}; stages: {names}") from None
-        rid = f"{stage}-{next(self._ids)}"
-        info = ReplicaInfo(
-            replica_id=rid,
-            stage=stage,
-            state=ReplicaState.STARTING,
-            requested_at=self.clock(),
-            cpu=self.spec.stages[idx].cpu,
-        )
+        info = self._book.declare(stage, closed=self.closed)
+        rid = info.replica_id
         rep = _Replica(info)
         self._replicas[rid] = rep
         self.listener.replica_starting(info)
@@ -170,9 +155,7 @@ class LocalBackend:
     async def _run(self, rep: _Replica) -> None:
         stage = rep.info.stage
         timeout = self.spec.gateway.replica_start_timeout_s
-        wait_s = self._backoff_until.get(stage, 0.0) - self.clock()
-        if wait_s > 0:
-            await asyncio.sleep(wait_s)  # a stage whose starts keep failing backs off
+        await self._book.wait_backoff(stage)  # a stage whose starts keep failing backs off
         if rep.stopping:
             self._finish(rep, ReplicaState.STOPPED)
             return
@@ -209,7 +192,7 @@ class LocalBackend:
             self.launcher.released(stage, rep.info.replica_id)
             return
         now = self.clock()
-        self._failures[stage] = 0
+        self._book.started(stage)
         self._set(
             rep,
             state=ReplicaState.READY,
@@ -246,14 +229,7 @@ class LocalBackend:
         raise ReplicaStartTimeout(f"worker exited with code {code} before it was ready")
 
     def _start_failed(self, rep: _Replica, message: str) -> None:
-        stage = rep.info.stage
-        n = self._failures.get(stage, 0) + 1
-        self._failures[stage] = n
-        self._backoff_until[stage] = self.clock() + min(30.0, 2.0 ** (n - 1))
-        msg = f"replica {rep.info.replica_id} of stage {stage} failed to start: {message}"
-        log.error("%s", msg)
-        self._set(rep, state=ReplicaState.FAILED, message=msg)
-        self.listener.replica_start_failed(rep.info)
+        rep.info = self._book.failed(rep.info, message, self.listener)
         self._replicas.pop(rep.info.replica_id, None)
 
     def _finish(self, rep: _Replica, state: ReplicaState, message: str = "") -> None:

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -103,8 +104,19 @@ def _spin(seconds: float) -> None:
 class TorchRunner:
     """A real stage model; forward passes run in a pool of ``max_concurrency`` threads."""
 
-    def __init__(self, model: Any, spec: PipelineSpec, index: int, threads: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        spec: PipelineSpec,
+        index: int,
+        threads: int,
+        *,
+        decode: Callable[[Any, int | None], Mapping[str, Any]] = framing.decode_torch,
+    ) -> None:
         self.model = model
+        # how an input frame becomes tensors: a copy (``framing.decode_torch``), or views
+        # on the frame's buffer (the Ray backend's object-store activations)
+        self.decode = decode
         self.stage = spec.stages[index].name
         self.max_bytes = spec.gateway.max_body_bytes
         self.max_batch = spec.gateway.max_batch
@@ -122,7 +134,7 @@ class TorchRunner:
         if getattr(self._applied, "threads", None) != self.threads:
             torch.set_num_threads(self.threads)
             self._applied.threads = self.threads
-        inputs = framing.decode_torch(body, self.max_bytes)
+        inputs = self.decode(body, self.max_bytes)
         self.model.validate_inputs(inputs)
         t0 = time.perf_counter()
         with torch.inference_mode():

@@ -25,14 +25,14 @@ Stop with drain: the listener stops routing to the replica and waits for its cal
 actor's own ``drain`` confirms none is in flight, then the actor is killed.
 
 Over 400 lines because the lifecycle, the warm pool (``prewarm``, ``standbys``,
-``free_slots``) and the fault path all share one replica table and its Ray handles.
+``free_slots``, and the pool depth the control loop sets: ``control.backend.PoolScalable``)
+and the fault path all share one replica table and its Ray handles.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +43,7 @@ import ray
 from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from quartfaas.backends.lifecycle import StartBook
 from quartfaas.backends.local import ReplicaListener
 from quartfaas.backends.ray.actor import StageReplica
 from quartfaas.backends.ray.nodes import (
@@ -53,7 +54,13 @@ from quartfaas.backends.ray.nodes import (
     slots_of,
 )
 from quartfaas.backends.ray.weights import ObjectStoreCache
-from quartfaas.control.backend import CpuLever, ReplicaInfo, ReplicaState, StartTier
+from quartfaas.control.backend import (
+    CpuLever,
+    PoolStatus,
+    ReplicaInfo,
+    ReplicaState,
+    StartTier,
+)
 from quartfaas.control.placement import StageReq, get_placer
 from quartfaas.control.placement.keys_manager import GIB
 from quartfaas.errors import BackendError
@@ -96,9 +103,7 @@ class RayBackend:
         self.cache = ObjectStoreCache(spec)
         self._spec_json = spec.model_dump_json()
         self._replicas: dict[str, _Replica] = {}
-        self._ids = itertools.count(1)
-        self._backoff_until: dict[str, float] = {}
-        self._failures: dict[str, int] = {}
+        self._book = StartBook(spec, clock)  # ids and start back-off (backends/lifecycle.py)
         self.starts: list[ReplicaInfo] = []  # every READY start, with its tier (reports)
         # what each replica's ready() said: node, pid, load seconds, RSS/PSS/private KiB
         self.ready_info: dict[str, dict[str, Any]] = {}
@@ -106,6 +111,11 @@ class RayBackend:
         # actors started ahead of demand, per (stage, node): torch imported, no weights
         # (actor, slot): a standby holds a slot, which the placer sees as taken
         self._standby: dict[tuple[str, str], list[tuple[Any, str]]] = {}
+        # how many standbys each stage keeps (control.backend.PoolScalable): None until
+        # enable_pool; then the floor, or what the control loop's pool decision set
+        self.pool_limits: tuple[int, int] | None = None  # (floor, max depth)
+        self._pool_depth: dict[str, int] = {}
+        self.pool_waiting: dict[str, str] = {}  # stage -> why a standby is not placed
         self._reqs = tuple(
             StageReq(s.name, stage_param_bytes(spec, i) if spec.model.kind != "synthetic" else 0,
                      pipeline=spec.name, cpu_cores=s.cpu)
@@ -117,21 +127,8 @@ class RayBackend:
     def start_replica(self, stage: str, *, node_id: str | None = None) -> ReplicaInfo:
         """``node_id`` (not in the protocol) pins the replica to a node, bypassing the
         placer (operators, benchmarks)."""
-        if self.closed:
-            raise BackendError("the backend is shut down")
-        try:
-            idx = self.spec.stage_index(stage)
-        except KeyError:
-            names = [s.name for s in self.spec.stages]
-            raise BackendError(f"unknown stage {stage!r}; stages: {names}") from None
-        rid = f"{stage}-{next(self._ids)}"
-        info = ReplicaInfo(
-            replica_id=rid,
-            stage=stage,
-            state=ReplicaState.STARTING,
-            requested_at=self.clock(),
-            cpu=self.spec.stages[idx].cpu,
-        )
+        info = self._book.declare(stage, closed=self.closed)
+        rid = info.replica_id
         rep = _Replica(info)
         self._replicas[rid] = rep
         self.listener.replica_starting(info)
@@ -215,6 +212,37 @@ class RayBackend:
 
     # -- warm pool ------------------------------------------------------------------
 
+    def enable_pool(self, floor: int, max_depth: int) -> None:
+        """Keep standbys (``runtime.StandbyKeeper`` places them): at least ``floor`` and
+        at most ``max_depth`` per stage, the depth between them set by ``set_pool``."""
+        if not 0 <= floor <= max_depth:
+            raise BackendError(f"standbys: floor ({floor}) must be in 0..max ({max_depth})")
+        self.pool_limits = (floor, max_depth)
+
+    def set_pool(self, stage: str, depth: int) -> None:
+        """The pool decision's depth for ``stage`` (``control.backend.PoolScalable``; the
+        loop calls it from ``control/placement/prefork.py``); a no-op without a pool."""
+        if self.pool_limits is not None:
+            self._pool_depth[stage] = max(0, min(depth, self.pool_limits[1]))
+
+    def pool_depth(self, stage: str) -> int:
+        """Standbys ``stage`` should keep: the last depth set, else the floor (0: no pool)."""
+        if self.pool_limits is None:
+            return 0
+        return self._pool_depth.get(stage, self.pool_limits[0])
+
+    def pool_status(self, stage: str) -> PoolStatus | None:
+        """The stage's standbys as the pool decision reads them. No memory figures: a
+        standby costs a slot, not cache memory, and slots bound where they wait
+        (``standby.plan_standbys``), not how many are asked for."""
+        if self.pool_limits is None:
+            return None
+        floor, most = self.pool_limits
+        waiting = sum(n for (st, _), n in self.standbys().items() if st == stage)
+        return PoolStatus(stage, self.pool_depth(stage), idle=waiting, warm=waiting,
+                          waiting=self.pool_waiting.get(stage, ""), floor=floor,
+                          max_depth=most)  # fmt: skip
+
     async def prewarm(self, stage: str, node_id: str, count: int = 1) -> int:
         """Start ``count`` standby actors of ``stage`` on ``node_id`` (they hold the
         stage's resources while idle); a later start placed on that node takes one and
@@ -297,9 +325,7 @@ class RayBackend:
     async def _run(self, rep: _Replica, pinned: str | None = None) -> None:
         stage = rep.info.stage
         idx = self.spec.stage_index(stage)
-        wait_s = self._backoff_until.get(stage, 0.0) - self.clock()
-        if wait_s > 0:
-            await asyncio.sleep(wait_s)
+        await self._book.wait_backoff(stage)
         if rep.stopping:
             self._finish(rep, ReplicaState.STOPPED)
             return
@@ -351,7 +377,7 @@ class RayBackend:
             else:
                 self._start_failed(rep, str(exc))
             return
-        self._failures[stage] = 0
+        self._book.started(stage)
         self.ready_info[rep.info.replica_id] = ready
         self._set(
             rep, state=ReplicaState.READY, ready_at=self.clock(), pid=int(ready["pid"]),
@@ -397,18 +423,11 @@ class RayBackend:
                 self.cache.forget_node(node)
 
     def _start_failed(self, rep: _Replica, message: str) -> None:
-        stage = rep.info.stage
-        n = self._failures.get(stage, 0) + 1
-        self._failures[stage] = n
-        self._backoff_until[stage] = self.clock() + min(30.0, 2.0 ** (n - 1))
-        msg = f"replica {rep.info.replica_id} of stage {stage} failed to start: {message}"
-        log.error("%s", msg)
         if rep.actor is not None:
             with contextlib.suppress(Exception):
                 ray.kill(rep.actor)
         self._release(rep)
-        self._set(rep, state=ReplicaState.FAILED, message=msg)
-        self.listener.replica_start_failed(rep.info)
+        rep.info = self._book.failed(rep.info, message, self.listener)
         self._replicas.pop(rep.info.replica_id, None)
 
     def _release(self, rep: _Replica) -> None:

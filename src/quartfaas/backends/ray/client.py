@@ -6,10 +6,12 @@ which replicas are ready, draining or gone, and it routes each call to the ready
 of the stage with the fewest calls in flight (as ``dataplane/dispatch.py`` does).
 
 - ``call(stage, frame)``: one stage. ``frame`` is the gateway's safetensors bytes (never
-  pickle: the gateway parses user input) or the ``ObjectRef`` a previous stage returned.
+  pickle: the gateway parses user input), sent as a ``uint8`` numpy array
+  (``activations.to_object``), or the ``ObjectRef`` a previous stage returned.
   It awaits only the small ``meta`` result and returns ``StageResult(ref, service_s,
   replica_id)``: the output frame stays in the object store, so the next stage on the same
-  node maps it from shared memory and Ray moves it when the next stage is elsewhere.
+  node reads it in place (a read-only view on shared memory, no copy) and Ray moves it
+  when the next stage is elsewhere.
 - ``pipeline(frame)``: every stage in order; returns the last frame's bytes and the
   per-stage results.
 
@@ -26,7 +28,7 @@ deadline) -> (status, headers, body)`` as ``dataplane/httpclient.EndpointClient`
 replica actor. A dead actor raises ``WorkerConnectionError`` (the dispatcher's "crashed
 replica": retried elsewhere), the service time comes in the worker's header, and the
 body returned is the output frame's ``ObjectRef`` (fetch the last stage's with
-``await ref``).
+``await ref``: a ``uint8`` array; ``bytes(...)`` of it is the frame).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any
 
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
+from quartfaas.backends.ray.activations import to_object
 from quartfaas.control.backend import ReplicaInfo
 from quartfaas.dataplane.httpclient import WorkerConnectionError
 from quartfaas.dataplane.worker import SERVICE_HEADER
@@ -49,7 +52,7 @@ from quartfaas.spec import PipelineSpec
 
 @dataclass(frozen=True, slots=True)
 class StageResult:
-    ref: Any  # ObjectRef of the output frame (bytes)
+    ref: Any  # ObjectRef of the output frame (a uint8 array)
     service_s: float
     replica_id: str
     attempts: int = 1
@@ -128,7 +131,8 @@ class RayStageClient:
                 continue
 
     async def call(self, stage: str, frame: Any, timeout_s: float | None = None) -> StageResult:
-        """Run one stage on ``frame`` (bytes or an ObjectRef of bytes)."""
+        """Run one stage on ``frame`` (bytes, or the ObjectRef a stage returned)."""
+        frame = _outgoing(frame)
         index = self.spec.stage_index(stage)
         budget = timeout_s if timeout_s is not None else self.spec.stage_timeout_s(index)
         deadline = time.monotonic() + budget
@@ -194,7 +198,8 @@ class RayEndpointClient:
     async def post(
         self, body: Any, headers: Any, deadline: float
     ) -> tuple[int, dict[str, str], Any]:
-        """``body``: frame bytes or an ObjectRef of them; ``deadline``: loop time."""
+        """``body``: frame bytes or a stage's ObjectRef; ``deadline``: loop time."""
+        body = _outgoing(body)
         try:
             async with asyncio.timeout_at(deadline):
                 meta_ref, out_ref = self.actor.invoke.options(num_returns=2).remote(body)
@@ -210,3 +215,11 @@ class RayEndpointClient:
 
     def close(self) -> None:
         return None
+
+
+def _outgoing(frame: Any) -> Any:
+    """What crosses to an actor: a stage's ObjectRef as is; frame bytes as a ``uint8``
+    array (read zero-copy from the object store by the actor; see ``activations.py``)."""
+    if isinstance(frame, bytes | bytearray | memoryview):
+        return to_object(frame)
+    return frame

@@ -10,10 +10,12 @@ a stage's output is an ``ObjectRef`` passed to the next stage as is and fetched 
 after the last one (``gateway/pipeline.materialise``). User input is parsed by the
 gateway into a tensor frame (bytes); nothing the user sent is unpickled.
 
-Warm standbys: ``StandbyKeeper`` applies ``standby.plan_standbys`` every ``every_s``
-(where the weights are cached and slots are free, what the controller last asked for),
-so a start placed there takes a standby (object-store hit in ~0.2 s) and the pool is
-refilled after each handover.
+Warm standbys: the control loop's pool decision (``control/placement/prefork.py``, as for
+the local backend's pre-fork pools) sets how many each stage keeps
+(``RayBackend.set_pool``; the floor ``standbys`` until it decides), and ``StandbyKeeper``
+applies ``standby.plan_standbys`` every ``every_s`` (where the weights are cached and
+slots are free), so a start placed there takes a standby (object-store hit in ~0.2 s) and
+the pool is refilled after each handover.
 
 The Ray connection (``cluster.RayConnection``) belongs to the caller, or to the runtime
 when it is given ``connection=`` (closed at ``stop``).
@@ -37,20 +39,23 @@ from quartfaas.backends.ray.cluster import RayConnection
 from quartfaas.backends.ray.standby import StandbyStage, plan_standbys
 from quartfaas.clock import Clock, MonotonicClock
 from quartfaas.control.backend import ReplicaState, reconcile
-from quartfaas.control.loop import ControlLoop, run_live
+from quartfaas.control.loop import ControlLoop
 from quartfaas.dataplane.gateway import Gateway
 from quartfaas.errors import BackendError
+from quartfaas.live_control import live_controller
 from quartfaas.spec import PipelineSpec
 
 log = logging.getLogger("quartfaas.ray.runtime")
 
 
 class StandbyKeeper:
-    """Applies the standby rule on the runtime's loop (the one place standbys change)."""
+    """Applies the standby rule on the runtime's loop (the one place standbys change).
 
-    def __init__(self, rt: RayRuntime, *, per_stage: int = 1, every_s: float = 1.0) -> None:
+    How many per stage: ``RayBackend.pool_depth`` (the control loop's pool decision,
+    ``control/placement/prefork.py``, or the floor); where: ``standby.plan_standbys``."""
+
+    def __init__(self, rt: RayRuntime, *, every_s: float = 1.0) -> None:
         self.rt = rt
-        self.per_stage = per_stage
         self.every_s = every_s
         self._busy: set[tuple[str, str]] = set()
         self.started = 0
@@ -59,16 +64,17 @@ class StandbyKeeper:
     def inputs(self) -> list[StandbyStage]:
         backend = self.rt.backend
         waiting = backend.standbys()
-        decision = self.rt.loop.last_decision if self.rt.loop is not None else None
+        decided = self.rt.loop is not None and self.rt.loop.last_decision is not None
+        why = "the controller's pool decision" if decided else "the floor: no decision yet"
         out = []
         for st in self.rt.spec.stages:
             live = sum(
                 r.state in (ReplicaState.READY, ReplicaState.STARTING)
                 for r in backend.list_replicas(st.name)
             )
-            target = decision.target(st.name) if decision is not None else None
             out.append(StandbyStage(
-                st.name, live, st.max_replicas, target, tuple(backend.cache.holders(st.name)),
+                st.name, live, st.max_replicas, backend.pool_depth(st.name), why,
+                tuple(backend.cache.holders(st.name)),
                 {node: n for (stage, node), n in waiting.items() if stage == st.name},
             ))  # fmt: skip
         return out
@@ -78,8 +84,9 @@ class StandbyKeeper:
         free = backend.free_slots()
         for _stage, node in self._busy:  # a prewarm under way holds its slot already
             free[node] = max(0, free.get(node, 0) - 1)
-        plan = plan_standbys(self.inputs(), free, per_stage=self.per_stage)
+        plan = plan_standbys(self.inputs(), free)
         self.notes = plan.notes
+        backend.pool_waiting = {n.split(":", 1)[0]: n for n in plan.notes}
         for a in plan.actions:
             key = (a.stage, a.node_id)
             if a.count < 0:
@@ -140,6 +147,7 @@ class RayRuntime:
         placer: str = "quart",
         accelerator_resource: str | None = None,
         standbys: int = 1,
+        max_standbys: int = 2,
         connection: RayConnection | None = None,
     ) -> None:
         self.spec = spec
@@ -156,7 +164,10 @@ class RayRuntime:
         self.gateway.backend = self.backend
         self.controller_enabled = spec.controller.enabled if controller is None else controller
         self.decision_log = decision_log
-        self.keeper = StandbyKeeper(self, per_stage=standbys) if standbys > 0 else None
+        self.keeper: StandbyKeeper | None = None
+        if standbys > 0:  # the pool decision moves the depth in standbys..max_standbys
+            self.backend.enable_pool(standbys, max(standbys, max_standbys))
+            self.keeper = StandbyKeeper(self)
         self.loop: ControlLoop | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -200,22 +211,13 @@ class RayRuntime:
         return self.url
 
     def start_controller(self) -> ControlLoop:
-        """The same control loop as the local runtime, on this backend."""
-        from quartfaas.control.registry import make_policy
-        from quartfaas.control.sinks import DecisionMetrics, HoldLogger, JsonlDecisionLog
-        from quartfaas.metrics.collector import InProcessCollector
-
-        cfg = self.spec.controller
-        sinks: list[Any] = [DecisionMetrics(self.gateway.metrics.registry), HoldLogger()]
-        if self.decision_log is not None:
-            sinks.append(JsonlDecisionLog(self.decision_log))
-        self.loop = ControlLoop(make_policy(cfg.policy, cfg), self.backend, sinks)
-        collector = InProcessCollector(self.gateway)
-        self.add_task(
-            run_live(self.loop, collector.collect, self.clock, cfg.interval_s, self._stop),
-            "controller",
-        )
-        log.info("controller: policy %s every %.1f s (Ray backend)", cfg.policy, cfg.interval_s)
+        """The same control loop as the local runtime (``live_control.py``), on this
+        backend; its pool decision sets the standbys' depth (``RayBackend.set_pool``)."""
+        self.loop, run = live_controller(
+            self.spec.controller, self.gateway, self.backend, self.clock, self._stop,
+            decision_log=self.decision_log, label=" (Ray backend)",
+        )  # fmt: skip
+        self.add_task(run, "controller")
         return self.loop
 
     async def wait_ready(self, timeout_s: float | None = None) -> None:

@@ -3,13 +3,19 @@
 A standby is a replica actor started ahead of demand (``RayBackend.prewarm``): its process
 is up and torch imported, it holds the stage's resources, and it has no weights. A start
 placed on its node takes it, so only the weights' mapping and a warm-up remain (an
-object-store hit in ~0.2 s instead of seconds). Standbys cost a slot each, so this rule
-keeps few, and only where they turn a start into an object-store hit:
+object-store hit in ~0.2 s instead of seconds).
 
-1. Wanted per stage: ``per_stage`` standing standbys (the next start of a burst), plus
-   the starts the controller has asked for and not yet got (``target - live``), at most
-   ``max_per_stage``, and never more than the stage's headroom ``max_replicas - live``
-   (a start that cannot come needs no standby).
+*How many* standbys a stage keeps is the pool decision of issue #15
+(``control/placement/prefork.py``, the same one that sizes the local backend's pre-fork
+pools): the control loop decides a depth per stage from its forecast (the replicas the
+load measured upstream will need, the step just taken while load ramps), bounded below by
+the standbys' floor and above by ``max_replicas - target`` and the standbys' cap, and
+hands it to ``RayBackend.set_pool``; without a controller the depth is the floor. This
+module decides *where* they wait, because on Ray a standby costs a slot (an accelerator
+or whole CPUs), not cache memory:
+
+1. Wanted per stage: the pool depth, never more than the stage's headroom
+   ``max_replicas - live`` (a start that cannot come needs no standby).
 2. Where: on nodes whose object store already holds the stage's weights (the
    cache-aware placer sends the next replica there, and ``weights.ObjectStoreCache`` is
    what the ``KeysManager`` views follow), the node with the most free slots first. A
@@ -18,9 +24,11 @@ keeps few, and only where they turn a start into an object-store hit:
    CPUs, minus live replicas and standbys; the placer counts standbys as taken too), and
    ``keep_free`` slots stay free in the cluster for real replicas of other stages (a
    start of this stage takes its standby's slot).
-4. Standbys beyond the wanted number are retired (the stage shrank, or hit its maximum).
+4. Standbys beyond the wanted number are retired (the pool shrank, or the stage hit its
+   maximum).
 
-Every action carries its reason; nothing here talks to Ray.
+Every action carries its reason; what could not be placed is a note (the pool status's
+``waiting``); nothing here talks to Ray.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ class StandbyStage:
     stage: str
     live: int  # replicas ready or starting
     max_replicas: int
-    target: int | None = None  # the controller's last target (None: no decision yet)
+    depth: int = 1  # standbys the pool decision asks for (control/placement/prefork.py)
+    why: str = ""  # where the depth came from
     holders: tuple[str, ...] = ()  # nodes whose object store holds the weights
     waiting: Mapping[str, int] = field(default_factory=dict)  # standbys per node now
 
@@ -55,24 +64,19 @@ class StandbyPlan:
     notes: tuple[str, ...]  # why a wanted standby was not placed
 
 
-def wanted(s: StandbyStage, per_stage: int, max_per_stage: int) -> tuple[int, str]:
+def wanted(s: StandbyStage) -> tuple[int, str]:
     headroom = max(0, s.max_replicas - s.live)
-    pending = max(0, (s.target if s.target is not None else s.live) - s.live)
-    want = min(headroom, max_per_stage, per_stage + pending)
     if headroom == 0:
         return 0, f"{s.stage} is at max_replicas ({s.max_replicas}): no start can come"
-    why = f"{per_stage} standing"
-    if pending:
-        why += f" + {pending} the controller asked for (target {s.target}, live {s.live})"
-    return want, f"{s.stage}: {want} wanted ({why}; cap {max_per_stage}, headroom {headroom})"
+    want = min(headroom, max(0, s.depth))
+    why = f"pool depth {s.depth}" + (f" ({s.why})" if s.why else "")
+    return want, f"{s.stage}: {want} wanted ({why}; headroom {headroom})"
 
 
 def plan_standbys(
     stages: Sequence[StandbyStage],
     free_slots: Mapping[str, int],
     *,
-    per_stage: int = 1,
-    max_per_stage: int = 2,
     keep_free: int = 1,
 ) -> StandbyPlan:
     """Standbys to start and retire, per (stage, node), with reasons."""
@@ -80,7 +84,7 @@ def plan_standbys(
     actions: list[StandbyAction] = []
     notes: list[str] = []
     for s in stages:
-        want, why = wanted(s, per_stage, max_per_stage)
+        want, why = wanted(s)
         have = sum(s.waiting.values())
         if have > want:
             extra = have - want
