@@ -57,8 +57,8 @@ def main() -> int:
     ap.add_argument("--stages", type=int, default=None,
                     help="controlled: the example's first N stages (default all 8)")  # fmt: skip
     ap.add_argument("--workload", default=CONTROLLED_WORKLOAD, help="controlled: the workload")
-    ap.add_argument("--calib-rate", type=float, default=20.0, help="controlled: requests/s")
-    ap.add_argument("--calib-replicas", type=int, default=3,
+    ap.add_argument("--calib-rate", type=float, default=8.0, help="controlled: requests/s")
+    ap.add_argument("--calib-replicas", type=int, default=1,
                     help="controlled: replicas a stage in the calibration")  # fmt: skip
     ap.add_argument("--calib-duration", type=float, default=60.0, help="controlled: seconds")
     ap.add_argument("--tail", type=float, default=30.0,

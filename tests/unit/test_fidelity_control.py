@@ -1,4 +1,5 @@
-"""The controlled-run fidelity check's comparison logic (``sim/fidelity_control.py``).
+"""The controlled-run fidelity check's comparison logic (``sim/fidelity_control.py``,
+``sim/fidelity_report.py``).
 
 No live runtime here: replica-seconds, SLO attainment, the tick alignment, the live view of
 a simulated snapshot, the report's verdict and table, and the simulated side run on a
@@ -19,19 +20,21 @@ from quartfaas.sim.cluster import GPU_TYPES
 from quartfaas.sim.fidelity import StageProfile
 from quartfaas.sim.fidelity_control import (
     Calibration,
-    ControlledReport,
     ControlledRun,
     MeasuredStartDelays,
-    SideSummary,
     live_view,
-    provisioned_seconds,
     sim_shift,
     simulate_controlled,
-    slo_attainment,
-    summarise,
     tick_phase,
 )
 from quartfaas.sim.fidelity_live import emulated_spec
+from quartfaas.sim.fidelity_report import (
+    ControlledReport,
+    SideSummary,
+    provisioned_seconds,
+    slo_attainment,
+    summarise,
+)
 
 
 def test_provisioned_seconds_steps_from_initial_through_each_tick() -> None:
