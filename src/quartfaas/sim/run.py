@@ -6,7 +6,8 @@ ones swapped in: a ``FakeClock`` for the clock, ``SimCollector`` for the metrics
 policy under test. At every tick ``t = i x interval_s`` it advances the engine to ``t``,
 sets the clock, builds the snapshot and calls ``loop.step``, which applies the decision
 through the backend. It stops once every request has completed or been rejected, or
-``drain_limit_s`` after the last arrival (the rest are reported as unfinished).
+``drain_limit_s`` after the last arrival (the rest are reported as unfinished), but not
+before ``run_until_s`` when given.
 
 Work per visit is drawn up front from ``seed`` (gamma with the stage's mean and SCV,
 constant when SCV = 0), so a run is a deterministic function of its arguments.
@@ -182,8 +183,16 @@ def simulate(
     progress: ProgressFn | None = None,
     sinks: Sequence[DecisionSink] = (),
     cache_planning: CachePlanConfig | None = None,
+    run_until_s: float | None = None,
+    observe: Callable[[PipelineSnapshot], PipelineSnapshot] | None = None,
 ) -> SimResult:
-    """Serve ``arrivals`` (sorted seconds from 0) through ``pipeline`` on ``cluster``."""
+    """Serve ``arrivals`` (sorted seconds from 0) through ``pipeline`` on ``cluster``.
+
+    ``run_until_s``: keep ticking until this time even once every request is done (the
+    controller's scale-down after the load; ``sim/fidelity_control.py`` compares it live).
+    ``observe``: applied to every snapshot before the controller sees it (what a live
+    collector would report of the same measurements; ``sim/fidelity_control.live_view``).
+    """
     wall0 = time.perf_counter()
     cfg = controller or ControllerConfig.model_validate({})
     arr = np.asarray(arrivals, dtype=np.float64)
@@ -241,12 +250,14 @@ def simulate(
     end_limit = (float(arr[-1]) if n else 0.0) + drain_limit_s
     tick = 0
     now = 0.0
-    while not engine.idle and now < end_limit:
+    until = -np.inf if run_until_s is None else run_until_s
+    while (not engine.idle or now < until) and now < max(end_limit, until):
         tick += 1
         now = tick * cfg.interval_s  # multiply, not accumulate: tick times stay exact
         engine.advance(now)
         clock.set(now)
-        loop.step(collector.collect(now))
+        snapshot = collector.collect(now)
+        loop.step(snapshot if observe is None else observe(snapshot))
         recorder.sample(now)
         if progress is not None:
             progress(now, engine.completed + engine.rejected, n)
