@@ -99,25 +99,50 @@ class Plan:
         return self.outcome is not PlanOutcome.INFEASIBLE
 
 
-def _wait_spectra(  # noqa: PLR0917 - arrays positionally, as the numpy kernels
+def _grid_constants(
+    grid: int,
+) -> tuple[npt.NDArray[np.float64], ComplexArray, npt.NDArray[np.float64]]:
+    """``(tilt, kernel, coef)`` of a planner grid (they depend on ``grid`` alone; kept).
+
+    P(T <= SLO) = sum of the first n masses = Re(Φ · weights) (untilting each mass): the
+    rfft half-spectrum counts every frequency but 0 and Nyquist twice (``coef``). The
+    kernel sum_i (e^α·e^{2πij/L})^i is a geometric series."""
+    got = _GRID_CACHE.get(grid)
+    if got is None:
+        length = _WRAP * grid
+        j = np.arange(length // 2 + 1)
+        alpha = _TILT / length
+        tilt = np.exp(-alpha * np.arange(grid))
+        ratio = np.exp(alpha + 2j * np.pi * j / length)
+        kernel = (1.0 - ratio**grid) / (1.0 - ratio)
+        coef = np.full(j.size, 2.0)
+        coef[0] = 1.0
+        coef[-1] = 1.0
+        for a in (tilt, kernel, coef):
+            a.flags.writeable = False
+        got = _GRID_CACHE[grid] = (tilt, kernel, coef)
+    return got
+
+
+_GRID_CACHE: dict[int, tuple[npt.NDArray[np.float64], ComplexArray, npt.NDArray[np.float64]]] = {}
+
+
+def _wait_spectra(
     p_wait: npt.NDArray[np.float64],
     rate: npt.NDArray[np.float64],
     delta: float,
     n: int,
-    omega: ComplexArray,
-    omega_n1: ComplexArray,
+    length: int,
 ) -> ComplexArray:
-    """Transforms of the rounded, cut waits (rows: stages; 0 for an unstable stage).
+    """Transforms (length ``length``) of the rounded, cut waits (rows: stages; 0 for an
+    unstable stage).
 
     Masses: point 0 gets ``1 - C·e^{-rΔ/2}``, point ``i`` in 1..n-1 gets
     ``2C·sinh(rΔ/2)·e^{-riΔ}``, each tilted by ``e^{-αi}`` (see ``_TILT``); one real FFT
-    of all rows (faster in numpy than the closed-form geometric series, which
-    ``omega``/``omega_n1`` would give).
+    of all rows (faster in numpy than the closed-form geometric series).
     """
-    del omega_n1
     stable = rate > 0
     r = np.where(stable, rate, 1.0)
-    length = 2 * (omega.size - 1)
     i = np.arange(n)
     rd = np.minimum(r * delta, 700.0)[:, None]
     decay = np.exp(-np.minimum(rd * i[None, :] + (_TILT / length) * i[None, :], 700.0))
@@ -140,27 +165,18 @@ class _Model:
             [0.5 * (s.effective_arrival_scv + min(s.service_scv, MAX_SCV)) for s in stages]
         )
         self._erlang_b = np.ones((1, len(stages)))
+        # Wait transforms by (stage, replicas): the greedy computes each once, and the
+        # trim (which walks back over counts the greedy passed) and the final check's
+        # extra greedy steps read them here instead of transforming again.
+        self._spectra: dict[tuple[int, int], ComplexArray] = {}
         self.shift = sum(s.service_mean_s for s in stages if s.deterministic)
         span = slo_s - self.shift
         self.n = grid
         self.delta = span / (grid - 0.5) if span > 0 else 1.0
-        length = _WRAP * grid
-        j = np.arange(length // 2 + 1)
-        self.omega = np.exp(-2j * np.pi * j / length)
-        self.omega_n1 = self.omega ** (grid - 1)
-        i = np.arange(grid)
-        alpha = _TILT / length
-        tilt = np.exp(-alpha * i)
+        self.length = _WRAP * grid
+        tilt, kernel, coef = _grid_constants(grid)
         svc = _service_spectrum(stages, self.delta, grid, tilt)
-        # P(T <= SLO) = sum of the first n masses = Re(Φ · weights) (untilting each mass):
-        # the rfft half-spectrum counts every frequency but 0 and Nyquist twice. The kernel
-        # sum_i (e^α·e^{2πij/L})^i is a geometric series.
-        ratio = np.exp(alpha + 2j * np.pi * j / length)
-        kernel = (1.0 - ratio**grid) / (1.0 - ratio)
-        coef = np.full(j.size, 2.0)
-        coef[0] = 1.0
-        coef[-1] = 1.0
-        self.weights = svc * kernel * coef / length
+        self.weights = svc * kernel * coef / self.length
 
     def wait_tail(self, k: int, c: int) -> WaitTail:
         """``tailmodel.wait_tail`` with this stage's Erlang-B values kept across calls."""
@@ -224,9 +240,23 @@ class _Model:
         return both[:k], both[k:]
 
     def waits_at(self, idx: npt.NDArray[np.int64], replicas: npt.NDArray[np.int64]) -> ComplexArray:
-        """Wait transforms of stages ``idx`` at ``replicas`` (rows in that order)."""
-        p, r = self.params(idx, replicas)
-        return _wait_spectra(p, r, self.delta, self.n, self.omega, self.omega_n1)
+        """Wait transforms of stages ``idx`` at ``replicas`` (rows in that order, a new
+        array). Each (stage, count) is transformed once per model and kept: a row does not
+        depend on the batch it was computed in (elementwise masses, one FFT per row)."""
+        known = self._spectra
+        keys = list(zip(idx.tolist(), replicas.tolist(), strict=True))
+        todo = list(dict.fromkeys(key for key in keys if key not in known))
+        if todo:
+            ti = np.array([k for k, _ in todo], dtype=np.int64)
+            tc = np.array([c for _, c in todo], dtype=np.int64)
+            p, r = self.params(ti, tc)
+            for key, row in zip(
+                todo, _wait_spectra(p, r, self.delta, self.n, self.length), strict=True
+            ):
+                known[key] = row
+        if not keys:
+            return np.empty((0, self.length // 2 + 1), dtype=np.complex128)
+        return np.stack([known[key] for key in keys])
 
 
 _SVC_CACHE: dict[tuple[object, ...], ComplexArray] = {}
