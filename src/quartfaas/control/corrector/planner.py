@@ -450,14 +450,17 @@ def _greedy(
 ) -> npt.NDArray[np.int64]:
     """Add replicas, one a step to the stage with the largest tail reduction per cost,
     until the tail at the SLO is within ``target``."""
-    cur, nxt = model.waits_pair(reps, reps + 1)
-    ratio = _ratio(nxt, cur)
+    cur = model.waits(reps)
     phi = np.prod(cur, axis=0)
+    nxt = ratio = None  # made on the first step: the start is often feasible already
     for _ in range(_MAX_STEPS):
         v = phi * model.weights
         tail_now = 1.0 - float(v.sum().real)
         if tail_now <= target:
             break
+        if nxt is None or ratio is None:
+            nxt = model.waits(reps + 1)
+            ratio = _ratio(nxt, cur)
         tails = 1.0 - np.einsum("kf,f->k", ratio, v).real
         gain = (tail_now - tails) / costs
         gain[reps >= hi] = -np.inf
@@ -505,6 +508,8 @@ def _trim(
     """Remove replicas while the tail at the SLO stays within ``target``. Candidates are
     the stages whose removal alone keeps feasibility, costliest first (then smallest tail
     increase); a batch of them is tried together and halved until it stays feasible."""
+    if not (reps > floors).any():  # nothing above its floor: nothing to remove
+        return reps
     cur, prev = model.waits_pair(reps, np.maximum(reps - 1, floors))
     ratio = _ratio(prev, cur)
     phi = np.prod(cur, axis=0)

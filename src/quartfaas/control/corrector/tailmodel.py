@@ -308,18 +308,41 @@ def _gamma_cdf_rows(k: FloatArray, theta: FloatArray, t: FloatArray) -> FloatArr
     once (the table's points are equally spaced, so each ``t``'s interval is found by
     division rather than a search)."""
     n_fine = _GAMMA_POINTS
-    tables = _gamma_tables(k, theta)
-    fine = np.stack([f for f, _ in tables])
-    cum = np.stack([c for _, c in tables])
-    lo, hi = fine[:, 0], fine[:, -1]
-    step = (hi - lo) / (n_fine - 1)
+    fine, cum, lo, hi, step = _stacked_tables(k, theta)
     pos = (t[None, :] - lo[:, None]) / step[:, None]
-    j = np.clip(np.floor(pos).astype(np.int64), 0, n_fine - 2)
-    rows = np.arange(k.size)[:, None]
-    x0, x1 = fine[rows, j], fine[rows, j + 1]
-    f0, f1 = cum[rows, j], cum[rows, j + 1]
+    # Truncation equals floor here: a negative ``pos`` is clipped to 0 either way.
+    j = np.clip(pos.astype(np.int64), 0, n_fine - 2)
+    j += (np.arange(k.size) * n_fine)[:, None]  # flat positions: one gather per array
+    x0 = fine.take(j)
+    f0 = cum.take(j)
+    j += 1
+    x1 = fine.take(j)
+    f1 = cum.take(j)
     val = f0 + (f1 - f0) / (x1 - x0) * (t[None, :] - x0)
-    return np.where(t[None, :] < lo[:, None], 0.0, np.where(t[None, :] > hi[:, None], 1.0, val))
+    val[t[None, :] > hi[:, None]] = 1.0
+    val[t[None, :] < lo[:, None]] = 0.0
+    return val
+
+
+_STACKED: dict[tuple[tuple[float, float], ...], tuple[FloatArray, ...]] = {}
+
+
+def _stacked_tables(k: FloatArray, theta: FloatArray) -> tuple[FloatArray, ...]:
+    """The ``_gamma_table`` rows of these stages stacked (``fine``, ``cum``) with each
+    row's first and last point and step: kept for the last few sets of stages (a tick's
+    plan, its down-scale plan and their checks ask for the same services four times)."""
+    key = tuple(zip(k.tolist(), theta.tolist(), strict=True))
+    got = _STACKED.get(key)
+    if got is None:
+        tables = _gamma_tables(k, theta)
+        fine = np.stack([f for f, _ in tables])
+        cum = np.stack([c for _, c in tables])
+        lo, hi = fine[:, 0], fine[:, -1]
+        got = (fine, cum, lo, hi, (hi - lo) / (_GAMMA_POINTS - 1))
+        if len(_STACKED) >= 4:
+            del _STACKED[next(iter(_STACKED))]
+        _STACKED[key] = got
+    return got
 
 
 def wait_pmf(wt: WaitTail, delta: float, n: int) -> FloatArray:
