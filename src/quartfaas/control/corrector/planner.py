@@ -27,14 +27,19 @@ and the check adds replicas only where the burst share raises the tail.
 Speed: a candidate's end-to-end transform is the current product times one ratio of wait
 transforms; each greedy step is one contraction over all stages. Wait tails and Erlang B
 are vectorised over stages (an Erlang-B table grown for all stages at once), wait masses
-go through one real FFT, service spectra are fixed per plan (and kept for the next plan
-with the same services and grid: a tick's down-scale plan), and the final check reuses
-the wait tails. ``benchmarks/planner_time.py`` (inputs perturbed every repeat, so no
-cache across plans helps) measured a 64-stage plan at a median 5.2 ms of CPU time
-(``time.process_time``) on the shared 2-CPU host at load average ~1.3, the same as
-main's 4.9-5.2 ms in the same minutes: about the issue's 5 ms on this host. The full
-Quart tick (``benchmarks/controller_tick.py``) is ~12 ms of CPU (two plans, feedback,
-predictor, smoother, compensator).
+go through one real FFT, and each (stage, count)'s wait transform is made once per plan
+and kept (``_Model.waits_at``): the greedy transforms ``count + 1`` only once it has to add
+a replica (a start from ``_wait_floor`` is often feasible already), and the trim, which
+walks back over counts the greedy passed, and the check's extra greedy steps transform
+nothing new. Service spectra are fixed per plan (and kept for the next plan with the same
+services and grid: a tick's down-scale plan), and the final check reuses the wait tails.
+None of this changes a number: ``tests/unit/test_tick_fast_paths.py`` runs whole ticks
+on the straightforward code and compares plans bit for bit. Measured in one run each
+(CPU time, shared 2-CPU host at load average ~9): ``benchmarks/planner_time.py`` (inputs
+perturbed every repeat, several greedy steps a plan) 5.57 ms for a 64-stage plan before
+and after; ``benchmarks/controller_tick.py`` (two plans, feedback, predictor, smoother,
+compensator) a CPU median of 12.1 ms on main and 9.2 ms with these changes, so the
+issue's 5 ms for the full tick is not met on this host.
 
 Over 400 lines: the search (start, greedy, trim, check) shares the ``_Model`` grid state;
 a split would pass that state across modules.
