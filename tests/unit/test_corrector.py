@@ -221,6 +221,25 @@ def test_feedback_learns_a_slower_service_and_adds_replicas_bounded() -> None:
     assert "service-time factor x1.5" in d.stages[0].reason
 
 
+def test_feedback_below_one_never_plans_beyond_measured_capacity() -> None:
+    # The measured tail is far below the model's (the model over-states the wait), so the
+    # learned factor falls to its bound. The plan may shrink, but never below the count
+    # whose *measured* service time keeps utilisation at the target: a factor < 1 is no
+    # evidence that a replica serves faster than measured.
+    pol = ReplicaCorrector(CFG)
+    kw = dict(arrival_rate=100.0, departure_rate=100.0, service_mean_s=0.05, ready_replicas=8)
+    ticks = [snap(float(t), slo=2.0, latency=lat(0.06, 5000), **kw) for t in range(0, 600, 10)]
+    state = pol.initial_state(ticks[0])
+    for s in ticks:
+        tick, state = pol.targets(s, state)
+    assert state.feedback.factor("s0") == pytest.approx(1.0 / (1.0 + CFG.feedback.max_rel))
+    floor = math.ceil(100.0 * 0.05 / CFG.target_utilisation)  # 7 replicas of 1 slot
+    assert tick.stages[0].model == floor
+    # the same snapshot with the factor applied to capacity too would plan fewer
+    shrunk = StageLoad("s0", 100.0, 0.05 * state.feedback.factor("s0"), 1.0, 1.0)
+    assert math.ceil(shrunk.offered_load / CFG.target_utilisation) < floor
+
+
 def test_feedback_waits_for_enough_samples_and_a_steady_count() -> None:
     pol = ReplicaCorrector(CFG)
     few = snap(latency=lat(2.0, count=50))  # p99 of 50 samples is no measurement

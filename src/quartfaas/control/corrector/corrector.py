@@ -78,6 +78,7 @@ from quartfaas.control.corrector.inputs import (
     NO_DATA,
     ArrivalForecast,
     PlanInputs,
+    capacity_floor,
     finite,
     read_inputs,
     read_tail,
@@ -247,13 +248,16 @@ class ReplicaCorrector:
             return None
         window = snapshot.window_s
         factors = dict(fb_state.factors)  # fb.corrected, in the same pass
-        heavier = [
-            s.with_load(
-                s.arrival_rate * (1.0 + _band(frac, s.arrival_rate * window)),
-                s.service_mean_s * factors.get(s.name, 1.0),
+        heavier = []
+        for s in inp.loads:
+            rate = s.arrival_rate * (1.0 + _band(frac, s.arrival_rate * window))
+            heavier.append(
+                capacity_floor(
+                    s.with_load(rate, s.service_mean_s * factors.get(s.name, 1.0)),
+                    s.with_load(rate, s.service_mean_s),
+                    self.cfg.target_utilisation,
+                )
             )
-            for s in inp.loads
-        ]
         tight, _ = self._plan(heavier, plan.slo_s)
         return tight
 
@@ -369,7 +373,11 @@ class ReplicaCorrector:
             # The unplanned stages' measured tails come off the SLO. If they use all of it,
             # the planned stages are sized for their service floor (``_plan``) instead.
             room = max(slo - inp.fixed_tail_s, 1e-3 * slo)
-            loads = fb.corrected(inp.loads, fb_state)
+            util = self.cfg.target_utilisation
+            loads = [
+                capacity_floor(c, m, util)
+                for c, m in zip(fb.corrected(inp.loads, fb_state), inp.loads, strict=True)
+            ]
             plan, plan_note = self._plan(loads, room)
             head_all = f"plan {plan.outcome}: {plan.reason}"
             if plan_note:
