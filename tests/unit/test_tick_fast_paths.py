@@ -5,10 +5,10 @@ transforms kept per (stage, count) within a plan, its greedy transforming ``coun
 only when it has to add and its trim returning at once when nothing is above its floor;
 the feedback's modelled tails in one batch (``stagetails.stage_quantiles``); Gamma tables
 stacked once per set of services and read by flat gathers; the measured loads reused when
-the forecast changed nothing. Here each is swapped for the straightforward computation
-(written out below, as the code was before) and whole ticks of random pipelines are run
-both ways: the replica vectors, CPU settings and reasons must be identical, so a shortcut
-that changes a decision fails.
+the forecast changed nothing; the GAT's QNA input without reason texts. Here each is
+swapped for the straightforward computation (written out below, as the code was before)
+and whole ticks of random pipelines are run both ways: the replica vectors, CPU settings
+and reasons must be identical, so a shortcut that changes a decision fails.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from quartfaas.control.corrector.inputs import PlanInputs
 from quartfaas.control.corrector.tailmodel import stage_quantile
 from quartfaas.control.policy import Decision, Policy
 from quartfaas.control.quart import QuartPolicy
+from quartfaas.control.smoother.propagation import CvPrediction, QnaPredictor
 from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, make_stage
 
 # ---------------------------------------------------------------- the straightforward code
@@ -107,6 +108,14 @@ def _read_inputs_plain(snapshot: PipelineSnapshot, forecast: object, q: float) -
 
 
 _READ_INPUTS = corrector_mod.read_inputs
+_QNA_PREDICT = QnaPredictor.predict
+
+
+def _qna_with_reasons(
+    self: QnaPredictor, snapshot: PipelineSnapshot, *, reasons: bool = True
+) -> tuple[CvPrediction, ...]:
+    del reasons  # the GAT's QNA input with its reason texts, as before
+    return _QNA_PREDICT(self, snapshot)
 
 
 def _trim_plain(
@@ -152,6 +161,7 @@ def use_plain(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
         monkeypatch.setattr(tailmodel, "_gamma_cdf_rows", _gamma_cdf_rows_plain)
         monkeypatch.setattr(corrector_mod, "stage_quantiles", _stage_quantiles_plain)
         monkeypatch.setattr(corrector_mod, "read_inputs", _read_inputs_plain)
+        monkeypatch.setattr(QnaPredictor, "predict", _qna_with_reasons)
         planner._SVC_CACHE.clear()  # nothing the fast run computed is read back
         tailmodel._STACKED.clear()
 
@@ -239,6 +249,7 @@ def _policies() -> list[Policy]:
     return [
         corrector_mod.ReplicaCorrector(cfg),
         QuartPolicy(cfg, predictor="qna", host_cores=16),
+        QuartPolicy(cfg, predictor="gat", host_cores=16),
     ]
 
 
@@ -321,4 +332,5 @@ def _policies() -> list[Policy]:
     return [
         corrector_mod.ReplicaCorrector(cfg),
         QuartPolicy(cfg, predictor="qna", host_cores=16),
+        QuartPolicy(cfg, predictor="gat", host_cores=16),
     ]
