@@ -484,12 +484,16 @@ def _wait_rows(p: FloatArray, r: FloatArray, delta: float, n: int) -> FloatArray
     return out
 
 
+_COMON_X = np.linspace(0.0, 60.0, 4097)
+_COMON_X.flags.writeable = False
+
+
 def _comonotone_pmf(units: list[tuple[FloatArray, FloatArray]], delta: float, n: int) -> FloatArray:
     """Masses on the grid of ``Σ_u Q_u(U)`` for one uniform ``U`` (comonotone waits), each
     unit's quantile ``Q_u(τ) = max_k max(0, log(p_k/τ)/r_k)`` at tail probability ``τ``."""
     p_max = max(float(p.max()) for p, _ in units)
     x0 = -math.log(p_max)
-    x = x0 + np.linspace(0.0, 60.0, 4097)  # x = -log τ
+    x = x0 + _COMON_X  # x = -log τ
     total = np.zeros_like(x)
     single = [u for u in units if u[0].size == 1]
     if single:
@@ -590,7 +594,7 @@ def e2e_distribution(
     units = _wait_units(stages, replicas, tails)
     if units is None:
         return E2EDistribution(shift, delta, np.zeros(grid))
-    svc_rows = list(service_rows(stages, delta, grid))
+    svc_rows = service_rows(stages, delta, grid)
     single = [u for u in units if u[0].size == 1]
     rows = [_tail_pmf(p, r, delta, grid) for p, r in units if p.size > 1]
     if single:
@@ -599,8 +603,8 @@ def e2e_distribution(
         rows.append(_wait_rows(p_w, r_w, delta, grid))
     ones = np.ones(length // 2 + 1, dtype=np.complex128)
     svc = ones
-    if svc_rows:
-        svc = np.prod(np.fft.rfft(np.stack(svc_rows), length, axis=1), axis=0)
+    if svc_rows.shape[0]:
+        svc = np.prod(np.fft.rfft(svc_rows, length, axis=1), axis=0)
     spec = svc
     if rows:
         spec = svc * np.prod(np.fft.rfft(np.vstack(rows), length, axis=1), axis=0)
