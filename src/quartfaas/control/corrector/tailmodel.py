@@ -339,6 +339,8 @@ def _stacked_tables(k: FloatArray, theta: FloatArray) -> tuple[FloatArray, ...]:
         cum = np.stack([c for _, c in tables])
         lo, hi = fine[:, 0], fine[:, -1]
         got = (fine, cum, lo, hi, (hi - lo) / (_GAMMA_POINTS - 1))
+        for a in got:
+            a.flags.writeable = False  # shared by every caller with these services
         if len(_STACKED) >= 4:
             del _STACKED[next(iter(_STACKED))]
         _STACKED[key] = got
