@@ -344,7 +344,8 @@ class CpuCompensator:
         cfg = self.cfg
         if snapshot.window_s > cfg.settle_s:
             cfg = cfg.model_copy(update={"settle_s": snapshot.window_s})
-        names = {s.name for s in snapshot.stages}
+        by_name = {s.name: s for s in reversed(snapshot.stages)}  # the first of a name
+        names = by_name.keys()
         if not isinstance(budgets, Mapping):
             budgets = {s.name: b for s, b in zip(snapshot.stages, budgets, strict=False)}
         out: list[StageDecision] = []
@@ -353,7 +354,7 @@ class CpuCompensator:
             if d.stage not in names or d.cpu_per_replica is not None:
                 out.append(d)
                 continue
-            stage = snapshot.stage(d.stage)
+            stage = by_name[d.stage]
             st = states.get(d.stage, StageCpuState())
             target, why, st = compensate(
                 stage,
@@ -368,6 +369,9 @@ class CpuCompensator:
             states[d.stage] = st
             if target is not None and not math.isclose(target, stage.cpu_per_replica):
                 why = why or f"cpu {target:.3g} cores/replica ({st.phase.value})"
+            if target is None and not why:  # nothing to set (most stages, most ticks)
+                out.append(d)
+                continue
             out.append(
                 replace(d, cpu_per_replica=target, reason=_join(d.reason, why) if why else d.reason)
             )

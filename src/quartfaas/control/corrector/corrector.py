@@ -91,7 +91,8 @@ from quartfaas.control.corrector.inputs import (
     service_rate,
 )
 from quartfaas.control.corrector.planner import Plan, PlanOutcome, plan_replicas
-from quartfaas.control.corrector.tailmodel import StageLoad, e2e_quantile, stage_quantile
+from quartfaas.control.corrector.stagetails import stage_quantiles
+from quartfaas.control.corrector.tailmodel import StageLoad, e2e_quantile
 from quartfaas.control.corrector.targets import (
     CorrectorState,
     CorrectorTargets,
@@ -169,6 +170,7 @@ class ReplicaCorrector:
         obs: list[fb.TailObservation] = []
         ready: list[int] = []
         label = ""
+        asks: dict[float, list[tuple[int, float]]] = {}  # q -> (obs index, measured tail)
         for j, i in enumerate(inp.planned):
             s = snapshot.stages[i]
             ready.append(s.ready_replicas)
@@ -185,8 +187,16 @@ class ReplicaCorrector:
             if not (steady and enough and tail is not None):
                 obs.append(fb.TailObservation(s.name, None, None))
                 continue
-            model = stage_quantile(corrected[j], s.ready_replicas, q_read, grid=_FEEDBACK_GRID)
-            obs.append(fb.TailObservation(s.name, tail, model if math.isfinite(model) else None))
+            asks.setdefault(q_read, []).append((len(obs), tail))
+            obs.append(fb.TailObservation(s.name, tail, None))
+        for q_read, ask in asks.items():  # the modelled tails, one batch per quantile read
+            at = [k for k, _ in ask]  # obs, ready and corrected share the index
+            models = stage_quantiles(
+                [corrected[k] for k in at], [ready[k] for k in at], q_read, grid=_FEEDBACK_GRID
+            )
+            for (k, tail), model in zip(ask, models, strict=True):
+                finite_model = model if math.isfinite(model) else None
+                obs[k] = fb.TailObservation(obs[k].name, tail, finite_model)
         e2e_meas = e2e_model = None
         missing = any(o.measured_s is None for o in obs)
         if missing and not inp.fixed and obs and all(c > 0 for c in ready):

@@ -152,7 +152,9 @@ def read_inputs(
             load, text = stage_load(s, lam, mean, fc.get(s.name))
             out.planned.append(i)
             out.loads.append(load)
-            out.measured.append(stage_load(s, lam, mean, None)[0])
+            # Without the forecast: the same load when the forecast changed nothing.
+            same = load.arrival_rate == lam and load.burst_factor is None
+            out.measured.append(load if same else stage_load(s, lam, mean, None)[0])
             out.texts.append(text)
             continue
         tail, _ = read_tail(s.latency, q)

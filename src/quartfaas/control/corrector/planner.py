@@ -27,14 +27,21 @@ and the check adds replicas only where the burst share raises the tail.
 Speed: a candidate's end-to-end transform is the current product times one ratio of wait
 transforms; each greedy step is one contraction over all stages. Wait tails and Erlang B
 are vectorised over stages (an Erlang-B table grown for all stages at once), wait masses
-go through one real FFT, service spectra are fixed per plan (and kept for the next plan
-with the same services and grid: a tick's down-scale plan), and the final check reuses
-the wait tails. ``benchmarks/planner_time.py`` (inputs perturbed every repeat, so no
-cache across plans helps) measured a 64-stage plan at a median 5.2 ms of CPU time
-(``time.process_time``) on the shared 2-CPU host at load average ~1.3, the same as
-main's 4.9-5.2 ms in the same minutes: about the issue's 5 ms on this host. The full
-Quart tick (``benchmarks/controller_tick.py``) is ~12 ms of CPU (two plans, feedback,
-predictor, smoother, compensator).
+go through one real FFT, and each (stage, count)'s wait transform is made once per plan
+and kept (``_Model.waits_at``): the greedy transforms ``count + 1`` only once it has to add
+a replica (a start from ``_wait_floor`` is often feasible already), and the trim, which
+walks back over counts the greedy passed, and the check's extra greedy steps transform
+nothing new. Service spectra are fixed per plan (and kept for the next plan with the same
+services and grid: a tick's down-scale plan), and the final check reuses the wait tails.
+None of this changes a number: ``tests/unit/test_tick_fast_paths.py`` runs whole ticks
+on the straightforward code and compares plans bit for bit. Measured in one run each
+(``time.process_time``/``thread_time``, the shared 2-CPU host): ``benchmarks/
+planner_time.py`` (inputs perturbed every repeat, several greedy steps a plan), 5.57 ms
+for a 64-stage plan before and after (load average ~9); ``benchmarks/controller_tick.py``
+(two plans, feedback, predictor, smoother, compensator), a CPU median of 11.2 ms on main
+and 8.8 ms with these changes (load average ~3). The issue's 5 ms for the full tick is
+not met on this host; the two plans' final checks (``e2e_quantile`` on a 256-point grid,
+two FFTs of all stages each) are the largest part left.
 
 Over 400 lines: the search (start, greedy, trim, check) shares the ``_Model`` grid state;
 a split would pass that state across modules.
@@ -99,25 +106,50 @@ class Plan:
         return self.outcome is not PlanOutcome.INFEASIBLE
 
 
-def _wait_spectra(  # noqa: PLR0917 - arrays positionally, as the numpy kernels
+def _grid_constants(
+    grid: int,
+) -> tuple[npt.NDArray[np.float64], ComplexArray, npt.NDArray[np.float64]]:
+    """``(tilt, kernel, coef)`` of a planner grid (they depend on ``grid`` alone; kept).
+
+    P(T <= SLO) = sum of the first n masses = Re(Φ · weights) (untilting each mass): the
+    rfft half-spectrum counts every frequency but 0 and Nyquist twice (``coef``). The
+    kernel sum_i (e^α·e^{2πij/L})^i is a geometric series."""
+    got = _GRID_CACHE.get(grid)
+    if got is None:
+        length = _WRAP * grid
+        j = np.arange(length // 2 + 1)
+        alpha = _TILT / length
+        tilt = np.exp(-alpha * np.arange(grid))
+        ratio = np.exp(alpha + 2j * np.pi * j / length)
+        kernel = (1.0 - ratio**grid) / (1.0 - ratio)
+        coef = np.full(j.size, 2.0)
+        coef[0] = 1.0
+        coef[-1] = 1.0
+        for a in (tilt, kernel, coef):
+            a.flags.writeable = False
+        got = _GRID_CACHE[grid] = (tilt, kernel, coef)
+    return got
+
+
+_GRID_CACHE: dict[int, tuple[npt.NDArray[np.float64], ComplexArray, npt.NDArray[np.float64]]] = {}
+
+
+def _wait_spectra(
     p_wait: npt.NDArray[np.float64],
     rate: npt.NDArray[np.float64],
     delta: float,
     n: int,
-    omega: ComplexArray,
-    omega_n1: ComplexArray,
+    length: int,
 ) -> ComplexArray:
-    """Transforms of the rounded, cut waits (rows: stages; 0 for an unstable stage).
+    """Transforms (length ``length``) of the rounded, cut waits (rows: stages; 0 for an
+    unstable stage).
 
     Masses: point 0 gets ``1 - C·e^{-rΔ/2}``, point ``i`` in 1..n-1 gets
     ``2C·sinh(rΔ/2)·e^{-riΔ}``, each tilted by ``e^{-αi}`` (see ``_TILT``); one real FFT
-    of all rows (faster in numpy than the closed-form geometric series, which
-    ``omega``/``omega_n1`` would give).
+    of all rows (faster in numpy than the closed-form geometric series).
     """
-    del omega_n1
     stable = rate > 0
     r = np.where(stable, rate, 1.0)
-    length = 2 * (omega.size - 1)
     i = np.arange(n)
     rd = np.minimum(r * delta, 700.0)[:, None]
     decay = np.exp(-np.minimum(rd * i[None, :] + (_TILT / length) * i[None, :], 700.0))
@@ -140,27 +172,18 @@ class _Model:
             [0.5 * (s.effective_arrival_scv + min(s.service_scv, MAX_SCV)) for s in stages]
         )
         self._erlang_b = np.ones((1, len(stages)))
+        # Wait transforms by (stage, replicas): the greedy computes each once, and the
+        # trim (which walks back over counts the greedy passed) and the final check's
+        # extra greedy steps read them here instead of transforming again.
+        self._spectra: dict[tuple[int, int], ComplexArray] = {}
         self.shift = sum(s.service_mean_s for s in stages if s.deterministic)
         span = slo_s - self.shift
         self.n = grid
         self.delta = span / (grid - 0.5) if span > 0 else 1.0
-        length = _WRAP * grid
-        j = np.arange(length // 2 + 1)
-        self.omega = np.exp(-2j * np.pi * j / length)
-        self.omega_n1 = self.omega ** (grid - 1)
-        i = np.arange(grid)
-        alpha = _TILT / length
-        tilt = np.exp(-alpha * i)
+        self.length = _WRAP * grid
+        tilt, kernel, coef = _grid_constants(grid)
         svc = _service_spectrum(stages, self.delta, grid, tilt)
-        # P(T <= SLO) = sum of the first n masses = Re(Φ · weights) (untilting each mass):
-        # the rfft half-spectrum counts every frequency but 0 and Nyquist twice. The kernel
-        # sum_i (e^α·e^{2πij/L})^i is a geometric series.
-        ratio = np.exp(alpha + 2j * np.pi * j / length)
-        kernel = (1.0 - ratio**grid) / (1.0 - ratio)
-        coef = np.full(j.size, 2.0)
-        coef[0] = 1.0
-        coef[-1] = 1.0
-        self.weights = svc * kernel * coef / length
+        self.weights = svc * kernel * coef / self.length
 
     def wait_tail(self, k: int, c: int) -> WaitTail:
         """``tailmodel.wait_tail`` with this stage's Erlang-B values kept across calls."""
@@ -224,9 +247,23 @@ class _Model:
         return both[:k], both[k:]
 
     def waits_at(self, idx: npt.NDArray[np.int64], replicas: npt.NDArray[np.int64]) -> ComplexArray:
-        """Wait transforms of stages ``idx`` at ``replicas`` (rows in that order)."""
-        p, r = self.params(idx, replicas)
-        return _wait_spectra(p, r, self.delta, self.n, self.omega, self.omega_n1)
+        """Wait transforms of stages ``idx`` at ``replicas`` (rows in that order, a new
+        array). Each (stage, count) is transformed once per model and kept: a row does not
+        depend on the batch it was computed in (elementwise masses, one FFT per row)."""
+        known = self._spectra
+        keys = list(zip(idx.tolist(), replicas.tolist(), strict=True))
+        todo = list(dict.fromkeys(key for key in keys if key not in known))
+        if todo:
+            ti = np.array([k for k, _ in todo], dtype=np.int64)
+            tc = np.array([c for _, c in todo], dtype=np.int64)
+            p, r = self.params(ti, tc)
+            for key, row in zip(
+                todo, _wait_spectra(p, r, self.delta, self.n, self.length), strict=True
+            ):
+                known[key] = row
+        if not keys:
+            return np.empty((0, self.length // 2 + 1), dtype=np.complex128)
+        return np.stack([known[key] for key in keys])
 
 
 _SVC_CACHE: dict[tuple[object, ...], ComplexArray] = {}
@@ -420,14 +457,17 @@ def _greedy(
 ) -> npt.NDArray[np.int64]:
     """Add replicas, one a step to the stage with the largest tail reduction per cost,
     until the tail at the SLO is within ``target``."""
-    cur, nxt = model.waits_pair(reps, reps + 1)
-    ratio = _ratio(nxt, cur)
+    cur = model.waits(reps)
     phi = np.prod(cur, axis=0)
+    nxt = ratio = None  # made on the first step: the start is often feasible already
     for _ in range(_MAX_STEPS):
         v = phi * model.weights
         tail_now = 1.0 - float(v.sum().real)
         if tail_now <= target:
             break
+        if nxt is None or ratio is None:
+            nxt = model.waits(reps + 1)
+            ratio = _ratio(nxt, cur)
         tails = 1.0 - np.einsum("kf,f->k", ratio, v).real
         gain = (tail_now - tails) / costs
         gain[reps >= hi] = -np.inf
@@ -475,6 +515,8 @@ def _trim(
     """Remove replicas while the tail at the SLO stays within ``target``. Candidates are
     the stages whose removal alone keeps feasibility, costliest first (then smallest tail
     increase); a batch of them is tried together and halved until it stays feasible."""
+    if not (reps > floors).any():  # nothing above its floor: nothing to remove
+        return reps
     cur, prev = model.waits_pair(reps, np.maximum(reps - 1, floors))
     ratio = _ratio(prev, cur)
     phi = np.prod(cur, axis=0)

@@ -308,18 +308,43 @@ def _gamma_cdf_rows(k: FloatArray, theta: FloatArray, t: FloatArray) -> FloatArr
     once (the table's points are equally spaced, so each ``t``'s interval is found by
     division rather than a search)."""
     n_fine = _GAMMA_POINTS
-    tables = _gamma_tables(k, theta)
-    fine = np.stack([f for f, _ in tables])
-    cum = np.stack([c for _, c in tables])
-    lo, hi = fine[:, 0], fine[:, -1]
-    step = (hi - lo) / (n_fine - 1)
+    fine, cum, lo, hi, step = _stacked_tables(k, theta)
     pos = (t[None, :] - lo[:, None]) / step[:, None]
-    j = np.clip(np.floor(pos).astype(np.int64), 0, n_fine - 2)
-    rows = np.arange(k.size)[:, None]
-    x0, x1 = fine[rows, j], fine[rows, j + 1]
-    f0, f1 = cum[rows, j], cum[rows, j + 1]
+    # Truncation equals floor here: a negative ``pos`` is clipped to 0 either way.
+    j = np.clip(pos.astype(np.int64), 0, n_fine - 2)
+    j += (np.arange(k.size) * n_fine)[:, None]  # flat positions: one gather per array
+    x0 = fine.take(j)
+    f0 = cum.take(j)
+    j += 1
+    x1 = fine.take(j)
+    f1 = cum.take(j)
     val = f0 + (f1 - f0) / (x1 - x0) * (t[None, :] - x0)
-    return np.where(t[None, :] < lo[:, None], 0.0, np.where(t[None, :] > hi[:, None], 1.0, val))
+    val[t[None, :] > hi[:, None]] = 1.0
+    val[t[None, :] < lo[:, None]] = 0.0
+    return val
+
+
+_STACKED: dict[tuple[tuple[float, float], ...], tuple[FloatArray, ...]] = {}
+
+
+def _stacked_tables(k: FloatArray, theta: FloatArray) -> tuple[FloatArray, ...]:
+    """The ``_gamma_table`` rows of these stages stacked (``fine``, ``cum``) with each
+    row's first and last point and step: kept for the last few sets of stages (a tick's
+    plan, its down-scale plan and their checks ask for the same services four times)."""
+    key = tuple(zip(k.tolist(), theta.tolist(), strict=True))
+    got = _STACKED.get(key)
+    if got is None:
+        tables = _gamma_tables(k, theta)
+        fine = np.stack([f for f, _ in tables])
+        cum = np.stack([c for _, c in tables])
+        lo, hi = fine[:, 0], fine[:, -1]
+        got = (fine, cum, lo, hi, (hi - lo) / (_GAMMA_POINTS - 1))
+        for a in got:
+            a.flags.writeable = False  # shared by every caller with these services
+        if len(_STACKED) >= 4:
+            del _STACKED[next(iter(_STACKED))]
+        _STACKED[key] = got
+    return got
 
 
 def wait_pmf(wt: WaitTail, delta: float, n: int) -> FloatArray:
@@ -461,12 +486,16 @@ def _wait_rows(p: FloatArray, r: FloatArray, delta: float, n: int) -> FloatArray
     return out
 
 
+_COMON_X = np.linspace(0.0, 60.0, 4097)
+_COMON_X.flags.writeable = False
+
+
 def _comonotone_pmf(units: list[tuple[FloatArray, FloatArray]], delta: float, n: int) -> FloatArray:
     """Masses on the grid of ``Σ_u Q_u(U)`` for one uniform ``U`` (comonotone waits), each
     unit's quantile ``Q_u(τ) = max_k max(0, log(p_k/τ)/r_k)`` at tail probability ``τ``."""
     p_max = max(float(p.max()) for p, _ in units)
     x0 = -math.log(p_max)
-    x = x0 + np.linspace(0.0, 60.0, 4097)  # x = -log τ
+    x = x0 + _COMON_X  # x = -log τ
     total = np.zeros_like(x)
     single = [u for u in units if u[0].size == 1]
     if single:
@@ -567,7 +596,7 @@ def e2e_distribution(
     units = _wait_units(stages, replicas, tails)
     if units is None:
         return E2EDistribution(shift, delta, np.zeros(grid))
-    svc_rows = list(service_rows(stages, delta, grid))
+    svc_rows = service_rows(stages, delta, grid)
     single = [u for u in units if u[0].size == 1]
     rows = [_tail_pmf(p, r, delta, grid) for p, r in units if p.size > 1]
     if single:
@@ -576,8 +605,8 @@ def e2e_distribution(
         rows.append(_wait_rows(p_w, r_w, delta, grid))
     ones = np.ones(length // 2 + 1, dtype=np.complex128)
     svc = ones
-    if svc_rows:
-        svc = np.prod(np.fft.rfft(np.stack(svc_rows), length, axis=1), axis=0)
+    if svc_rows.shape[0]:
+        svc = np.prod(np.fft.rfft(svc_rows, length, axis=1), axis=0)
     spec = svc
     if rows:
         spec = svc * np.prod(np.fft.rfft(np.vstack(rows), length, axis=1), axis=0)

@@ -339,7 +339,7 @@ class GatPredictor:
     def predict(self, snapshot: PipelineSnapshot) -> tuple[CvPrediction, ...]:
         if not snapshot.stages:
             return ()
-        qna = self._qna.predict(snapshot)
+        qna = self._qna.predict(snapshot, reasons=False)  # only its CVs and rates are read
         logs = self.predict_log_cv(features(snapshot, qna))
         horizon = self.config.horizon_s
         return tuple(

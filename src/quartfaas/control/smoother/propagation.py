@@ -161,13 +161,18 @@ def _scv_s(s: StageSnapshot) -> float | None:
     return v if v is not None and v >= 0 else None
 
 
-def _hop(up: StageSnapshot, up_cv: float, up_known: bool) -> tuple[float, str]:
-    """QNA departure CV of ``up`` given its arrival CV, with the reason text."""
+def _hop(
+    up: StageSnapshot, up_cv: float, up_known: bool, reasons: bool = True
+) -> tuple[float, str]:
+    """QNA departure CV of ``up`` given its arrival CV, with the reason text (``""``
+    without ``reasons``)."""
     rho = utilisation(up)
     scv_s = _scv_s(up)
     c = max(1, service_slots(up))
     cd2 = qna_departure_scv(up_cv * up_cv, 1.0 if scv_s is None else scv_s, rho or 0.0, c)
     cv = min(max(math.sqrt(cd2), CV_MIN), CV_MAX)
+    if not reasons:
+        return cv, ""
     parts = [f"ca² {up_cv * up_cv:.3g}" + ("" if up_known else " (predicted)")]
     parts.append("ρ n/a (pass-through)" if rho is None else f"ρ {min(rho, 1.0):.2f}")
     parts.append("cs² 1 (assumed)" if scv_s is None else f"cs² {scv_s:.2g}")
@@ -180,7 +185,11 @@ class QnaPredictor:
 
     name = "qna"
 
-    def predict(self, snapshot: PipelineSnapshot) -> tuple[CvPrediction, ...]:
+    def predict(
+        self, snapshot: PipelineSnapshot, *, reasons: bool = True
+    ) -> tuple[CvPrediction, ...]:
+        """One prediction per stage; ``reasons=False`` leaves the hops' reason texts empty
+        (the GAT reads only the CVs and rates of its QNA input)."""
         out: list[CvPrediction] = []
         stages = snapshot.stages
         for k, s in enumerate(stages):
@@ -196,7 +205,7 @@ class QnaPredictor:
             up = stages[k - 1]
             up_meas = measured_cv(up)
             up_cv = up_meas if up_meas is not None else out[k - 1].cv
-            cv, why = _hop(up, up_cv, up_meas is not None)
+            cv, why = _hop(up, up_cv, up_meas is not None, reasons)
             up_rate = _finite(up.arrival_rate)
             rate = up_rate if up_rate is not None else own_rate
             out.append(CvPrediction(s.name, cv, rate, "qna", why))
