@@ -174,3 +174,18 @@ def test_idle_deterministic_stage_at_zero_replicas() -> None:
     assert e2e_quantile([busy, idle], [1, 0], 0.99) == pytest.approx(
         e2e_quantile([busy], [1], 0.99) + 0.05, rel=0.01
     )
+
+
+def test_gamma_tables_survive_eviction_of_their_own_cached_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A request mixing cached and new (k, theta) pairs that overflows the cache: the
+    # eviction may drop the cached pairs of this very request, which must still be served.
+    from quartfaas.control.corrector import tailmodel as tm
+
+    monkeypatch.setattr(tm, "_GAMMA_CACHE", {})
+    monkeypatch.setattr(tm, "_GAMMA_CACHE_SIZE", 2)
+    first = tm._gamma_tables(np.array([2.0]), np.array([0.01]))
+    both = tm._gamma_tables(np.array([2.0, 3.0, 4.0]), np.array([0.01, 0.01, 0.01]))
+    assert len(both) == 3 and both[0][0] is first[0][0]
+    assert len(tm._GAMMA_CACHE) <= 2

@@ -229,7 +229,9 @@ def _gamma_tables(k: FloatArray, theta: FloatArray) -> list[tuple[FloatArray, Fl
     """``_gamma_table`` of every ``(k, theta)`` pair; the missing ones built in one array
     operation (rows), so that a tick's first plan does not pay 64 small numpy calls."""
     keys = [(float(a), float(b)) for a, b in zip(k, theta, strict=True)]
-    missing = [i for i, key in enumerate(keys) if key not in _GAMMA_CACHE]
+    # Read the cached ones first: the eviction below may drop some of them.
+    found = {key: _GAMMA_CACHE[key] for key in keys if key in _GAMMA_CACHE}
+    missing = [i for i, key in enumerate(keys) if key not in found]
     if missing:
         km, tm = k[missing], theta[missing]
         mean, sd = km * tm, np.sqrt(km) * tm
@@ -251,8 +253,8 @@ def _gamma_tables(k: FloatArray, theta: FloatArray) -> list[tuple[FloatArray, Fl
             f, c = fine[row], cum[row]
             f.flags.writeable = False
             c.flags.writeable = False
-            _GAMMA_CACHE[keys[i]] = (f, c)
-    return [_GAMMA_CACHE[key] for key in keys]
+            _GAMMA_CACHE[keys[i]] = found[keys[i]] = (f, c)
+    return [found[key] for key in keys]
 
 
 def _rounded_pmf(cdf_at_half: FloatArray) -> FloatArray:
