@@ -100,13 +100,14 @@ class ControllerConfig(_Frozen):
         "against flapping at a boundary; 0: none)",
     )
     upscale_confirm_s: float = Field(
-        20.0,
+        0.0,
         ge=0,
         le=86_400,
         description="a scale-up that a plan for the load less its noise band would not "
         "make (an increase within measurement noise) waits until the plan has asked for "
-        "more this long (0: every scale-up at once); clear increases and growing queues "
-        "scale up at once",
+        "more this long; clear increases, growing queues and forecast bursts scale up at "
+        "once. 0 (the default): every scale-up at once. 20 s stops flapping at 5 req/s, "
+        "but also delays a burst's downstream stages when windows hold few requests",
     )
     max_step_up: int = Field(8, ge=1, le=4096, description="most replicas added per tick")
     max_step_down: int = Field(2, ge=1, le=4096, description="most replicas removed per tick")
