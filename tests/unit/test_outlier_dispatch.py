@@ -168,3 +168,49 @@ def test_probe_tells_a_hung_replica_from_a_gone_one() -> None:
             silent.close()
 
     asyncio.run(main())
+
+
+def test_the_spec_sets_the_ejection_thresholds() -> None:
+    """``gateway.outlier`` reaches every stage pool and the probes; bad values are
+    refused naming the field."""
+    from helpers import synthetic_spec
+    from quartfaas.dataplane.gateway.replicas import StageReplicas
+    from quartfaas.errors import SpecError
+    from quartfaas.metrics.gateway_metrics import GatewayMetrics
+    from quartfaas.spec import OutlierSpec
+
+    assert OutlierPolicy.from_spec(OutlierSpec()) == OutlierPolicy()  # one set of defaults
+    spec = synthetic_spec(2, gateway={"outlier": {"max_consecutive_failures": 5,
+                                                  "probe_timeout_s": 7.5,
+                                                  "probe_interval_s": 1.0,
+                                                  "base_ejection_s": 0.0}})  # fmt: skip
+    metrics = GatewayMetrics(spec.name, [s.name for s in spec.stages], window_s=5.0, now=0.0,
+                             read_gauges=dict)  # fmt: skip
+    replicas = StageReplicas(spec, metrics)
+    want = OutlierPolicy(max_consecutive_failures=5, probe_interval_s=1.0,
+                         probe_timeout_s=7.5, base_ejection_s=0.0)  # fmt: skip
+    assert replicas.outlier == want
+    assert all(p.outlier == want for p in replicas.pools.values())
+    # five failures in a row now, not three
+    p = replicas.pools[spec.stages[0].name]
+
+    async def main() -> None:
+        p.add("r1", "http://127.0.0.1:1/invoke")
+        ep = p.endpoints["r1"]
+        for i in range(4):
+            p.record(ep, False, float(i), "answered 500")
+        assert not ep.health.ejected
+        p.record(ep, False, 4.0, "answered 500")
+        assert ep.health.ejected and p.ready_replicas == 0
+        p.record(ep, True, 4.0)  # base_ejection_s 0: back on its first answer
+        assert p.ready_replicas == 1
+
+    asyncio.run(main())
+
+    for field, bad in [("max_consecutive_failures", 0), ("probe_timeout_s", 0.0),
+                       ("probe_interval_s", -1.0), ("base_ejection_s", -0.5),
+                       ("probe_timeout_s", "2")]:  # fmt: skip
+        with pytest.raises(SpecError, match=f"gateway.outlier.{field}"):
+            synthetic_spec(1, gateway={"outlier": {field: bad}})
+    with pytest.raises(SpecError, match="outlier"):
+        synthetic_spec(1, gateway={"outlier": {"consecutive_5xx": 3}})  # extra=forbid

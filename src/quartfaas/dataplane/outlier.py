@@ -8,7 +8,8 @@ As Envoy's outlier detection does, a replica leaves its stage's rotation when it
   process still accepts connections in the kernel, so only a deadline tells),
 
 and comes back on its first answered probe (after ``base_ejection_s`` if it was ejected
-for failed calls, which a replica that answers probes may keep failing). Decisions are
+for failed calls, which a replica that answers probes may keep failing). The thresholds
+are the spec's ``gateway.outlier`` (``OutlierPolicy.from_spec``). Decisions are
 pure functions of a frozen ``Health`` and ``now`` (``observe``); the dispatcher
 (``dataplane/dispatch.py``) keeps one ``Health`` per endpoint and acts on the result
 (routes around it, retries the calls in flight on it elsewhere, counts it as not ready
@@ -23,15 +24,27 @@ import contextlib
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
+from quartfaas.spec import OutlierSpec
+
 
 @dataclass(frozen=True)
 class OutlierPolicy:
-    """Thresholds of the ejection rule (Envoy: ``consecutive_5xx``, ``interval``)."""
+    """Thresholds of the ejection rule (Envoy: ``consecutive_5xx``, ``interval``); the
+    defaults are ``OutlierSpec``'s (``gateway.outlier`` in a spec)."""
 
     max_consecutive_failures: int = 3
     probe_interval_s: float = 0.5
     probe_timeout_s: float = 2.0
     base_ejection_s: float = 5.0
+
+    @classmethod
+    def from_spec(cls, spec: OutlierSpec) -> OutlierPolicy:
+        return cls(
+            max_consecutive_failures=spec.max_consecutive_failures,
+            probe_interval_s=spec.probe_interval_s,
+            probe_timeout_s=spec.probe_timeout_s,
+            base_ejection_s=spec.base_ejection_s,
+        )
 
 
 @dataclass(frozen=True)

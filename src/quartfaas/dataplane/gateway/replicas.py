@@ -7,11 +7,12 @@ gone (removed), or to be drained. The other way round, a pool asks it for a repl
 when a request finds its stage at zero (scale from zero), and reports a replica that
 failed a request (``on_failed_replica``: the runtime kills it if it lives on).
 
-``probe_forever`` is the outlier detector's active half (``dataplane/outlier.py``):
-every ``probe_interval_s`` it asks each replica's ``/healthz`` with a deadline; a silent
-replica is ejected, an ejected one returns on its first answer; when every replica of a
-stage is ejected, a stand-in is started (within ``max_replicas``). ``readiness`` says
-whether every stage has its ``min_replicas`` in rotation (the gateway's ``/readyz``).
+``probe_forever`` is the outlier detector's active half (``dataplane/outlier.py``,
+thresholds from the spec's ``gateway.outlier``): every ``probe_interval_s`` it asks each
+replica's ``/healthz`` with a deadline; a silent replica is ejected, an ejected one
+returns on its first answer; when every replica of a stage is ejected, a stand-in is
+started (within ``max_replicas``). ``readiness`` says whether every stage has its
+``min_replicas`` in rotation (the gateway's ``/readyz``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class StageReplicas:
     ) -> None:
         self.spec = spec
         self.metrics = metrics
-        self.outlier = outlier or OutlierPolicy()
+        self.outlier = outlier or OutlierPolicy.from_spec(spec.gateway.outlier)
         self.backend: Backend | None = None
         # Set by the runtime: told when a replica fails a request (kill it if it lives on).
         self.on_failed_replica: Callable[[str, str], None] | None = None
