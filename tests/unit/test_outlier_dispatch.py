@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from quartfaas.dataplane.dispatch import StagePool
-from quartfaas.dataplane.outlier import Health, OutlierPolicy, observe
+from quartfaas.dataplane.outlier import Health, OutlierPolicy, observe, silence_counts
 from quartfaas.errors import NoReplicas, StageTimeout
 
 POLICY = OutlierPolicy(max_consecutive_failures=3, probe_interval_s=0.5, probe_timeout_s=2.0)
@@ -214,3 +214,65 @@ def test_the_spec_sets_the_ejection_thresholds() -> None:
             synthetic_spec(1, gateway={"outlier": {field: bad}})
     with pytest.raises(SpecError, match="outlier"):
         synthetic_spec(1, gateway={"outlier": {"consecutive_5xx": 3}})  # extra=forbid
+
+
+def test_silences_count_only_while_the_gateway_listened() -> None:
+    assert silence_counts(0.0, POLICY) and silence_counts(0.99, POLICY)
+    assert not silence_counts(1.0, POLICY)  # half of probe_timeout_s 2.0 deaf: void
+
+
+def _silent_stage(timeout_s: float):  # type: ignore[no-untyped-def]
+    """A stage whose one replica accepts connections in the kernel and never answers."""
+    import socket
+
+    from helpers import synthetic_spec
+    from quartfaas.dataplane.gateway.replicas import StageReplicas
+    from quartfaas.metrics.gateway_metrics import GatewayMetrics
+
+    spec = synthetic_spec(1, gateway={"outlier": {"probe_timeout_s": timeout_s}})
+    metrics = GatewayMetrics(spec.name, [spec.stages[0].name], window_s=5.0, now=0.0,
+                             read_gauges=dict)  # fmt: skip
+    silent = socket.create_server(("127.0.0.1", 0))
+    replicas = StageReplicas(spec, metrics)
+    pool = replicas.pools[spec.stages[0].name]
+    return silent, replicas, pool
+
+
+def test_a_probe_round_ejects_a_silent_replica_unless_the_gateway_was_deaf() -> None:
+    """The round that ejected every replica of every stage under busy loops (issue #13):
+    the gateway's own loop stalled past the deadline, so no probe answer was read. A
+    stall of the loop (``time.sleep`` on it) voids the round; the same silence heard by
+    a listening loop ejects."""
+    import time
+
+    from quartfaas.dataplane.outlier import LoopWatch
+
+    timeout_s = 1.0
+
+    async def main() -> None:
+        silent, replicas, pool = _silent_stage(timeout_s)
+        try:
+            pool.add("r1", f"http://127.0.0.1:{silent.getsockname()[1]}/invoke")
+            ep = pool.endpoints["r1"]
+            loop = asyncio.get_running_loop()
+            # the gateway deaf from a quarter of the deadline until past its end
+            loop.call_later(timeout_s / 4, time.sleep, timeout_s)
+            deaf_s = await replicas.probe_round()
+            assert deaf_s >= timeout_s / 2  # (at least the stall we caused)
+            assert not ep.health.ejected and pool.ready_replicas == 1
+            # Listening now: the silence is the replica's. (A loaded host can starve this
+            # loop too; the rule is then the same, so the outcome follows the measurement.)
+            deaf_s = await replicas.probe_round()
+            heard = deaf_s < timeout_s / 2
+            assert ep.health.ejected is heard and pool.ready_replicas == (0 if heard else 1)
+            if heard:
+                assert ep.health.reason == f"probe: no answer within {timeout_s:.1f} s"
+        finally:
+            silent.close()
+        async with LoopWatch(0.01) as watch:
+            await asyncio.sleep(0.05)
+            time.sleep(0.1)
+            await asyncio.sleep(0.02)
+        assert watch.deaf_s >= 0.09 - 0.01  # the blocked 0.1 s, less the tick it overlapped
+
+    asyncio.run(main())

@@ -9,7 +9,16 @@ As Envoy's outlier detection does, a replica leaves its stage's rotation when it
 
 and comes back on its first answered probe (after ``base_ejection_s`` if it was ejected
 for failed calls, which a replica that answers probes may keep failing). The thresholds
-are the spec's ``gateway.outlier`` (``OutlierPolicy.from_spec``). Decisions are
+are the spec's ``gateway.outlier`` (``OutlierPolicy.from_spec``).
+
+A probe's silence counts against the replica only if the gateway was listening: its
+own event loop, starved of CPU or backlogged, reads no answer either, and then every
+probe of the round times out together. Under two busy loops plus a load test on two
+cores, every replica of all three stages was ejected in one round that way (issue #13):
+their calls were cancelled and retried, stand-ins forked, and the extra work deepened
+the stall. ``LoopWatch`` measures how long the loop was deaf during a round
+(``deaf_s``); ``silence_counts`` voids the round's silences when that was half the
+deadline or more (a hung replica stays silent in the next round, which is heard). Decisions are
 pure functions of a frozen ``Health`` and ``now`` (``observe``); the dispatcher
 (``dataplane/dispatch.py``) keeps one ``Health`` per endpoint and acts on the result
 (routes around it, retries the calls in flight on it elsewhere, counts it as not ready
@@ -80,6 +89,50 @@ def observe(h: Health, ok: bool, now: float, policy: OutlierPolicy, why: str = "
     if n >= policy.max_consecutive_failures or why.startswith("probe"):
         return Health(consecutive_failures=n, ejected_at=now, reason=why or f"{n} failures")
     return Health(consecutive_failures=n)
+
+
+def silence_counts(deaf_s: float, policy: OutlierPolicy) -> bool:
+    """Does a probe with no answer in ``probe_timeout_s`` say the replica is hung, when the
+    gateway's own loop could not listen for ``deaf_s`` of that time? Only if it listened
+    for more than half the deadline."""
+    return deaf_s < policy.probe_timeout_s / 2.0
+
+
+class LoopWatch:
+    """How long this event loop could not run a callback on time, while it is watched.
+
+    A ticker sleeps ``tick_s`` at a time; every tick that fires late adds its lateness to
+    ``deaf_s`` (the loop was starved of CPU or busy with other work: an answer that came
+    in meanwhile went unread). Use as ``async with LoopWatch(tick_s) as w: ...``.
+    """
+
+    def __init__(self, tick_s: float) -> None:
+        if not tick_s > 0:
+            raise ValueError(f"tick_s ({tick_s}) must be > 0")
+        self.tick_s = tick_s
+        self.deaf_s = 0.0
+        self._due = 0.0  # when the pending tick should fire
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._due = loop.time() + self.tick_s
+            await asyncio.sleep(self.tick_s)
+            self.deaf_s += max(0.0, loop.time() - self._due)
+
+    async def __aenter__(self) -> LoopWatch:
+        self._due = asyncio.get_running_loop().time() + self.tick_s
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            # a stall that the pending tick has not reported yet still counts
+            self.deaf_s += max(0.0, asyncio.get_running_loop().time() - self._due)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 async def probe(url: str, timeout_s: float) -> bool | None:
