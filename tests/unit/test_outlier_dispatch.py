@@ -276,3 +276,24 @@ def test_a_probe_round_ejects_a_silent_replica_unless_the_gateway_was_deaf() -> 
         assert watch.deaf_s >= 0.09 - 0.01  # the blocked 0.1 s, less the tick it overlapped
 
     asyncio.run(main())
+
+
+def test_a_cancel_arriving_as_the_watch_ends_is_not_swallowed() -> None:
+    """The gateway's stop cancels the probe loop; a cancel that arrived while LoopWatch
+    was stopping its ticker was swallowed, and the loop probed on forever (the stop hung
+    under busy loops, in test_stop_answers_every_accepted_request_then_stops_workers)."""
+    from quartfaas.dataplane.outlier import LoopWatch
+
+    async def watched() -> None:
+        async with LoopWatch(10.0):
+            pass
+
+    async def main() -> None:
+        t = asyncio.create_task(watched())
+        await asyncio.sleep(0)  # t ran to the await in LoopWatch.__aexit__
+        assert not t.done()
+        t.cancel()
+        await asyncio.wait([t])
+        assert t.cancelled()
+
+    asyncio.run(main())

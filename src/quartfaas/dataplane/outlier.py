@@ -131,8 +131,10 @@ class LoopWatch:
             # a stall that the pending tick has not reported yet still counts
             self.deaf_s += max(0.0, asyncio.get_running_loop().time() - self._due)
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # asyncio.wait, not ``await task`` under suppress(CancelledError): that would
+            # also swallow a cancellation of the watching task itself arriving now, and the
+            # probe loop would outlive the gateway's stop (seen under busy loops).
+            await asyncio.wait([self._task])
 
 
 async def probe(url: str, timeout_s: float) -> bool | None:
