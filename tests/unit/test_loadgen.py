@@ -38,6 +38,7 @@ class Server:
     received: list[float] = field(default_factory=list)  # time.monotonic() at receipt
     in_flight: int = 0
     max_in_flight: int = 0
+    peers: list[int] = field(default_factory=list)  # client port of each request's connection
 
 
 def _commands(inputs: object) -> dict[str, float]:
@@ -58,6 +59,8 @@ def server() -> Iterator[Server]:
 
     async def handle(request: web.Request) -> web.Response:
         state.received.append(time.monotonic())
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        state.peers.append(peer[1] if peer else -1)
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
@@ -121,6 +124,7 @@ def server() -> Iterator[Server]:
 
 def reset(s: Server) -> None:
     s.received.clear()
+    s.peers.clear()
     s.max_in_flight = 0
 
 
@@ -195,6 +199,42 @@ def test_concurrency_cap_drops_instead_of_delaying(server: Server) -> None:
     assert (s.sent, s.dropped) == (4, 2)
     assert s.slo_attainment == 1.0
     assert s.slo_attainment_offered == pytest.approx(4 / 6)
+
+
+def test_idle_connections_are_not_reused_past_keepalive(server: Server) -> None:
+    """The loss behind issue #13's 2 failed requests in 526: the load generator reused
+    connections idle for as long as the gateway keeps them (aiohttp's default 15 s
+    against the gateway's 10 s), racing the gateway's close. Reuse stops at keepalive_s.
+
+    The second request is sent ``4 x keepalive_s`` after the first was answered (it was
+    when the second is due: the answer takes ``delay`` and the gap is far longer), so
+    with an unlimited reuse it would ride the first one's connection."""
+    keepalive_s = 0.1
+    reset(server)
+    res = run_load(function_url(server.url, "bert"), [0.0, 0.5], ["delay=0.01"] * 2,
+                   keepalive_s=keepalive_s)  # fmt: skip
+    assert [r.outcome for r in res.records] == ["ok", "ok"]
+    first_done = res.records[0].sent_s + res.records[0].latency_s  # type: ignore[operator]
+    assert res.records[1].sent_s - first_done > 4 * keepalive_s  # type: ignore[operator]
+    assert server.peers[0] != server.peers[1], "an idle connection was reused past keepalive_s"
+    # Within keepalive_s the connection is reused (a pool, not one connection a request):
+    # here the limit is far above the gap, so a second connection would be a regression.
+    reset(server)
+    res = run_load(function_url(server.url, "bert"), [0.0, 0.5], ["delay=0.01"] * 2,
+                   keepalive_s=60.0)  # fmt: skip
+    first_done = res.records[0].sent_s + res.records[0].latency_s  # type: ignore[operator]
+    if res.records[1].sent_s > first_done:  # type: ignore[operator]  # (a stall can reorder)
+        assert server.peers[0] == server.peers[1]
+    with pytest.raises(ValueError, match="keepalive_s"):
+        run_load(function_url(server.url, "bert"), [0.0], keepalive_s=0.0)
+
+
+def test_keepalive_for_stays_under_the_gateway_idle_close() -> None:
+    from quartfaas.workload.loadgen import KEEPALIVE_S, keepalive_for
+
+    assert keepalive_for(10.0) == KEEPALIVE_S == 5.0
+    assert keepalive_for(2.0) == 1.0
+    assert keepalive_for(3600.0) == KEEPALIVE_S
 
 
 def test_connection_refused_is_recorded() -> None:

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from quartfaas.dataplane.dispatch import StagePool
-from quartfaas.dataplane.outlier import Health, OutlierPolicy, observe
+from quartfaas.dataplane.outlier import Health, OutlierPolicy, observe, silence_counts
 from quartfaas.errors import NoReplicas, StageTimeout
 
 POLICY = OutlierPolicy(max_consecutive_failures=3, probe_interval_s=0.5, probe_timeout_s=2.0)
@@ -166,5 +166,134 @@ def test_probe_tells_a_hung_replica_from_a_gone_one() -> None:
             assert await probe(f"http://127.0.0.1:{gone_port}", 0.2) is None
         finally:
             silent.close()
+
+    asyncio.run(main())
+
+
+def test_the_spec_sets_the_ejection_thresholds() -> None:
+    """``gateway.outlier`` reaches every stage pool and the probes; bad values are
+    refused naming the field."""
+    from helpers import synthetic_spec
+    from quartfaas.dataplane.gateway.replicas import StageReplicas
+    from quartfaas.errors import SpecError
+    from quartfaas.metrics.gateway_metrics import GatewayMetrics
+    from quartfaas.spec import OutlierSpec
+
+    assert OutlierPolicy.from_spec(OutlierSpec()) == OutlierPolicy()  # one set of defaults
+    spec = synthetic_spec(2, gateway={"outlier": {"max_consecutive_failures": 5,
+                                                  "probe_timeout_s": 7.5,
+                                                  "probe_interval_s": 1.0,
+                                                  "base_ejection_s": 0.0}})  # fmt: skip
+    metrics = GatewayMetrics(spec.name, [s.name for s in spec.stages], window_s=5.0, now=0.0,
+                             read_gauges=dict)  # fmt: skip
+    replicas = StageReplicas(spec, metrics)
+    want = OutlierPolicy(max_consecutive_failures=5, probe_interval_s=1.0,
+                         probe_timeout_s=7.5, base_ejection_s=0.0)  # fmt: skip
+    assert replicas.outlier == want
+    assert all(p.outlier == want for p in replicas.pools.values())
+    # five failures in a row now, not three
+    p = replicas.pools[spec.stages[0].name]
+
+    async def main() -> None:
+        p.add("r1", "http://127.0.0.1:1/invoke")
+        ep = p.endpoints["r1"]
+        for i in range(4):
+            p.record(ep, False, float(i), "answered 500")
+        assert not ep.health.ejected
+        p.record(ep, False, 4.0, "answered 500")
+        assert ep.health.ejected and p.ready_replicas == 0
+        p.record(ep, True, 4.0)  # base_ejection_s 0: back on its first answer
+        assert p.ready_replicas == 1
+
+    asyncio.run(main())
+
+    for field, bad in [("max_consecutive_failures", 0), ("probe_timeout_s", 0.0),
+                       ("probe_interval_s", -1.0), ("base_ejection_s", -0.5),
+                       ("probe_timeout_s", "2")]:  # fmt: skip
+        with pytest.raises(SpecError, match=f"gateway.outlier.{field}"):
+            synthetic_spec(1, gateway={"outlier": {field: bad}})
+    with pytest.raises(SpecError, match="outlier"):
+        synthetic_spec(1, gateway={"outlier": {"consecutive_5xx": 3}})  # extra=forbid
+
+
+def test_silences_count_only_while_the_gateway_listened() -> None:
+    assert silence_counts(0.0, POLICY) and silence_counts(0.99, POLICY)
+    assert not silence_counts(1.0, POLICY)  # half of probe_timeout_s 2.0 deaf: void
+
+
+def _silent_stage(timeout_s: float):  # type: ignore[no-untyped-def]
+    """A stage whose one replica accepts connections in the kernel and never answers."""
+    import socket
+
+    from helpers import synthetic_spec
+    from quartfaas.dataplane.gateway.replicas import StageReplicas
+    from quartfaas.metrics.gateway_metrics import GatewayMetrics
+
+    spec = synthetic_spec(1, gateway={"outlier": {"probe_timeout_s": timeout_s}})
+    metrics = GatewayMetrics(spec.name, [spec.stages[0].name], window_s=5.0, now=0.0,
+                             read_gauges=dict)  # fmt: skip
+    silent = socket.create_server(("127.0.0.1", 0))
+    replicas = StageReplicas(spec, metrics)
+    pool = replicas.pools[spec.stages[0].name]
+    return silent, replicas, pool
+
+
+def test_a_probe_round_ejects_a_silent_replica_unless_the_gateway_was_deaf() -> None:
+    """The round that ejected every replica of every stage under busy loops (issue #13):
+    the gateway's own loop stalled past the deadline, so no probe answer was read. A
+    stall of the loop (``time.sleep`` on it) voids the round; the same silence heard by
+    a listening loop ejects."""
+    import time
+
+    from quartfaas.dataplane.outlier import LoopWatch
+
+    timeout_s = 1.0
+
+    async def main() -> None:
+        silent, replicas, pool = _silent_stage(timeout_s)
+        try:
+            pool.add("r1", f"http://127.0.0.1:{silent.getsockname()[1]}/invoke")
+            ep = pool.endpoints["r1"]
+            loop = asyncio.get_running_loop()
+            # the gateway deaf from a quarter of the deadline until past its end
+            loop.call_later(timeout_s / 4, time.sleep, timeout_s)
+            deaf_s = await replicas.probe_round()
+            assert deaf_s >= timeout_s / 2  # (at least the stall we caused)
+            assert not ep.health.ejected and pool.ready_replicas == 1
+            # Listening now: the silence is the replica's. (A loaded host can starve this
+            # loop too; the rule is then the same, so the outcome follows the measurement.)
+            deaf_s = await replicas.probe_round()
+            heard = deaf_s < timeout_s / 2
+            assert ep.health.ejected is heard and pool.ready_replicas == (0 if heard else 1)
+            if heard:
+                assert ep.health.reason == f"probe: no answer within {timeout_s:.1f} s"
+        finally:
+            silent.close()
+        async with LoopWatch(0.01) as watch:
+            await asyncio.sleep(0.05)
+            time.sleep(0.1)
+            await asyncio.sleep(0.02)
+        assert watch.deaf_s >= 0.09 - 0.01  # the blocked 0.1 s, less the tick it overlapped
+
+    asyncio.run(main())
+
+
+def test_a_cancel_arriving_as_the_watch_ends_is_not_swallowed() -> None:
+    """The gateway's stop cancels the probe loop; a cancel that arrived while LoopWatch
+    was stopping its ticker was swallowed, and the loop probed on forever (the stop hung
+    under busy loops, in test_stop_answers_every_accepted_request_then_stops_workers)."""
+    from quartfaas.dataplane.outlier import LoopWatch
+
+    async def watched() -> None:
+        async with LoopWatch(10.0):
+            pass
+
+    async def main() -> None:
+        t = asyncio.create_task(watched())
+        await asyncio.sleep(0)  # t ran to the await in LoopWatch.__aexit__
+        assert not t.done()
+        t.cancel()
+        await asyncio.wait([t])
+        assert t.cancelled()
 
     asyncio.run(main())

@@ -8,7 +8,17 @@ As Envoy's outlier detection does, a replica leaves its stage's rotation when it
   process still accepts connections in the kernel, so only a deadline tells),
 
 and comes back on its first answered probe (after ``base_ejection_s`` if it was ejected
-for failed calls, which a replica that answers probes may keep failing). Decisions are
+for failed calls, which a replica that answers probes may keep failing). The thresholds
+are the spec's ``gateway.outlier`` (``OutlierPolicy.from_spec``).
+
+A probe's silence counts against the replica only if the gateway was listening: its
+own event loop, starved of CPU or backlogged, reads no answer either, and then every
+probe of the round times out together. Under two busy loops plus a load test on two
+cores, every replica of all three stages was ejected in one round that way (issue #13):
+their calls were cancelled and retried, stand-ins forked, and the extra work deepened
+the stall. ``LoopWatch`` measures how long the loop was deaf during a round
+(``deaf_s``); ``silence_counts`` voids the round's silences when that was half the
+deadline or more (a hung replica stays silent in the next round, which is heard). Decisions are
 pure functions of a frozen ``Health`` and ``now`` (``observe``); the dispatcher
 (``dataplane/dispatch.py``) keeps one ``Health`` per endpoint and acts on the result
 (routes around it, retries the calls in flight on it elsewhere, counts it as not ready
@@ -23,15 +33,27 @@ import contextlib
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
+from quartfaas.spec import OutlierSpec
+
 
 @dataclass(frozen=True)
 class OutlierPolicy:
-    """Thresholds of the ejection rule (Envoy: ``consecutive_5xx``, ``interval``)."""
+    """Thresholds of the ejection rule (Envoy: ``consecutive_5xx``, ``interval``); the
+    defaults are ``OutlierSpec``'s (``gateway.outlier`` in a spec)."""
 
     max_consecutive_failures: int = 3
     probe_interval_s: float = 0.5
     probe_timeout_s: float = 2.0
     base_ejection_s: float = 5.0
+
+    @classmethod
+    def from_spec(cls, spec: OutlierSpec) -> OutlierPolicy:
+        return cls(
+            max_consecutive_failures=spec.max_consecutive_failures,
+            probe_interval_s=spec.probe_interval_s,
+            probe_timeout_s=spec.probe_timeout_s,
+            base_ejection_s=spec.base_ejection_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -67,6 +89,52 @@ def observe(h: Health, ok: bool, now: float, policy: OutlierPolicy, why: str = "
     if n >= policy.max_consecutive_failures or why.startswith("probe"):
         return Health(consecutive_failures=n, ejected_at=now, reason=why or f"{n} failures")
     return Health(consecutive_failures=n)
+
+
+def silence_counts(deaf_s: float, policy: OutlierPolicy) -> bool:
+    """Does a probe with no answer in ``probe_timeout_s`` say the replica is hung, when the
+    gateway's own loop could not listen for ``deaf_s`` of that time? Only if it listened
+    for more than half the deadline."""
+    return deaf_s < policy.probe_timeout_s / 2.0
+
+
+class LoopWatch:
+    """How long this event loop could not run a callback on time, while it is watched.
+
+    A ticker sleeps ``tick_s`` at a time; every tick that fires late adds its lateness to
+    ``deaf_s`` (the loop was starved of CPU or busy with other work: an answer that came
+    in meanwhile went unread). Use as ``async with LoopWatch(tick_s) as w: ...``.
+    """
+
+    def __init__(self, tick_s: float) -> None:
+        if not tick_s > 0:
+            raise ValueError(f"tick_s ({tick_s}) must be > 0")
+        self.tick_s = tick_s
+        self.deaf_s = 0.0
+        self._due = 0.0  # when the pending tick should fire
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._due = loop.time() + self.tick_s
+            await asyncio.sleep(self.tick_s)
+            self.deaf_s += max(0.0, loop.time() - self._due)
+
+    async def __aenter__(self) -> LoopWatch:
+        self._due = asyncio.get_running_loop().time() + self.tick_s
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            # a stall that the pending tick has not reported yet still counts
+            self.deaf_s += max(0.0, asyncio.get_running_loop().time() - self._due)
+            self._task.cancel()
+            # asyncio.wait, not ``await task`` under suppress(CancelledError): that would
+            # also swallow a cancellation of the watching task itself arriving now, and the
+            # probe loop would outlive the gateway's stop (seen under busy loops).
+            await asyncio.wait([self._task])
 
 
 async def probe(url: str, timeout_s: float) -> bool | None:

@@ -131,6 +131,7 @@ class Sampler:
 async def _run_async(cfg: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
     spec = prepare_spec(cfg)
     trace = cfg.workload.trace(cfg.duration_s)
+    from quartfaas.workload.loadgen import keepalive_for
     from quartfaas.workload.payloads import inputs_for
 
     max_words = max(1, spec.model.max_seq_len - 2)
@@ -158,6 +159,7 @@ async def _run_async(cfg: RunConfig, log: Callable[[str], None]) -> dict[str, An
             "csv_path": str(out / "requests.csv"),
             "timeout_s": cfg.request_timeout_s,
             "progress": cfg.progress,
+            "keepalive_s": keepalive_for(spec.gateway.header_timeout_s),
         }
         proc = ctx.Process(target=_load_process, args=(job, queue))
         proc.start()

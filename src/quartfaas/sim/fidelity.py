@@ -60,7 +60,7 @@ from quartfaas.sim.engine import Engine
 from quartfaas.sim.pipelines import SimPipeline, from_spec
 from quartfaas.sim.run import simulate
 from quartfaas.spec import PipelineSpec, parse_spec
-from quartfaas.workload.loadgen import run_open_loop
+from quartfaas.workload.loadgen import keepalive_for, run_open_loop
 from quartfaas.workload.records import RequestRecord
 
 
@@ -202,7 +202,7 @@ async def run_live(
     async with EmbeddedRuntime(spec, controller=False, **runtime) as rt:
         records = await run_open_loop(
             f"{rt.url}/function/{spec.name}", arrivals_s, fixed_input=[[1, 2, 3, 4]],
-            timeout_s=timeout_s,
+            timeout_s=timeout_s, keepalive_s=keepalive_for(spec.gateway.header_timeout_s),
         )  # fmt: skip
     return measure_profile(records, [s.name for s in spec.stages])
 

@@ -10,8 +10,9 @@ Neighbours: ``models/`` builds stage modules from ``ModelSpec`` + ``StageSpec``;
 ``dataplane/`` serves them; ``control/config.py`` holds the controller's settings.
 
 Modules: ``model`` (the model section), ``stage`` (one stage), ``runtime`` (SLO, gateway,
-auth, cache), ``pipeline`` (the whole spec and derived values), ``loading`` (YAML in,
-``SpecError`` out), ``base`` (frozen models, names). Import from ``quartfaas.spec``.
+auth, outlier ejection, cache), ``pipeline`` (the whole spec and derived values),
+``loading`` (YAML in, ``SpecError`` out), ``base`` (frozen models, names). Import from
+``quartfaas.spec``.
 """
 
 from quartfaas.spec.loading import format_validation_error, load_spec, parse_spec
@@ -26,12 +27,12 @@ from quartfaas.spec.model import (
     SyntheticWork,
 )
 from quartfaas.spec.pipeline import PipelineSpec, even_split
-from quartfaas.spec.runtime import AuthSpec, CacheSpec, GatewaySpec, SLOSpec
+from quartfaas.spec.runtime import AuthSpec, CacheSpec, GatewaySpec, OutlierSpec, SLOSpec
 from quartfaas.spec.stage import StageSpec
 
 __all__ = [
     "MINILM_HIDDEN", "MINILM_LAYERS", "AuthSpec", "BertModelSpec", "CacheSpec", "DType",
-    "GatewaySpec", "MiniLMModelSpec", "ModelSpec", "PipelineSpec", "SLOSpec", "StageSpec",
-    "SyntheticModelSpec", "SyntheticWork", "even_split", "format_validation_error", "load_spec",
-    "parse_spec",
+    "GatewaySpec", "MiniLMModelSpec", "ModelSpec", "OutlierSpec", "PipelineSpec", "SLOSpec",
+    "StageSpec", "SyntheticModelSpec", "SyntheticWork", "even_split", "format_validation_error",
+    "load_spec", "parse_spec",
 ]  # fmt: skip

@@ -27,6 +27,27 @@ class AuthSpec(Frozen):
     )
 
 
+class OutlierSpec(Frozen):
+    """Outlier ejection (``dataplane/outlier.py``, Envoy's outlier detection): when a replica
+    leaves its stage's rotation, and when it comes back."""
+
+    max_consecutive_failures: StrictInt = Field(
+        3, ge=1, le=1000, description="5xx answers in a row that eject a replica (call "
+        "timeouts do not count: an overloaded stage gives its healthy replicas those too)"
+    )  # fmt: skip
+    probe_interval_s: StrictFloat = Field(
+        0.5, gt=0, le=600, description="seconds between two /healthz probes of each replica"
+    )
+    probe_timeout_s: StrictFloat = Field(
+        2.0, gt=0, le=600, description="a replica that answers no /healthz probe within "
+        "this is ejected until it answers one (a hung process still accepts connections)"
+    )  # fmt: skip
+    base_ejection_s: StrictFloat = Field(
+        5.0, ge=0, le=3600, description="least time out of rotation after an ejection for "
+        "failed calls (a replica that answers probes may keep failing calls)"
+    )  # fmt: skip
+
+
 class GatewaySpec(Frozen):
     host: str = Field("127.0.0.1", description="bind address (loopback by default)")
     port: StrictInt = Field(8080, ge=0, le=65535, description="bind port (0: any free port)")
@@ -68,6 +89,9 @@ class GatewaySpec(Frozen):
         30.0, gt=0, le=3600, description="a request body not read by then is answered 408"
     )
     auth: AuthSpec = Field(default_factory=AuthSpec, description="basic auth on /system/*")
+    outlier: OutlierSpec = Field(
+        default_factory=OutlierSpec, description="outlier ejection of replicas (probes, failures)"
+    )
     # openfaas-fn by default: faas-cli and the go-sdk put it in every function URL unless
     # told otherwise, and upstream's dashboards and docs query `name.openfaas-fn`, so
     # existing OpenFaaS tools work with no setting. Whatever is set here, `openfaas-fn`

@@ -16,6 +16,14 @@ How the loop stays open:
 * the optional ``max_outstanding`` cap *drops* requests that find the cap full (outcome
   ``dropped``) instead of delaying them.
 
+Idle connections are reused for ``keepalive_s`` at most (5 s by default), well under the
+gateway's own idle close (``gateway.header_timeout_s``, 10 s by default). With aiohttp's
+default of 15 s the pool handed out connections the gateway was closing: after a burst
+the pool holds hundreds of connections, reused oldest first, so the calm phase that
+follows picks up ones idle for ~10 s, exactly when the gateway closes them; on a starved
+CPU the close and the reuse overlap and the request fails before any answer ("Can not
+write request body"), a loss the gateway never saw (issue #13: 2 of 526 requests).
+
 Each ``RequestRecord`` holds the schedule, send and wire times (seconds from the run start),
 the latency (send to last byte of the answer), status, error text and the gateway's
 ``timings_ms`` breakdown when the answer carries one. ``summarize`` is pure and computes
@@ -41,6 +49,15 @@ import numpy.typing as npt
 from quartfaas.workload.records import LoadSummary, RequestRecord, StageTiming, summarize, write_csv
 
 _START_DELAY_S = 0.05  # head start so the first send does not race session setup
+# Longest reuse of an idle connection: half the gateway's default idle close (10 s), so a
+# stall of a few seconds on either side cannot make the two overlap.
+KEEPALIVE_S = 5.0
+
+
+def keepalive_for(header_timeout_s: float) -> float:
+    """The idle reuse limit for a gateway that closes idle connections after
+    ``header_timeout_s``: half of it, and never above ``KEEPALIVE_S``."""
+    return min(KEEPALIVE_S, header_timeout_s / 2.0)
 
 
 _ERROR_TEXT_MAX = 300
@@ -149,13 +166,16 @@ async def run_open_loop(
     max_outstanding: int | None = None,
     progress: bool = False,
     headers: Mapping[str, str] | None = None,
+    keepalive_s: float = KEEPALIVE_S,
 ) -> list[RequestRecord]:
     """Send one POST per arrival to ``url`` at ``t0 + arrivals_s[i]``; return the records.
 
     ``inputs[i]`` is request ``i``'s ``inputs`` value (``fixed_input`` for all when
     ``inputs`` is None). Bodies are encoded before the first send so the schedule does not
     pay for JSON. ``timeout_s`` bounds each request; ``max_outstanding`` drops requests that
-    would exceed that many unanswered ones.
+    would exceed that many unanswered ones. ``keepalive_s`` is the longest an idle
+    connection is reused; keep it under the server's idle close (the gateway's
+    ``gateway.header_timeout_s``), or requests race the server closing their connection.
     """
     times = np.asarray(arrivals_s, dtype=np.float64)
     n = int(times.size)
@@ -165,6 +185,8 @@ async def run_open_loop(
         raise ValueError(f"{len(inputs)} inputs for {n} arrivals")
     if max_outstanding is not None and max_outstanding < 1:
         raise ValueError(f"max_outstanding ({max_outstanding}) must be >= 1")
+    if not keepalive_s > 0:
+        raise ValueError(f"keepalive_s ({keepalive_s}) must be > 0")
     if inputs is None:
         fixed = json.dumps({"inputs": fixed_input}).encode()
         bodies: list[bytes] = [fixed] * n
@@ -174,7 +196,9 @@ async def run_open_loop(
     trace = aiohttp.TraceConfig()
     trace.on_request_headers_sent.append(_on_headers_sent)
     # limit=0 is "no limit": a bounded pool would queue requests and close the loop.
-    connector = aiohttp.TCPConnector(limit=max_outstanding or 0, limit_per_host=0)
+    connector = aiohttp.TCPConnector(
+        limit=max_outstanding or 0, limit_per_host=0, keepalive_timeout=keepalive_s
+    )
     loop = asyncio.get_running_loop()
     bar = _ProgressBar(n) if progress else None
     async with aiohttp.ClientSession(
@@ -250,6 +274,7 @@ def run_load(
     max_outstanding: int | None = None,
     progress: bool = False,
     headers: Mapping[str, str] | None = None,
+    keepalive_s: float = KEEPALIVE_S,
 ) -> LoadResult:
     """Blocking wrapper: ``run_open_loop``, then ``summarize``, then an optional CSV."""
     records = asyncio.run(
@@ -262,6 +287,7 @@ def run_load(
             max_outstanding=max_outstanding,
             progress=progress,
             headers=headers,
+            keepalive_s=keepalive_s,
         )
     )
     if csv_path is not None:

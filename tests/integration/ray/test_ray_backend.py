@@ -28,9 +28,11 @@ from quartfaas.control.backend import Backend, ReplicaState, StartTier  # noqa: 
 from quartfaas.dataplane import framing  # noqa: E402
 from quartfaas.models import make_weights  # noqa: E402
 from quartfaas.spec import PipelineSpec  # noqa: E402
-from ray_helpers import MIB, local_cluster  # noqa: E402
+from ray_helpers import MIB, LocalCluster, local_cluster  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+# A last-resort guard only: each wait below has its own deadline, scaled to the host's
+# measured speed (``LocalCluster.deadline``), and says what it waited for.
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 ACCEL = "accel"
 
@@ -49,11 +51,17 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory) -> PipelineSpec:
+def spec(tmp_path_factory, cluster: LocalCluster) -> PipelineSpec:
     wdir = tmp_path_factory.mktemp("tiny-weights")
-    s = tiny_bert_spec(Path(wdir), name="rt", stages=3, slo={"p99_ms": 1000, "timeout_budget_s": 30})
+    # A replica start (a Ray worker process importing torch) slows down with the host: the
+    # backend's start deadline and the calls' budget (a call waits for a replacement within
+    # its stage's timeout), like the tests' own deadlines, scale with the measured speed.
+    slo = {"p99_ms": 1000, "timeout_budget_s": cluster.deadline(30.0)}
+    s = tiny_bert_spec(Path(wdir), name="rt", stages=3, slo=slo)
+    gw = s.gateway.model_copy(update={"replica_start_timeout_s": cluster.deadline(60.0)})
     s = s.model_copy(
         update={
+            "gateway": gw,
             "stages": tuple(st.model_copy(update={"cpu": 0.25}) for st in s.stages),
         }
     )
@@ -83,7 +91,8 @@ def example_frame(spec: PipelineSpec) -> bytes:
 
 
 def test_placement_tiers_pipeline_and_drain(cluster, spec):
-    _, workers = cluster
+    workers = cluster.nodes
+    dl = cluster.deadline
     worker_nodes = set(node_ids(workers))
 
     async def main() -> None:
@@ -96,7 +105,7 @@ def test_placement_tiers_pipeline_and_drain(cluster, spec):
             first = backend.start_replica(s0)
             for st in (s1, s2):
                 backend.start_replica(st)
-            await wait_for(lambda: len(ready(backend)) == 3, 120, "3 ready replicas")
+            await wait_for(lambda: len(ready(backend)) == 3, dl(120), "3 ready replicas")
             infos = {r.stage: r for r in ready(backend)}
             # every replica is on a node with the accelerator, where the placer said
             assert {r.host for r in infos.values()} <= worker_nodes
@@ -106,7 +115,7 @@ def test_placement_tiers_pipeline_and_drain(cluster, spec):
             # a second replica of s0: the cache-aware placer picks the node holding its
             # weights, and the replica maps them from the object store
             second = backend.start_replica(s0)
-            await wait_for(lambda: len(ready(backend, s0)) == 2, 60, "second s0 replica")
+            await wait_for(lambda: len(ready(backend, s0)) == 2, dl(60), "second s0 replica")
             r2 = next(r for r in ready(backend, s0) if r.replica_id == second.replica_id)
             assert r2.host == infos[s0].host
             assert r2.tier is StartTier.OBJECT_STORE
@@ -147,7 +156,7 @@ def test_placement_tiers_pipeline_and_drain(cluster, spec):
             for st in spec.stages:
                 rid = ready(backend, st.name)[0].replica_id
                 status, headers, body = await RayEndpointClient(backend.actor(rid)).post(
-                    body, {}, loop.time() + 30
+                    body, {}, loop.time() + dl(30)
                 )
                 assert status == 200 and float(headers["x-quartfaas-service-ms"]) > 0
                 assert isinstance(body, ray.ObjectRef)
@@ -156,7 +165,7 @@ def test_placement_tiers_pipeline_and_drain(cluster, spec):
             )
             bad_status, _, bad_body = await RayEndpointClient(
                 backend.actor(ready(backend, s1)[0].replica_id)
-            ).post(example_frame(spec), {}, loop.time() + 30)
+            ).post(example_frame(spec), {}, loop.time() + dl(30))
             assert bad_status == 400 and "error" in json.loads(bad_body)
 
             # bad input is a clear ModelInputError, not a crash
@@ -172,7 +181,7 @@ def test_placement_tiers_pipeline_and_drain(cluster, spec):
             backend.stop_replica(first.replica_id, drain=True)
             done = await asyncio.gather(*calls)
             assert len(done) == 6
-            await wait_for(lambda: len(backend.list_replicas(s0)) == 1, 30, "drained stop")
+            await wait_for(lambda: len(backend.list_replicas(s0)) == 1, dl(30), "drained stop")
             assert backend.cache.views()[infos[s0].host].get(s0).pins == 1
         finally:
             await backend.close()
@@ -183,7 +192,8 @@ def test_placement_tiers_pipeline_and_drain(cluster, spec):
 def test_ray_scheduler_baseline_places_on_an_accelerator_node(cluster, spec):
     """placer="ray": no decision of ours, Ray's scheduler picks a node with the resource;
     the backend learns the node from the actor and gets its weights there."""
-    _, workers = cluster
+    workers = cluster.nodes
+    dl = cluster.deadline
 
     async def main() -> None:
         client = RayStageClient(spec)
@@ -191,7 +201,7 @@ def test_ray_scheduler_baseline_places_on_an_accelerator_node(cluster, spec):
         client.actor_of = backend.actor
         try:
             info = backend.start_replica(spec.stages[2].name)
-            await wait_for(lambda: len(ready(backend)) == 1, 120, "a ready replica")
+            await wait_for(lambda: len(ready(backend)) == 1, dl(120), "a ready replica")
             r = ready(backend)[0]
             assert r.replica_id == info.replica_id
             assert r.host in node_ids(workers) and r.message == ""
@@ -212,14 +222,15 @@ def test_gateway_on_ray_serves_the_openfaas_api(cluster, spec):
 
     from quartfaas.backends.ray.runtime import RayRuntime
 
-    _, workers = cluster
+    workers = cluster.nodes
+    dl = cluster.deadline
     ctl = spec.controller.model_copy(update={"enabled": False})
     gspec = spec.model_copy(update={"controller": ctl})
     s0, s1, _ = (st.name for st in gspec.stages)
 
     async def main() -> None:
         async with RayRuntime(gspec, port=0, accelerator_resource=ACCEL) as rt:
-            async with httpx.AsyncClient(base_url=rt.url, timeout=60) as c:
+            async with httpx.AsyncClient(base_url=rt.url, timeout=dl(60)) as c:
                 r = await c.post(f"/function/{gspec.name}", json={"inputs": [[5, 6, 7, 8]]})
                 assert r.status_code == 200, r.text
                 data = r.json()
@@ -253,15 +264,15 @@ def test_gateway_on_ray_serves_the_openfaas_api(cluster, spec):
 
             # the keeper puts a standby of s0 on the node that holds its weights
             home = rt.backend.cache.holders(s0)
-            await wait_for(lambda: rt.backend.standbys().get((s0, home[0]), 0) >= 1, 120,
+            await wait_for(lambda: rt.backend.standbys().get((s0, home[0]), 0) >= 1, dl(120),
                            "a standby of s0 where its weights are")  # fmt: skip
             info = rt.backend.start_replica(s0)
-            await wait_for(lambda: len(ready(rt.backend, s0)) == 2, 60, "second s0 replica")
+            await wait_for(lambda: len(ready(rt.backend, s0)) == 2, dl(60), "second s0 replica")
             r2 = next(r for r in ready(rt.backend, s0) if r.replica_id == info.replica_id)
             assert r2.tier is StartTier.OBJECT_STORE and "warm standby" in r2.message
             assert r2.host == home[0] and r2.host in node_ids(workers)
             # refilled after the handover (while s0 can still grow)
-            await wait_for(lambda: rt.backend.standbys().get((s0, home[0]), 0) >= 1, 120,
+            await wait_for(lambda: rt.backend.standbys().get((s0, home[0]), 0) >= 1, dl(120),
                            "the standby refilled")  # fmt: skip
             assert rt.keeper is not None and rt.keeper.started >= 2
 
@@ -272,7 +283,8 @@ def test_node_death_under_load_loses_no_call(cluster, spec):
     """Kill the worker node serving stage 0 while calls flow: every accepted call gets
     its answer (retried on a live replica) and the replicas come back on the other node.
     Runs last in this module: the cluster has one worker node afterwards."""
-    c, workers = cluster
+    c, workers = cluster.cluster, cluster.nodes
+    dl = cluster.deadline
 
     async def main() -> None:
         client = RayStageClient(spec)
@@ -281,7 +293,7 @@ def test_node_death_under_load_loses_no_call(cluster, spec):
         try:
             for st in spec.stages:
                 backend.start_replica(st.name)
-            await wait_for(lambda: len(ready(backend)) == 3, 120, "3 ready replicas")
+            await wait_for(lambda: len(ready(backend)) == 3, dl(120), "3 ready replicas")
             victim_id = ready(backend, spec.stages[0].name)[0].host
             victim = next(w for w in workers if w.node_id == victim_id)
             survivor = next(w.node_id for w in workers if w.node_id != victim_id)
@@ -299,18 +311,18 @@ def test_node_death_under_load_loses_no_call(cluster, spec):
                         results.append(exc)
 
             loaders = [asyncio.create_task(load()) for _ in range(3)]
-            await wait_for(lambda: len(results) >= 6, 60, "calls before the kill")
+            await wait_for(lambda: len(results) >= 6, dl(60), "calls before the kill")
             await asyncio.to_thread(c.remove_node, victim, False)
             # replacements for every stage the node served, all on the survivor
             await wait_for(
                 lambda: all(
                     any(r.host == survivor for r in ready(backend, st)) for st in lost_stages
                 ),
-                120,
+                dl(120),
                 "replacement replicas on the surviving node",
             )
             n_after = len(results)
-            await wait_for(lambda: len(results) >= n_after + 6, 60, "calls after recovery")
+            await wait_for(lambda: len(results) >= n_after + 6, dl(60), "calls after recovery")
             stop.set()
             await asyncio.gather(*loaders)
             errors = [r for r in results if isinstance(r, Exception)]

@@ -7,11 +7,13 @@ gone (removed), or to be drained. The other way round, a pool asks it for a repl
 when a request finds its stage at zero (scale from zero), and reports a replica that
 failed a request (``on_failed_replica``: the runtime kills it if it lives on).
 
-``probe_forever`` is the outlier detector's active half (``dataplane/outlier.py``):
-every ``probe_interval_s`` it asks each replica's ``/healthz`` with a deadline; a silent
-replica is ejected, an ejected one returns on its first answer; when every replica of a
-stage is ejected, a stand-in is started (within ``max_replicas``). ``readiness`` says
-whether every stage has its ``min_replicas`` in rotation (the gateway's ``/readyz``).
+``probe_forever`` is the outlier detector's active half (``dataplane/outlier.py``,
+thresholds from the spec's ``gateway.outlier``): every ``probe_interval_s`` it asks each
+replica's ``/healthz`` with a deadline; a silent replica is ejected (when the gateway itself
+was listening: ``probe_round``), an ejected one
+returns on its first answer; when every replica of a stage is ejected, a stand-in is
+started (within ``max_replicas``). ``readiness`` says whether every stage has its
+``min_replicas`` in rotation (the gateway's ``/readyz``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable
 
 from quartfaas.control.backend import Backend, ReplicaInfo, ReplicaState
 from quartfaas.dataplane.dispatch import Endpoint, StagePool
-from quartfaas.dataplane.outlier import OutlierPolicy, probe
+from quartfaas.dataplane.outlier import LoopWatch, OutlierPolicy, probe, silence_counts
 from quartfaas.errors import BackendError, QuartfaasError
 from quartfaas.metrics.gateway_metrics import GatewayMetrics, StageGauges
 from quartfaas.spec import PipelineSpec
@@ -38,7 +40,7 @@ class StageReplicas:
     ) -> None:
         self.spec = spec
         self.metrics = metrics
-        self.outlier = outlier or OutlierPolicy()
+        self.outlier = outlier or OutlierPolicy.from_spec(spec.gateway.outlier)
         self.backend: Backend | None = None
         # Set by the runtime: told when a replica fails a request (kill it if it lives on).
         self.on_failed_replica: Callable[[str, str], None] | None = None
@@ -131,31 +133,49 @@ class StageReplicas:
 
     async def probe_forever(self) -> None:
         """Probe every replica's ``/healthz`` each ``probe_interval_s``, concurrently."""
-        loop = asyncio.get_running_loop()
         while True:
-            targets = [
-                (pool, ep)
-                for pool in self.order
-                for ep in list(pool.endpoints.values())
-                if not ep.failed and not ep.draining
-            ]
-            if targets:
-                await asyncio.gather(*(self._probe(pool, ep, loop) for pool, ep in targets))
+            await self.probe_round()
             await asyncio.sleep(self.outlier.probe_interval_s)
 
-    async def _probe(self, pool: StagePool, ep: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
-        base = ep.url.rsplit("/invoke", 1)[0]
-        ok = await probe(base, self.outlier.probe_timeout_s)
+    async def probe_round(self) -> float:
+        """One probe of every replica in rotation or ejected. An answer returns an ejected
+        replica at once; silences are judged when the round is over, and count only if
+        the gateway's loop listened for most of the deadline (``silence_counts``).
+        Returns the seconds the loop was deaf during the round."""
+        targets = [
+            (pool, ep)
+            for pool in self.order
+            for ep in list(pool.endpoints.values())
+            if not ep.failed and not ep.draining
+        ]
+        if not targets:
+            return 0.0
+        timeout = self.outlier.probe_timeout_s
+        async with LoopWatch(timeout / 10.0) as watch:
+            silent = await asyncio.gather(*(self._probe(pool, ep) for pool, ep in targets))
+        if not any(silent):
+            return watch.deaf_s
+        if not silence_counts(watch.deaf_s, self.outlier):
+            log.warning("health probes void: the gateway's event loop was deaf for %.2f s of "
+                        "their %.1f s deadline (CPU starvation or a backlog), so a silence "
+                        "says nothing of the replicas", watch.deaf_s, timeout)  # fmt: skip
+            return watch.deaf_s
+        now = asyncio.get_running_loop().time()
+        for (pool, ep), quiet in zip(targets, silent, strict=True):
+            if quiet and pool.endpoints.get(ep.replica_id) is ep and not ep.failed:
+                pool.record(ep, False, now, f"probe: no answer within {timeout:.1f} s")
+        return watch.deaf_s
+
+    async def _probe(self, pool: StagePool, ep: Endpoint) -> bool:
+        """Probe one replica and act on an answer or a refusal; True if it was silent."""
+        ok = await probe(ep.url.rsplit("/invoke", 1)[0], self.outlier.probe_timeout_s)
         if pool.endpoints.get(ep.replica_id) is not ep or ep.failed:
-            return  # gone or failed meanwhile
+            return False  # gone or failed meanwhile
         if ok is None:  # refused: the process is gone; the backend replaces it
             pool.mark_failed(ep, "health probe: connection refused")
-        elif ok:
-            if ep.health.ejected:
-                pool.record(ep, True, loop.time())
-        else:
-            timeout = self.outlier.probe_timeout_s
-            pool.record(ep, False, loop.time(), f"probe: no answer within {timeout:.1f} s")
+        elif ok and ep.health.ejected:
+            pool.record(ep, True, asyncio.get_running_loop().time())
+        return ok is False
 
     # -- reads ----------------------------------------------------------------------
 
