@@ -80,17 +80,26 @@ def test_quart_policy_scales_the_bottleneck_deployment(serve_cluster: LocalClust
     ids = np.arange(1, 9, dtype=np.int64)[None, :]
     frame = framing.encode_numpy({"input_ids": ids, "attention_mask": np.ones_like(ids)})
     # ~25 req/s offered for up to 40 s (on a quiet host), until the middle deployment grew
+    # Sends are scheduled (every 40 ms from the start), not paced by sleeping after each:
+    # on a starved host the sender catches up on missed slots, so the offered rate stays
+    # ~25 req/s instead of falling below the ~16.7 req/s one middle replica serves.
     pending = []
     peak = dict.fromkeys(names, 1)
-    end = time.monotonic() + dl(40)
+    period = 0.04
+    start = time.monotonic()
+    end = start + dl(40)
+    next_check = 25
     while time.monotonic() < end:
-        pending.append(handle.remote(frame))
-        time.sleep(0.04)
-        if len(pending) % 25 == 0:
+        due = int((time.monotonic() - start) / period) + 1
+        while len(pending) < due:
+            pending.append(handle.remote(frame))
+        if len(pending) >= next_check:
+            next_check = len(pending) + 25
             now = replicas(spec.name)
             peak = {n: max(peak[n], now.get(n, 0)) for n in names}
             if peak[names[1]] >= 2:
                 break
+        time.sleep(max(0.0, start + len(pending) * period - time.monotonic()))
     outs = [r.result(timeout_s=dl(60)) for r in pending]
     # synthetic stages pass the frame through: every accepted request came back whole
     assert all(o == frame for o in outs)
