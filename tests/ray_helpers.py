@@ -31,8 +31,14 @@ class LocalCluster(NamedTuple):
 
     @property
     def slow(self) -> float:
-        """How many times slower than a quiet host Ray started just now (at least 1)."""
-        return max(1.0, self.start_s / QUIET_START_S)
+        """How many times slower than a quiet host this host is now (at least 1): the
+        larger of how much slower Ray started, and ``1 + runnable processes per core``
+        (the 1-min load average, read at each call). The start alone under-states it:
+        under two busy loops Ray started 1.5x slower, but a replica that imports torch
+        took longer than 1.5x its quiet deadline, and a host can get busier after the
+        start."""
+        cores = os.cpu_count() or 1
+        return max(1.0, self.start_s / QUIET_START_S, 1.0 + os.getloadavg()[0] / cores)
 
     def deadline(self, quiet_s: float) -> float:
         """A deadline that holds on a quiet host, scaled to this host's speed now."""

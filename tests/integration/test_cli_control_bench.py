@@ -125,9 +125,11 @@ def test_bench_scaleup_measures_every_tier_on_tiny(tmp_path: Path, unit_s: float
                        env=ENV, check=False)  # fmt: skip
     assert r.returncode in (0, 1), r.stderr[-3000:]
     out = r.stdout
-    for tier in ("fork", "cold"):
-        row = re.search(rf"^{tier}\s+(\d+)\s+([\d.]+)ms", out, re.M)
-        assert row and int(row.group(1)) >= 1 and float(row.group(2)) > 0, out
+    # The host-memory tier shows as "fork" or, when the pool had a warm child ready for
+    # every start (seen under two busy loops, where starts are slow), as "prefork" only.
+    for tiers in (("fork", "prefork"), ("cold",)):
+        rows = [re.search(rf"^{t}\s+(\d+)\s+([\d.]+)ms", out, re.M) for t in tiers]
+        assert any(r and int(r.group(1)) >= 1 and float(r.group(2)) > 0 for r in rows), out
     checks = re.findall(r"^(met |MISS) (.+): ([-\d.]+|nan|inf)$", out, re.M)
     assert len(checks) == 5, out
     assert (r.returncode == 0) == all(ok == "met " for ok, _, _ in checks), out

@@ -87,7 +87,7 @@ def grown_kib(base: dict[str, int], seen: dict) -> dict[str, int]:
 
 
 def test_activations_are_read_in_place_from_the_object_store(cluster):
-    _, (worker,) = cluster
+    (worker,) = cluster.nodes
     size = FRAME_MIB * MIB
     spec = synthetic_spec(
         2, name="zc", gateway={"max_body_bytes": 2 * size},
@@ -103,7 +103,7 @@ def test_activations_are_read_in_place_from_the_object_store(cluster):
         try:
             for st in spec.stages:
                 backend.start_replica(st.name)
-            await wait_for(lambda: len(ready(backend)) == 2, 120, "2 ready replicas")
+            await wait_for(lambda: len(ready(backend)) == 2, cluster.deadline(120), "2 ready replicas")
             assert {r.host for r in ready(backend)} == {worker.node_id}  # same node
             actors = [backend.actor(ready(backend, st.name)[0].replica_id) for st in spec.stages]
             base = [await a.watch_inputs.remote(True) for a in actors]
@@ -162,7 +162,7 @@ def test_control_scales_a_gateway_on_ray(cluster, tmp_path: Path, unit_s: float)
     spec_path.write_text(yaml.safe_dump({
         "name": name,
         "model": {"kind": "synthetic"},
-        "gateway": {"port": 0, "replica_start_timeout_s": 60},
+        "gateway": {"port": 0, "replica_start_timeout_s": cluster.deadline(60)},
         "controller": {"enabled": False, "policy": "hpa", "interval_s": 1.0, "window_s": 4.0},
         "stages": [{"name": f"{name}-s0", "max_concurrency": 1, "max_replicas": 4, "cpu": 0.5,
                     "synthetic": {"work": "sleep", "mean_ms": 50}}],
@@ -174,7 +174,7 @@ def test_control_scales_a_gateway_on_ray(cluster, tmp_path: Path, unit_s: float)
     async def main() -> None:
         async with (
             RayRuntime(spec, port=0, accelerator_resource=ACCEL, standbys=0) as rt,
-            httpx.AsyncClient(base_url=rt.url, timeout=30.0) as c,
+            httpx.AsyncClient(base_url=rt.url, timeout=cluster.deadline(30)) as c,
         ):
             target = rt.url.removeprefix("http://")
             async with PrometheusServer([target], scrape_interval_s=0.5, binary=PROMETHEUS) as prom:
@@ -237,7 +237,7 @@ def test_the_runtime_controller_sets_the_standby_depth(cluster) -> None:
     async def main() -> None:
         async with (
             RayRuntime(spec, port=0, accelerator_resource=ACCEL, standbys=1) as rt,
-            httpx.AsyncClient(base_url=rt.url, timeout=30.0) as c,
+            httpx.AsyncClient(base_url=rt.url, timeout=cluster.deadline(30)) as c,
         ):
             assert rt.loop is not None
 
@@ -253,7 +253,7 @@ def test_the_runtime_controller_sets_the_standby_depth(cluster) -> None:
             decision = rt.loop.pool_state.get("pool-s0")
             status = rt.backend.pool_status("pool-s0")
             assert status is not None and status.depth == decision.depth
-            await wait_for(lambda: "weights" in rt.backend.pool_status("pool-s0").waiting, 10,
+            await wait_for(lambda: "weights" in rt.backend.pool_status("pool-s0").waiting, cluster.deadline(10),
                            "the keeper's note")  # fmt: skip
             assert status.idle == 0 and rt.backend.standbys() == {}
 
