@@ -8,10 +8,11 @@ by how much slower than quiet this start was.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,6 +23,15 @@ MIB = 1024**2
 # Seconds a head + one worker node (dashboard off) took to come up on a quiet 2-vCPU host
 # of this kind with Ray 2.60 (measured 2026-12-02 by the team, in a throwaway script).
 QUIET_START_S = 3.5
+
+
+async def wait_for(pred: Callable[[], bool], deadline_s: float, what: str) -> None:
+    """Poll ``pred`` every 50 ms until it holds; fail naming ``what`` after ``deadline_s``."""
+    end = time.monotonic() + deadline_s
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 class LocalCluster(NamedTuple):

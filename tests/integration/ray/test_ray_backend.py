@@ -13,7 +13,6 @@ the surviving node.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from quartfaas.control.backend import Backend, ReplicaState, StartTier  # noqa: 
 from quartfaas.dataplane import framing  # noqa: E402
 from quartfaas.models import make_weights  # noqa: E402
 from quartfaas.spec import PipelineSpec  # noqa: E402
-from ray_helpers import MIB, LocalCluster, local_cluster  # noqa: E402
+from ray_helpers import MIB, LocalCluster, local_cluster, wait_for  # noqa: E402
 
 # A last-resort guard only: each wait below has its own deadline, scaled to the host's
 # measured speed (``LocalCluster.deadline``), and says what it waited for.
@@ -71,14 +70,6 @@ def spec(tmp_path_factory, cluster: LocalCluster) -> PipelineSpec:
 
 def node_ids(workers) -> list[str]:
     return [w.node_id for w in workers]
-
-
-async def wait_for(pred, deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def ready(backend: RayBackend, stage: str | None = None):

@@ -38,7 +38,7 @@ from quartfaas.backends.ray.backend import RayBackend  # noqa: E402
 from quartfaas.backends.ray.client import RayStageClient  # noqa: E402
 from quartfaas.control.backend import PoolScalable, ReplicaState  # noqa: E402
 from quartfaas.dataplane import framing  # noqa: E402
-from ray_helpers import MIB, local_cluster  # noqa: E402
+from ray_helpers import MIB, local_cluster, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -65,14 +65,6 @@ def unit_s() -> float:
     t0 = time.monotonic()
     subprocess.run([QUARTFAAS, "--help"], capture_output=True, check=True, timeout=300, env=ENV)
     return max(0.5, time.monotonic() - t0)
-
-
-async def wait_for(pred, deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def ready(backend: RayBackend, stage: str | None = None):
