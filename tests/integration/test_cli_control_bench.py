@@ -32,7 +32,7 @@ from quartfaas.metrics.prometheus_server import PrometheusServer
 from quartfaas.runtime import EmbeddedRuntime
 from quartfaas.spec import load_spec
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 QUARTFAAS = str(Path(sys.executable).parent / "quartfaas")
 ENV = {**os.environ, "COLUMNS": "200"}
 PROMETHEUS = shutil.which("prometheus") or (

@@ -27,7 +27,7 @@ from quartfaas.sim.fidelity import (
 )
 from quartfaas.workload.synthetic import poisson
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def test_live_and_simulated_latency_agree(kill_leftovers: list[str]) -> None:

@@ -96,9 +96,21 @@ def test_policy_rejects_bad_arguments() -> None:
 
 def test_window_stats_drop_old_samples() -> None:
     samples = deque([(0.0, 0.1, 0.2), (9.0, 0.1, 0.1), (10.0, 0.3, 0.5)])
-    out = window_stats(samples, now=12.0, window_s=5.0)
-    assert len(samples) == 2
+    arrivals = deque([0.0, 6.0, 8.0, 9.5])
+    out = window_stats(samples, arrivals, now=12.0, window_s=5.0)
+    assert len(samples) == 2 and len(arrivals) == 2
     assert out["quart_arrival_rate"] == pytest.approx(2 / 5.0)
     assert out["quart_service_mean_s"] == pytest.approx(0.2)
     assert out["quart_latency_p99_s"] == pytest.approx(0.5)
-    assert window_stats(deque(), now=0.0, window_s=5.0) == {"quart_arrival_rate": 0.0}
+    assert window_stats(deque(), deque(), now=0.0, window_s=5.0) == {"quart_arrival_rate": 0.0}
+
+
+def test_window_stats_of_a_backlog_longer_than_the_window() -> None:
+    # 5 req/s arrive for 20 s, one 200 ms slot: each finishes ~10 s after it came. The
+    # samples of the last 5 s are those that finished in it; the rate counts arrivals.
+    arrivals = deque(k * 0.2 for k in range(100))
+    samples = deque((t + 10.0, 0.2, 10.0) for t in arrivals if t + 10.0 <= 20.0)
+    out = window_stats(samples, arrivals, now=20.0, window_s=5.0)
+    assert out["quart_arrival_rate"] == pytest.approx(5.0, rel=0.05)
+    assert out["quart_service_mean_s"] == pytest.approx(0.2)
+    assert out["quart_latency_p99_s"] == pytest.approx(10.0)

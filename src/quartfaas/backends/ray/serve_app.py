@@ -36,21 +36,35 @@ STATS_WINDOW_S = 10.0
 
 
 def window_stats(
-    samples: deque[tuple[float, float, float]], now: float, window_s: float
+    samples: deque[tuple[float, float, float]],
+    arrivals: deque[float],
+    now: float,
+    window_s: float,
 ) -> dict[str, float]:
-    """Arrival rate, service mean/SCV and stage-time p99 of ``(t, service_s, stage_s)``."""
-    while samples and samples[0][0] < now - window_s:
+    """The arrival rate of ``arrivals`` (times a request came in, in order), and the service
+    mean/SCV and stage-time p99 of ``samples`` (``(done, service_s, stage_s)``, in the order
+    they finished), over the last ``window_s`` seconds; old entries are dropped.
+
+    Arrivals are counted when they come, services when they finish: a sample kept by its
+    arrival time left the window before it finished once the queue was longer than the
+    window, so a stage with a backlog (on a busy host) reported no service time and a
+    fraction of its arrival rate."""
+    cut = now - window_s
+    while samples and samples[0][0] < cut:
         samples.popleft()
+    while arrivals and arrivals[0] < cut:
+        arrivals.popleft()
+    rate = len(arrivals) / window_s
     n = len(samples)
     if n == 0:
-        return {"quart_arrival_rate": 0.0}
+        return {"quart_arrival_rate": rate}
     svc = [s for _, s, _ in samples]
     mean = sum(svc) / n
     var = sum((s - mean) ** 2 for s in svc) / n
     stage = sorted(t for _, _, t in samples)
     p99 = stage[min(n - 1, int(0.99 * n))]
     return {
-        "quart_arrival_rate": n / window_s,
+        "quart_arrival_rate": rate,
         "quart_service_mean_s": mean,
         "quart_service_scv": var / mean**2 if mean > 0 else 0.0,
         "quart_latency_p99_s": p99,
@@ -70,18 +84,21 @@ class StageDeployment:
         self.runner = build_runner(self.spec, index)
         self.slots = asyncio.Semaphore(self.spec.stages[index].max_concurrency)
         self.samples: deque[tuple[float, float, float]] = deque()
+        self.arrivals: deque[float] = deque()
 
     async def __call__(self, frame: bytes) -> bytes:
         t0 = time.monotonic()
+        self.arrivals.append(t0)
         async with self.slots:
             out, service_s = await self.runner(bytes(frame))
-        self.samples.append((t0, service_s, time.monotonic() - t0))
+        done = time.monotonic()
+        self.samples.append((done, service_s, done - t0))
         if self.next is not None:
             out = await self.next.remote(out)
         return out
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        return window_stats(self.samples, time.monotonic(), STATS_WINDOW_S)
+        return window_stats(self.samples, self.arrivals, time.monotonic(), STATS_WINDOW_S)
 
 
 def autoscaling_config(spec: PipelineSpec, index: int, **override: Any) -> dict[str, Any]:
@@ -95,6 +112,14 @@ def autoscaling_config(spec: PipelineSpec, index: int, **override: Any) -> dict[
         "upscale_delay_s": 0.0,
         "downscale_delay_s": 0.0,
         "look_back_period_s": 2.0,
+        # Replicas push their metrics every ``metrics_interval_s`` (Serve's default 10 s)
+        # and the policy reads the points of the last ``look_back_period_s``. With the
+        # default, on a busy host (two busy loops on 2 cores) the policy never saw the
+        # middle stage's service time in 494 decisions, so it never planned that stage
+        # (tests/integration/ray/test_serve_policy.py). Deprecated in Serve 2.60 in favour
+        # of RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S, which must be set before
+        # the replicas start; this works per deployment.
+        "metrics_interval_s": 0.5,
     }
     cfg.update(override)
     return cfg
