@@ -302,3 +302,42 @@ def test_retired_keys_are_ignored_with_a_warning() -> None:
     assert "controller.pid is ignored" in text and "controller.stage_budget is ignored" in text
     with pytest.raises(ValueError, match="extra"):
         ControllerConfig.model_validate({"no_such_key": 1})
+
+
+def _two_stage(s0: dict[str, object], s1: dict[str, object]) -> PipelineSnapshot:
+    """Two stages at 5 req/s (10 s windows of ~50 arrivals: a ±40% noise band), an SLO loose
+    enough that utilisation alone sets the plan."""
+    base: dict[str, object] = dict(arrival_rate=5.0, departure_rate=5.0, in_flight=0)
+    stages = (stage("s0", 0, **{**base, **s0}), stage("s1", 1, **{**base, **s1}))
+    return PipelineSnapshot(now=0.0, pipeline="p", slo_p99_s=30.0, stages=stages, source="test")
+
+
+@pytest.mark.parametrize(
+    ("s0", "s1_up_at_once"),
+    [
+        # stage 0 steady: stage 1's rise (load 1.75 on 2 replicas, above the 0.8 target
+        # but within the noise band) waits upscale_confirm_s
+        ({"service_mean_s": 0.01, "ready_replicas": 1}, False),
+        # stage 0's rise is clear (load 2.5 on 1 replica): the same stream reaches stage 1,
+        # whose within-noise rise goes at once instead of waiting for its own samples
+        ({"service_mean_s": 0.5, "ready_replicas": 1}, True),
+    ],
+)
+def test_a_clear_rise_upstream_clears_the_stages_after_it(
+    s0: dict[str, object], s1_up_at_once: bool
+) -> None:
+    pol = ReplicaCorrector(CFG.model_copy(update={"upscale_confirm_s": 20.0}))
+    s = _two_stage(s0, {"service_mean_s": 0.35, "ready_replicas": 2})
+    t, _ = pol.targets(s, pol.initial_state(s))
+    assert (t.stages[1].target > 2) is s1_up_at_once, t.stages[1].reason
+
+
+def test_a_clear_rise_downstream_does_not_clear_the_stages_before_it() -> None:
+    # the burst reaches stage 0 first: a clear rise at stage 1 says nothing new about it
+    pol = ReplicaCorrector(CFG.model_copy(update={"upscale_confirm_s": 20.0}))
+    s = _two_stage(
+        {"service_mean_s": 0.35, "ready_replicas": 2}, {"service_mean_s": 0.5, "ready_replicas": 1}
+    )
+    t, _ = pol.targets(s, pol.initial_state(s))
+    assert t.stages[1].target > 1, t.stages[1].reason
+    assert t.stages[0].target == 2, t.stages[0].reason

@@ -106,8 +106,10 @@ class ControllerConfig(_Frozen):
         description="a scale-up that a plan for the load less its noise band would not "
         "make (an increase within measurement noise) waits until the plan has asked for "
         "more this long; clear increases, growing queues and forecast bursts scale up at "
-        "once. 0 (the default): every scale-up at once. 20 s stops flapping at 5 req/s, "
-        "but also delays a burst's downstream stages when windows hold few requests",
+        "once; a rise clear at a stage is clear for the stages after it. 0 (the default): "
+        "every scale-up at once. 20 s stops flapping at 5 req/s, but also delays some "
+        "scale-ups in a burst (live emulated pipeline: 98.2% of requests within the "
+        "SLO against 100% at 0)",
     )
     max_step_up: int = Field(8, ge=1, le=4096, description="most replicas added per tick")
     max_step_down: int = Field(2, ge=1, le=4096, description="most replicas removed per tick")
