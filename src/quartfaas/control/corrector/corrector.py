@@ -432,12 +432,13 @@ class ReplicaCorrector:
         # samples (``clear_from``: the first stage whose rise is clear).
         clear_from = n
         if up_plan is not None and plan is not None:
-            for j, i in enumerate(inp.planned):
-                if plan.replicas[j] > snapshot.stages[i].replicas and (
-                    _forecast_above_noise(inp.loads[j], inp.measured[j], snapshot.window_s)
-                    or up_plan.replicas[j] > snapshot.stages[i].replicas
+            for k, at in enumerate(inp.planned):
+                have = snapshot.stages[at].replicas
+                if plan.replicas[k] > have and (
+                    _forecast_above_noise(inp.loads[k], inp.measured[k], snapshot.window_s)
+                    or up_plan.replicas[k] > have
                 ):
-                    clear_from = i
+                    clear_from = at
                     break
         for i, (s, st) in enumerate(zip(snapshot.stages, olds, strict=True)):
             factor = factors.get(s.name, 1.0)
