@@ -23,6 +23,9 @@ MIB = 1024**2
 # Seconds a head + one worker node (dashboard off) took to come up on a quiet 2-vCPU host
 # of this kind with Ray 2.60 (measured 2026-12-02 by the team, in a throwaway script).
 QUIET_START_S = 3.5
+# The most a deadline is stretched: under two busy loops on 2 cores the factor was 3-4; a
+# test that needs more than 8x its quiet time fails in minutes instead of running on.
+MOST_SLOW = 8.0
 
 
 async def wait_for(pred: Callable[[], bool], deadline_s: float, what: str) -> None:
@@ -46,9 +49,10 @@ class LocalCluster(NamedTuple):
         (the 1-min load average, read at each call). The start alone under-states it:
         under two busy loops Ray started 1.5x slower, but a replica that imports torch
         took longer than 1.5x its quiet deadline, and a host can get busier after the
-        start."""
+        start. At most ``MOST_SLOW``."""
         cores = os.cpu_count() or 1
-        return max(1.0, self.start_s / QUIET_START_S, 1.0 + os.getloadavg()[0] / cores)
+        slow = max(1.0, self.start_s / QUIET_START_S, 1.0 + os.getloadavg()[0] / cores)
+        return min(MOST_SLOW, slow)
 
     def deadline(self, quiet_s: float) -> float:
         """A deadline that holds on a quiet host, scaled to this host's speed now."""
