@@ -120,3 +120,50 @@ print(os.waitstatus_to_exitcode(status))
     )
     assert out.stdout.strip() == str(-signal.SIGTERM), out.stdout + out.stderr
 
+
+def _children(pid: int) -> set[int]:
+    with contextlib.suppress(OSError):
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return {int(x) for x in text.split()}
+    return set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_an_exiting_template_takes_its_idle_children_with_it(tmp_path: Path) -> None:
+    # Issue #13: the template SIGTERMed its pre-forked idle children and exited at once,
+    # so under two busy loops a clean stop left two of them running for a while.
+    spec = synthetic_spec(1, name="poolexit")
+    spec_json = tmp_path / "spec.json"
+    spec_json.write_text(spec.model_dump_json())
+    parent, child = message_pair()
+    os.set_inheritable(child.fileno(), True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quartfaas.dataplane.forkserver", "--spec-json", str(spec_json),
+         "--stage", "poolexit-s0", "--control-fd", str(child.fileno()), "--prefork", "3"],
+        pass_fds=(child.fileno(), ), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    child.close()
+    try:
+        t0 = time.monotonic()
+        ready = _recv(parent, 120.0)
+        assert ready is not None and ready["op"] == "ready", ready
+        deadline_s = max(5.0, 3 * (time.monotonic() - t0))  # this machine's speed now
+        end = time.monotonic() + deadline_s
+        while len(_children(proc.pid)) < 3:
+            assert time.monotonic() < end, _children(proc.pid)
+            time.sleep(0.02)
+        pool = _children(proc.pid)
+        send_msg(parent, {"op": "exit"})
+        assert proc.wait(timeout=deadline_s) == 0
+        assert [p for p in pool if _alive(p)] == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        parent.close()
