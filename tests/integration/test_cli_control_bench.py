@@ -55,15 +55,17 @@ def test_control_scales_a_remote_gateway_from_prometheus(
 ) -> None:
     name = "clictl"
     spec_path = tmp_path / f"{name}.yaml"
-    # One slot per replica, 50 ms a request, 40 req/s: one replica serves 20 req/s, so any
-    # policy that reads the load must ask for more.
+    # One slot per replica, 200 ms a request, 10 req/s: one replica serves 5 req/s, so any
+    # policy that reads the load must ask for more. The rate is low on purpose: the
+    # gateway and this sender share the test's process, and under two busy loops 40 req/s
+    # against a 50 ms stage reached the replica as 11 req/s (HPA saw 55%, then 1%).
     spec_path.write_text(yaml.safe_dump({
         "name": name,
         "model": {"kind": "synthetic"},
         "gateway": {"port": 0},
         "controller": {"enabled": False, "policy": "hpa", "interval_s": 1.0, "window_s": 4.0},
         "stages": [{"name": f"{name}-s0", "max_concurrency": 1, "max_replicas": 4,
-                    "synthetic": {"work": "sleep", "mean_ms": 50}}],
+                    "synthetic": {"work": "sleep", "mean_ms": 200}}],
     }))  # fmt: skip
     spec = load_spec(spec_path)
     decisions = tmp_path / "decisions.jsonl"
@@ -71,7 +73,9 @@ def test_control_scales_a_remote_gateway_from_prometheus(
     async def main() -> None:
         async with (
             EmbeddedRuntime(spec) as rt,
-            httpx.AsyncClient(base_url=rt.url, timeout=30.0) as c,
+            httpx.AsyncClient(
+                base_url=rt.url, timeout=30.0, limits=httpx.Limits(max_connections=None)
+            ) as c,
         ):
             kill_leftovers.append(str(rt.files.dir))
             target = rt.url.removeprefix("http://")
@@ -83,14 +87,21 @@ def test_control_scales_a_remote_gateway_from_prometheus(
                 )  # fmt: skip
                 pending: set[asyncio.Task[httpx.Response]] = set()
                 try:
-                    deadline = time.monotonic() + 120 * unit_s
+                    start = time.monotonic()
+                    deadline = start + 120 * unit_s
+                    sent = 0
                     while time.monotonic() < deadline and proc.returncode is None:
-                        for _ in range(4):  # 40 req/s, open loop
-                            task = asyncio.create_task(c.post(f"/function/{name}",
-                                                              json={"inputs": [[1]]}))
+                        # 10 req/s, open loop, on a schedule: a late wake-up sends the
+                        # missed requests, so a starved sender still offers 10 req/s
+                        due = int((time.monotonic() - start) / 0.1) + 1
+                        for _ in range(due - sent):
+                            task = asyncio.create_task(
+                                c.post(f"/function/{name}", json={"inputs": [[1]]})
+                            )
                             pending.add(task)
                             task.add_done_callback(pending.discard)
-                        await asyncio.sleep(0.1)
+                        sent = max(sent, due)
+                        await asyncio.sleep(max(0.0, start + sent * 0.1 - time.monotonic()))
                         if len(rt.backend.list_replicas(f"{name}-s0")) > 1:
                             break
                     scaled = len(rt.backend.list_replicas(f"{name}-s0"))
