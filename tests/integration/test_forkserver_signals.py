@@ -167,3 +167,51 @@ def test_an_exiting_template_takes_its_idle_children_with_it(tmp_path: Path) -> 
             proc.kill()
         proc.wait()
         parent.close()
+
+
+def test_an_idle_child_handed_over_as_its_warm_message_crosses_still_serves(
+    tmp_path: Path,
+) -> None:
+    """CI, stop 19: a replica failed to start with "worker exited with code 1 before it
+    was ready". The template handed a warming child over (``activate``, then close) while
+    the child's ``warm`` was on its way; closing a SEQPACKET socket with a message of the
+    child's unread makes the child's next read fail with ECONNRESET ahead of the queued
+    ``activate``, so the child died. Here the helper plays the template and forces that
+    order: it waits until ``warm`` is queued, does not read it, activates, closes."""
+    spec = synthetic_spec(1, name="cross")
+    spec_json = tmp_path / "spec.json"
+    spec_json.write_text(spec.model_dump_json())
+    code = f"""
+import os, select, sys, time
+from quartfaas.dataplane.forkserver import Template, message_pair, send_msg
+from quartfaas.dataplane.runners import SyntheticRunner
+from quartfaas.spec import parse_spec
+import json
+spec = parse_spec(json.loads(open({str(spec_json)!r}).read()), source="test")
+control, _ = message_pair()
+t = Template(spec, 0, control, lifeline_fd=None, prefork=0,
+             make_runner=lambda: SyntheticRunner(spec, 0))
+pid, channel = t._fork(None)
+r, _, _ = select.select([channel], [], [], 60)  # the child's "warm" is queued, unread
+assert r, "the idle child never said warm"
+events_r, events_w = os.pipe()
+send_msg(channel, {{"op": "activate", "replica_id": "cross-1"}}, [events_w])
+channel.close()
+os.close(events_w)
+buf = b""
+end = time.monotonic() + 60
+while b'"ready"' not in buf and time.monotonic() < end:
+    if not select.select([events_r], [], [], 1.0)[0]:
+        continue
+    chunk = os.read(events_r, 4096)
+    if not chunk:
+        break
+    buf += chunk
+os.kill(pid, 9)
+_, status = os.waitpid(pid, 0)
+print("READY" if b'"ready"' in buf else "NOT READY " + repr(buf))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=150, check=True
+    )
+    assert out.stdout.strip() == "READY", out.stdout + out.stderr

@@ -185,7 +185,7 @@ class LocalBackend:
             if rep.stopping:
                 return  # _stop() signalled it and finishes the bookkeeping
             launched.signal(signal.SIGKILL)
-            tail = read_tail(self.files.log_path(rep.info.replica_id))
+            tail = read_tail(launched.log_path)
             why = str(exc) or f"not ready within {timeout:.0f} s (replica_start_timeout_s)"
             self._start_failed(rep, why + (f"; log tail:\n{tail}" if tail else ""))
             await launched.wait()
@@ -209,7 +209,7 @@ class LocalBackend:
         # Exited while serving: a crash. Start the replacement *first*, so the requests
         # queued behind this replica see one coming and wait for it, then report it gone
         # (its in-flight requests are retried elsewhere by the gateway).
-        tail = read_tail(self.files.log_path(rep.info.replica_id), 4)
+        tail = read_tail(launched.log_path, 4)
         log.warning("replica %s exited with code %s while serving", rep.info.replica_id, code)
         if not self.closed:
             self.start_replica(stage)

@@ -89,9 +89,20 @@ def send_msg(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = N
 
 
 def recv_msg(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message (a SOCK_SEQPACKET read returns exactly one); ``None`` on EOF."""
+    """One message (a SOCK_SEQPACKET read returns exactly one); ``None`` on EOF.
+
+    A peer that closes while a message of ours sits unread on its side makes the next
+    read here fail once with ECONNRESET, *before* the messages it sent first (Linux
+    reports a pending socket error ahead of queued datagrams). A template hands an idle
+    child over (``activate``) and closes the channel; if the child's ``warm`` crossed
+    that, the child lost its activation and exited 1 (CI, stop 19). So: read on.
+    """
     fds = array.array("i")
-    data, ancdata, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    size = socket.CMSG_SPACE(MAX_FDS * fds.itemsize)
+    try:
+        data, ancdata, _, _ = sock.recvmsg(65536, size)
+    except ConnectionResetError:
+        data, ancdata, _, _ = sock.recvmsg(65536, size)  # the error is reported once
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
@@ -175,8 +186,12 @@ class Template:
                     parent_end.close()
                 code = self._child_main(activate, child_end)
             except BaseException:
+                # The child's stderr is the template's log: say whose traceback it is.
+                who = f"replica {activate[0]}" if activate is not None else "idle child"
+                print(f"[{who}, pid {os.getpid()}] failed:", file=sys.stderr)
                 traceback.print_exc()
             finally:
+                sys.stderr.flush()
                 os._exit(code)
         if child_end is not None:
             child_end.close()

@@ -80,6 +80,11 @@ class Launched(Protocol):
     @property
     def pid(self) -> int: ...
 
+    @property
+    def log_path(self) -> Path:
+        """Where its stdout and stderr go (a forked replica shares its template's)."""
+        ...
+
     def events(self) -> AsyncIterator[dict[str, object]]: ...
 
     async def wait(self) -> int: ...
@@ -161,6 +166,7 @@ class EventPipe:
 class _ColdProcess:
     proc: asyncio.subprocess.Process
     pipe: EventPipe
+    log_path: Path
 
     @property
     def pid(self) -> int:
@@ -204,7 +210,7 @@ class ColdLauncher:
             )
         os.close(pipe.write_fd)
         tier = StartTier.NONE if self.files.spec.model.kind == "synthetic" else StartTier.COLD
-        return _ColdProcess(proc, pipe), tier
+        return _ColdProcess(proc, pipe, log_path), tier
 
     def released(self, stage: str, replica_id: str) -> None:
         return None

@@ -105,7 +105,8 @@ class ParamCacheLauncher:
         self.keys.lookup(stage, self.clock())
         self.keys.pin(stage)
         self._live[replica_id] = 1
-        return ForkedReplica(int(reply["pid"]), pipe, template), tier
+        log_path = self.files.log_path(f"template-{stage}")
+        return ForkedReplica(int(reply["pid"]), pipe, template, log_path), tier
 
     def released(self, stage: str, replica_id: str) -> None:
         if self._live.pop(replica_id, None) is not None:

@@ -33,6 +33,7 @@ class ForkedReplica:
     pid: int
     pipe: EventPipe
     template: Template
+    log_path: Path  # the template's log: a forked child writes to its stderr
     pidfd: int = -1
     exited: asyncio.Future[int] | None = None
 
