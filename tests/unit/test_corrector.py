@@ -12,6 +12,7 @@ import pytest
 
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.corrector import ArrivalForecast, CorrectorState, ReplicaCorrector
+from quartfaas.control.corrector.feedback import FeedbackState
 from quartfaas.control.corrector.tailmodel import StageLoad, e2e_quantile
 from quartfaas.control.policy import Action, Policy
 from quartfaas.control.snapshot import (
@@ -238,6 +239,24 @@ def test_feedback_below_one_never_plans_beyond_measured_capacity() -> None:
     # the same snapshot with the factor applied to capacity too would plan fewer
     shrunk = StageLoad("s0", 100.0, 0.05 * state.feedback.factor("s0"), 1.0, 1.0)
     assert math.ceil(shrunk.offered_load / CFG.target_utilisation) < floor
+
+
+def test_the_utilisation_target_caps_the_measured_load_not_the_corrected_one() -> None:
+    # A learned factor of 1.5 makes the model's load 0.9 on one replica, the measured
+    # load is 0.6 (under the 0.8 target), and the SLO leaves room for the modelled wait:
+    # one replica. Capping the corrected load at the target too asked for a second (on
+    # the paper cluster it added replicas on short peaks that the SLO did not need).
+    pol = ReplicaCorrector(CFG)
+    s = snap(0.0, slo=10.0, arrival_rate=12.0, departure_rate=12.0, ready_replicas=1,
+             latency=lat(0.2, 500))  # fmt: skip
+    learned = FeedbackState((("s0", 1.5),), last_now=0.0)  # no update on this tick
+    state = replace(pol.initial_state(s), feedback=learned)
+    tick, _ = pol.targets(s, state)
+    assert tick.stages[0].model == 1, tick.stages[0].reason
+    assert "service-time factor x1.5" in tick.stages[0].reason
+    # and the model still decides: a tight SLO gets the second replica
+    tick, _ = pol.targets(replace(s, slo_p99_s=2.0), state)
+    assert tick.stages[0].model == 2, tick.stages[0].reason
 
 
 def test_feedback_waits_for_enough_samples_and_a_steady_count() -> None:

@@ -71,7 +71,10 @@ class ControllerConfig(_Frozen):
         0.99, gt=0.5, lt=1.0, description="the SLO's percentile: what the planner meets"
     )
     target_utilisation: float = Field(
-        0.8, gt=0, lt=1, description="highest utilisation the planner may plan for"
+        0.8,
+        gt=0,
+        lt=1,
+        description="highest utilisation of a stage's measured load the planner may plan for",
     )
     feedback: FeedbackSettings = Field(
         default_factory=FeedbackSettings, description="model-input feedback"
