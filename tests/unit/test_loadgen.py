@@ -141,12 +141,16 @@ def test_slow_server_does_not_delay_scheduled_sends(server: Server) -> None:
     assert [r.outcome for r in recs] == ["ok"] * 25
     # A closed loop would have one request in flight; open loop keeps ~15 outstanding.
     assert server.max_in_flight >= 10
+    # A send that waited for an earlier answer would be at least one answer (0.3 s) late;
+    # half of that leaves room for a busy host's scheduling (two busy loops delayed one
+    # receipt by 59 ms against a 50 ms bound) and still catches the defect.
+    tol = 0.15
     late = np.array([r.lateness_s for r in recs])
     wire = np.array([r.wire_s - r.scheduled_s for r in recs])  # type: ignore[operator]
-    assert late.max() < 0.05 and wire.max() < 0.05
+    assert late.max() < tol and wire.max() < tol
     # Receipt at the server keeps the schedule's spacing: no delay accumulates.
     drift = np.array(server.received) - np.sort(arrivals)
-    assert drift.max() - drift.min() < 0.05
+    assert drift.max() - drift.min() < tol
     assert all(0.3 <= r.latency_s < 1.0 for r in recs)  # type: ignore[operator]
     assert recs[0].total_ms == 12.5
     assert recs[0].stages == (StageTiming("s0", 1.0, 5.0, 0.5), StageTiming("s1", 0.0, 6.0, 0.0))
@@ -194,7 +198,9 @@ def test_concurrency_cap_drops_instead_of_delaying(server: Server) -> None:
     assert outcomes == ["ok", "ok", "dropped", "dropped", "ok", "ok"]
     assert res.records[2].sent_s is None
     late = [r.lateness_s for r in res.records if r.lateness_s is not None]
-    assert max(late) < 0.05  # the two sent at 0.5 s went out on time, not queued
+    # the two sent at 0.5 s went out on time, not queued (a queued send waits for an
+    # answer, 0.2 s; half of it is the bound, for a busy host)
+    assert max(late) < 0.1
     s = res.summary
     assert (s.sent, s.dropped) == (4, 2)
     assert s.slo_attainment == 1.0
