@@ -14,7 +14,7 @@ from pathlib import Path
 from helpers import synthetic_spec
 from quartfaas.backends.local import LocalBackend
 from quartfaas.control.backend import ReplicaInfo, StartTier
-from quartfaas.dataplane.launch import ReplicaFiles
+from quartfaas.dataplane.launch import ColdLauncher, ReplicaFiles
 
 
 @dataclass
@@ -33,21 +33,15 @@ class _Died:
         return None
 
 
-@dataclass
-class _Launcher:
-    log_path: Path
+class _Launcher(ColdLauncher):
+    """``ColdLauncher``'s bookkeeping; its launches die before they are ready."""
+
+    def __init__(self, files: ReplicaFiles, log_path: Path) -> None:
+        super().__init__(files)
+        self.log_path = log_path
 
     async def launch(self, stage: str, replica_id: str) -> tuple[_Died, StartTier]:
         return _Died(self.log_path), StartTier.FORK
-
-    def released(self, stage: str, replica_id: str) -> None:
-        return None
-
-    async def prewarm(self, stage: str) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 @dataclass
@@ -79,7 +73,7 @@ def test_a_replica_that_exits_before_ready_names_the_tail_of_its_own_log(tmp_pat
 
     async def main() -> None:
         files = ReplicaFiles(spec, base_dir=tmp_path)
-        backend = LocalBackend(spec, listener, files=files, launcher=_Launcher(log))
+        backend = LocalBackend(spec, listener, files=files, launcher=_Launcher(files, log))
         backend.start_replica("died-s0")
         rep = backend._replicas["died-s0-1"]  # its start task, which reports the failure
         assert rep.task is not None

@@ -105,8 +105,7 @@ class ParamCacheLauncher:
         self.keys.lookup(stage, self.clock())
         self.keys.pin(stage)
         self._live[replica_id] = 1
-        log_path = self.files.log_path(f"template-{stage}")
-        return ForkedReplica(int(reply["pid"]), pipe, template, log_path), tier
+        return ForkedReplica(int(reply["pid"]), pipe, template), tier
 
     def released(self, stage: str, replica_id: str) -> None:
         if self._live.pop(replica_id, None) is not None:
@@ -242,7 +241,7 @@ class ParamCacheLauncher:
         child.close()
         parent.setblocking(False)
         loop = asyncio.get_running_loop()
-        t = Template(stage, proc, parent, weights, tier, loop.create_future())
+        t = Template(stage, proc, parent, weights, tier, loop.create_future(), log_path)
         loop.add_reader(parent.fileno(), self._on_message, t)
         watcher = loop.create_task(self._watch(t))
         self._watchers.add(watcher)

@@ -33,12 +33,16 @@ class ForkedReplica:
     pid: int
     pipe: EventPipe
     template: Template
-    log_path: Path  # the template's log: a forked child writes to its stderr
     pidfd: int = -1
     exited: asyncio.Future[int] | None = None
 
     def __post_init__(self) -> None:
         self.pidfd = os.pidfd_open(self.pid)
+
+    @property
+    def log_path(self) -> Path:
+        """The template's log: a forked child writes to the template's stderr."""
+        return self.template.log_path
 
     def events(self) -> AsyncIterator[dict[str, object]]:
         return self.pipe.lines()
@@ -94,6 +98,7 @@ class Template:
     weights: Path | None
     tier: StartTier  # how this template got its weights (mmap or cold)
     ready: asyncio.Future[dict[str, Any]]
+    log_path: Path  # its stdout and stderr, and its forked children's
     spawns: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     exit_codes: dict[int, asyncio.Future[int]] = field(default_factory=dict)
     first_used: bool = False
