@@ -88,9 +88,8 @@ def _gamma_cdf_rows_plain(
     pos = (t[None, :] - lo[:, None]) / step[:, None]
     j = np.clip(np.floor(pos).astype(np.int64), 0, n_fine - 2)
     rows = np.arange(k.size)[:, None]
-    x0, x1 = fine[rows, j], fine[rows, j + 1]
     f0, f1 = cum[rows, j], cum[rows, j + 1]
-    val = f0 + (f1 - f0) / (x1 - x0) * (t[None, :] - x0)
+    val = f0 + (f1 - f0) * (pos - j)
     return np.where(t[None, :] < lo[:, None], 0.0, np.where(t[None, :] > hi[:, None], 1.0, val))
 
 

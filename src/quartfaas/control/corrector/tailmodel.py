@@ -307,23 +307,26 @@ def service_rows(stages: Sequence[StageLoad], delta: float, n: int) -> FloatArra
 def _gamma_cdf_rows(k: FloatArray, theta: FloatArray, t: FloatArray) -> FloatArray:
     """``_gamma_cdf`` of several stages (rows) at the same sorted ``t >= 0``: the same
     (cached) ``_gamma_table`` per stage and the same linear interpolation, for all rows at
-    once (the table's points are equally spaced, so each ``t``'s interval is found by
-    division rather than a search)."""
+    once. The table's points are equally spaced, so each ``t``'s interval and its place
+    in it come from one division (no search, no gather of the points themselves); a
+    place clipped to [0, 1] gives 0 below the table and 1 above it (its ends are exactly
+    0 and 1)."""
     n_fine = _GAMMA_POINTS
-    fine, cum, lo, hi, step = _stacked_tables(k, theta)
+    _, cum, lo, _, step = _stacked_tables(k, theta)
     pos = (t[None, :] - lo[:, None]) / step[:, None]
     # Truncation equals floor here: a negative ``pos`` is clipped to 0 either way.
-    j = np.clip(pos.astype(np.int64), 0, n_fine - 2)
+    j = pos.astype(np.int64)
+    np.clip(j, 0, n_fine - 2, out=j)
+    frac = pos - j
+    np.clip(frac, 0.0, 1.0, out=frac)
     j += (np.arange(k.size) * n_fine)[:, None]  # flat positions: one gather per array
-    x0 = fine.take(j)
     f0 = cum.take(j)
     j += 1
-    x1 = fine.take(j)
     f1 = cum.take(j)
-    val = f0 + (f1 - f0) / (x1 - x0) * (t[None, :] - x0)
-    val[t[None, :] > hi[:, None]] = 1.0
-    val[t[None, :] < lo[:, None]] = 0.0
-    return val
+    f1 -= f0
+    f1 *= frac
+    f1 += f0
+    return f1
 
 
 _STACKED: dict[tuple[tuple[float, float], ...], tuple[FloatArray, ...]] = {}

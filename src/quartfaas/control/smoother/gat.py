@@ -201,33 +201,40 @@ class NumpyGat:
         self._masks: dict[int, Any] = {}  # n -> (src, dst) edge arrays
 
     def _edges(self, n: int) -> Any:
+        """``(nb, missing)``: each stage's incoming neighbours on the path graph of
+        ``path_edges`` (itself, the stage before, the stage after: ``[n, 3]``, a missing
+        one points at the stage itself and is masked out by ``missing``)."""
         import numpy as np
 
         e = self._masks.get(n)
         if e is None:
-            src, dst = path_edges(n)
-            e = self._masks[n] = (np.asarray(src), np.asarray(dst))
+            i = np.arange(n)
+            nb = np.stack([i, np.maximum(i - 1, 0), np.minimum(i + 1, n - 1)], axis=1)
+            missing = np.zeros((n, 3), dtype=bool)
+            missing[0, 1] = True
+            missing[n - 1, 2] = True
+            e = self._masks[n] = (nb, missing[:, :, None])
         return e
 
     def _conv(self, name: str, h: Any, heads: int, concat: bool, edges: Any) -> Any:
+        """One GATv2 layer (``torch_geometric.nn.GATv2Conv``'s arithmetic) on the path
+        graph: every stage has at most three incoming edges, so the softmax over them and
+        the weighted sum are dense ``[stage, neighbour, head]`` operations (no scatter)."""
         import numpy as np
 
         w = self.w
         n = h.shape[0]
-        src, dst = edges
+        nb, missing = edges
         xl = (h @ w[f"{name}.lin_l.weight"].T + w[f"{name}.lin_l.bias"]).reshape(n, heads, -1)
         xr = (h @ w[f"{name}.lin_r.weight"].T + w[f"{name}.lin_r.bias"]).reshape(n, heads, -1)
-        s = xl[src] + xr[dst]  # [edge, head, channel]: message j -> i
+        src = xl[nb]  # [stage, neighbour, head, channel]: message neighbour -> stage
+        s = src + xr[:, None]
         s = np.where(s > 0, s, 0.2 * s)
-        logits = np.einsum("ehc,hc->eh", s, w[f"{name}.att"][0])
-        top = np.full((n, heads), -np.inf)
-        np.maximum.at(top, dst, logits)  # softmax over each node's incoming edges
-        alpha = np.exp(logits - top[dst])
-        total = np.zeros((n, heads))
-        np.add.at(total, dst, alpha)
-        alpha /= total[dst]
-        out = np.zeros_like(xl)
-        np.add.at(out, dst, alpha[:, :, None] * xl[src])
+        logits = np.einsum("inhc,hc->inh", s, w[f"{name}.att"][0])
+        logits = np.where(missing, -np.inf, logits)
+        alpha = np.exp(logits - logits.max(axis=1, keepdims=True))
+        alpha /= alpha.sum(axis=1, keepdims=True)
+        out = np.einsum("inh,inhc->ihc", alpha, src)
         out = out.reshape(n, -1) if concat else out.mean(axis=1)
         return out + w[f"{name}.bias"]
 
