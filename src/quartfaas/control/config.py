@@ -110,9 +110,24 @@ class ControllerConfig(_Frozen):
         "make (an increase within measurement noise) waits until the plan has asked for "
         "more this long; clear increases, growing queues and forecast bursts scale up at "
         "once; a rise clear at a stage is clear for the stages after it. 0 (the default): "
-        "every scale-up at once. 20 s stops flapping at 5 req/s, but also delays some "
-        "scale-ups in a burst (live emulated pipeline: 98.2% of requests within the "
-        "SLO against 100% at 0)",
+        "every scale-up at once. 10 s stops flapping at 5 and 20 req/s "
+        "(benchmarks/flapping.py), but also delays scale-ups early in a burst (live "
+        "emulated pipeline: 97.5% of requests within the SLO against 100% at 0)",
+    )
+    service_memory_samples: float = Field(
+        300.0,
+        ge=0,
+        le=1_000_000,
+        description="plan on a stage's service mean and SCV remembered over about this "
+        "many completions rather than one window's (fewer at low rates: a 10 s window "
+        "of 5 req/s holds ~50, and their noise flapped counts); 0: the window's alone",
+    )
+    service_memory_max_s: float = Field(
+        120.0,
+        gt=0,
+        le=86_400,
+        description="the service memory spans at most about this long, so a real change "
+        "of a stage's service time shows within it",
     )
     max_step_up: int = Field(8, ge=1, le=4096, description="most replicas added per tick")
     max_step_down: int = Field(2, ge=1, le=4096, description="most replicas removed per tick")

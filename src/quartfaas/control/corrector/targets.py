@@ -16,6 +16,7 @@ from typing import NamedTuple
 from quartfaas.control.corrector.feedback import FeedbackState
 from quartfaas.control.corrector.guards import GuardMemory
 from quartfaas.control.corrector.hysteresis import HysteresisState
+from quartfaas.control.corrector.servicememory import ServiceMemory
 from quartfaas.control.policy import Decision, StageDecision
 
 
@@ -27,6 +28,7 @@ class StageState:
     hysteresis: HysteresisState = field(default_factory=HysteresisState)
     guard: GuardMemory = field(default_factory=GuardMemory)
     changed_s: float | None = None  # when the count last changed (feedback waits a window)
+    service: ServiceMemory | None = None  # the remembered service time (servicememory.py)
 
 
 @dataclass(frozen=True, slots=True)
