@@ -112,7 +112,7 @@ class ControllerConfig(_Frozen):
         "once; a rise clear at a stage is clear for the stages after it. 0 (the default): "
         "every scale-up at once. 10 s stops flapping at 5 and 20 req/s "
         "(benchmarks/flapping.py), but also delays scale-ups early in a burst (live "
-        "emulated pipeline: 97.5% of requests within the SLO against 100% at 0)",
+        "emulated pipeline: 97.5-98.2% of requests within the SLO against 100% at 0)",
     )
     service_memory_samples: float = Field(
         300.0,

@@ -63,7 +63,7 @@ Per tick (issue 12):
    (step 1) takes that share away, and what is left is the arrival rate's noise
    (``benchmarks/flapping.py``: at most 2 moves of a stage in 10 minutes by default, none
    beyond 1 with ``upscale_confirm_s`` 10 s). The option stays opt-in because it delays
-   scale-ups early in a burst (live emulated pipeline: 97.5% against 100%).
+   scale-ups early in a burst (live emulated pipeline: 97.5-98.2% against 100%).
 6. **guards**, in this order: rate limits (``max_step_up``/``max_step_down``), bounds,
    cooldowns (``up_cooldown_s``, and no scale-down within ``down_cooldown_s`` of a change).
    A scale-down cut short by ``max_step_down`` keeps its low period, so it continues on
