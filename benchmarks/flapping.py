@@ -4,9 +4,9 @@ The pipeline of ``tests/sim/test_quart_sim.py``'s flapping test: 3 stages of exp
 service (100, 150 and 80 ms, one slot per replica), SLO p99 1.5 s, on the simulator's
 ``small`` cluster, Quart with the QNA predictor and the default controller settings
 except ``upscale_confirm_s`` and ``service_memory_samples`` (the service memory: 0 is
-off, the window's service time alone). For each seed (one Poisson realisation) it counts the scale
-actions of the whole pipeline in the 30 minutes after a 10-minute settling period, and
-the most actions of one stage in any 10-minute window (the issue's bar is 1).
+off, the window's service time alone). For each seed (one Poisson realisation) it counts
+the scale actions of the whole pipeline in the 30 minutes after a 10-minute settling
+period, and the most actions of one stage in any 10-minute window (the issue's bar is 1).
 
     python benchmarks/flapping.py [--rates 5,20] [--confirm 0,10] [--memory 0,300] [--seeds 6]
 

@@ -190,6 +190,8 @@ class ReplicaCorrector:
             )
             stages.append(s2)
             memories.append(mem)
+        if all(a is b for a, b in zip(stages, snapshot.stages, strict=True)):
+            return snapshot, memories  # every window used as it is
         return replace(snapshot, stages=tuple(stages)), memories
 
     # ------------------------------------------------------------------ feedback

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from quartfaas.control.corrector.inputs import finite
 from quartfaas.control.snapshot import StageSnapshot
 
 
@@ -56,17 +57,17 @@ def remember(
 ) -> tuple[StageSnapshot, ServiceMemory | None]:
     """``s`` with its service mean and SCV taken from the memory updated by this window,
     and the updated memory (``samples <= 0``: ``s`` unchanged, no memory)."""
-    mean = s.service_mean_s
+    mean = finite(s.service_mean_s)
     if samples <= 0:
         return s, None
-    if mean is None or not (math.isfinite(mean) and mean > 0):
+    if mean is None or mean <= 0:
         return s, memory  # nothing measured: keep what was remembered, use nothing
-    scv = s.service_scv
-    if scv is not None and not (math.isfinite(scv) and scv >= 0):
+    scv = finite(s.service_scv)
+    if scv is not None and scv < 0:
         scv = None
-    rate = s.departure_rate
-    if rate is None or not (math.isfinite(rate) and rate >= 0):
-        rate = s.arrival_rate if s.arrival_rate is not None else 0.0
+    rate = finite(s.departure_rate)
+    if rate is None or rate < 0:
+        rate = finite(s.arrival_rate) or 0.0
     rate = max(0.0, rate)
     # completions in the window: its latency samples where counted (a window not yet
     # full at start-up holds fewer than rate x window)
@@ -90,6 +91,8 @@ def remember(
             mean_mem = memory.mean_s + alpha * (mean - memory.mean_s)
             new = ServiceMemory(mean_mem, scv_mem, count, now)
     scv_out = new.scv if new.scv is not None else s.service_scv
+    if new.mean_s == s.service_mean_s and scv_out == s.service_scv:
+        return s, new  # the window as it is: no copy (a tick makes one per stage)
     return replace(s, service_mean_s=new.mean_s, service_scv=scv_out), new
 
 

@@ -312,7 +312,7 @@ def _gamma_cdf_rows(k: FloatArray, theta: FloatArray, t: FloatArray) -> FloatArr
     place clipped to [0, 1] gives 0 below the table and 1 above it (its ends are exactly
     0 and 1)."""
     n_fine = _GAMMA_POINTS
-    _, cum, lo, _, step = _stacked_tables(k, theta)
+    cum, lo, step = _stacked_tables(k, theta)
     pos = (t[None, :] - lo[:, None]) / step[:, None]
     # Truncation equals floor here: a negative ``pos`` is clipped to 0 either way.
     j = pos.astype(np.int64)
@@ -333,17 +333,18 @@ _STACKED: dict[tuple[tuple[float, float], ...], tuple[FloatArray, ...]] = {}
 
 
 def _stacked_tables(k: FloatArray, theta: FloatArray) -> tuple[FloatArray, ...]:
-    """The ``_gamma_table`` rows of these stages stacked (``fine``, ``cum``) with each
-    row's first and last point and step: kept for the last few sets of stages (a tick's
-    plan, its down-scale plan and their checks ask for the same services four times)."""
+    """``(cum, lo, step)``: the ``_gamma_table`` CDF rows of these stages stacked, with
+    each row's first point and step (the points themselves are ``lo + i * step``). Kept
+    for the last few sets of stages (a tick's plan, its down-scale plan and their checks
+    ask for the same services four times)."""
     key = tuple(zip(k.tolist(), theta.tolist(), strict=True))
     got = _STACKED.get(key)
     if got is None:
         tables = _gamma_tables(k, theta)
-        fine = np.stack([f for f, _ in tables])
         cum = np.stack([c for _, c in tables])
-        lo, hi = fine[:, 0], fine[:, -1]
-        got = (fine, cum, lo, hi, (hi - lo) / (_GAMMA_POINTS - 1))
+        lo = np.array([f[0] for f, _ in tables])
+        hi = np.array([f[-1] for f, _ in tables])
+        got = (cum, lo, (hi - lo) / (_GAMMA_POINTS - 1))
         for a in got:
             a.flags.writeable = False  # shared by every caller with these services
         if len(_STACKED) >= 4:

@@ -198,7 +198,7 @@ class NumpyGat:
 
         self.cfg = cfg
         self.w = {k: np.asarray(v, dtype=np.float64) for k, v in state.items()}
-        self._masks: dict[int, Any] = {}  # n -> (src, dst) edge arrays
+        self._masks: dict[int, Any] = {}  # n -> _edges(n)
 
     def _edges(self, n: int) -> Any:
         """``(nb, missing)``: each stage's incoming neighbours on the path graph of
