@@ -80,7 +80,7 @@ def _gamma_cdf_rows_plain(
     k: tailmodel.FloatArray, theta: tailmodel.FloatArray, t: tailmodel.FloatArray
 ) -> tailmodel.FloatArray:
     n_fine = tailmodel._GAMMA_POINTS
-    tables = tailmodel._gamma_tables(k, theta)
+    tables = [tailmodel._gamma_table(float(a), float(b)) for a, b in zip(k, theta, strict=True)]
     fine = np.stack([f for f, _ in tables])
     cum = np.stack([c for _, c in tables])
     lo, hi = fine[:, 0], fine[:, -1]

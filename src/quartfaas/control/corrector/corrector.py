@@ -44,7 +44,9 @@ Per tick (issue 12):
    for fewer for ``downscale_delay_s`` (and then to the highest count asked for meanwhile);
    replicas already starting count. "Fewer" is judged against a second plan for
    ``1 + downscale_headroom_frac`` times the load (made only on ticks where some stage's
-   plan is below its count): a Schmitt trigger in the load domain, so measurement noise at
+   plan is below its count; ``planner.plan_above``: the search resumed from this tick's
+   plan on the planner's grid, so never below it, without a second reference check, which
+   took a third of the tick): a Schmitt trigger in the load domain, so measurement noise at
    a boundary does not flip a count back and forth. The band is at least two standard
    errors of the measured load ``λ·E[S]`` over the window (``2·sqrt(2/N)`` for ``N``
    arrivals, rate and mean each contributing ``1/sqrt(N)``): 10 s of 20 req/s move it by
@@ -106,7 +108,7 @@ from quartfaas.control.corrector.inputs import (
     read_tail,
     service_rate,
 )
-from quartfaas.control.corrector.planner import Plan, PlanOutcome, plan_replicas
+from quartfaas.control.corrector.planner import Plan, PlanOutcome, plan_above, plan_replicas
 from quartfaas.control.corrector.servicememory import ServiceMemory, remember
 from quartfaas.control.corrector.stagetails import stage_quantiles
 from quartfaas.control.corrector.tailmodel import StageLoad, e2e_quantile
@@ -289,10 +291,11 @@ class ReplicaCorrector:
         plan: Plan | None,
         fb_state: fb.FeedbackState,
         sign: int,
-    ) -> Plan | None:
-        """The plan for the load moved by its noise band (``sign`` +1: up, the lower
-        threshold of the Schmitt trigger, made when some stage's plan is below its count;
-        -1: down, the upper threshold, made when some stage's plan is above it; step 5)."""
+    ) -> tuple[int, ...] | None:
+        """The replicas for the load moved by its noise band (``sign`` +1: up, the lower
+        threshold of the Schmitt trigger, made when some stage's plan is below its count:
+        ``planner.plan_above`` the plan; -1: down, the upper threshold, made when some
+        stage's plan is above it: a plan of its own; step 5)."""
         frac = self.cfg.downscale_headroom_frac
         if plan is None or frac <= 0.0:
             return None
@@ -328,8 +331,10 @@ class ReplicaCorrector:
                     self.cfg.target_utilisation,
                 )
             )
+        if sign > 0:
+            return plan_above(moved, plan.slo_s, plan.replicas, self.cfg.percentile)
         banded, _ = self._plan(moved, plan.slo_s)
-        return banded
+        return banded.replicas
 
     # ------------------------------------------------------------------ per stage
 
@@ -480,7 +485,7 @@ class ReplicaCorrector:
                 have = snapshot.stages[at].replicas
                 if plan.replicas[k] > have and (
                     _forecast_above_noise(inp.loads[k], inp.measured[k], snapshot.window_s)
-                    or up_plan.replicas[k] > have
+                    or up_plan[k] > have
                 ):
                     clear_from = at
                     break
@@ -498,7 +503,7 @@ class ReplicaCorrector:
                 raw = model = plan.replicas[j]
                 budget = plan.budgets_s[j]
                 if down_plan is not None and raw < s.replicas:
-                    raw = min(s.replicas, max(raw, down_plan.replicas[j]))
+                    raw = min(s.replicas, max(raw, down_plan[j]))
                 if up_plan is not None and raw > s.replicas:
                     # a forecast burst is on its way (the smoother raised the inputs): no
                     # time to confirm it; otherwise an increase must exceed the noise, here

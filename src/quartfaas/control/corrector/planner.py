@@ -77,6 +77,7 @@ _WRAP = 4
 # a far-from-feasible start does not read wrapped tail mass as mass below the SLO.
 _TILT = 30.0
 _MAX_STEPS = 100_000
+_KEY_BASE = 1 << 32  # a kept wait transform's key: stage * _KEY_BASE + replicas
 
 
 class PlanOutcome(StrEnum):
@@ -156,7 +157,8 @@ def _wait_spectra(
     masses = (2.0 * p_wait[:, None] * np.sinh(0.5 * rd)) * decay
     masses[:, 0] = 1.0 - p_wait * np.exp(-0.5 * rd[:, 0])
     spec = np.fft.rfft(masses, length, axis=1)
-    return np.where(stable[:, None], spec, 0.0)
+    spec[~stable] = 0.0
+    return spec
 
 
 class _Model:
@@ -175,7 +177,10 @@ class _Model:
         # Wait transforms by (stage, replicas): the greedy computes each once, and the
         # trim (which walks back over counts the greedy passed) and the final check's
         # extra greedy steps read them here instead of transforming again.
-        self._spectra: dict[tuple[int, int], ComplexArray] = {}
+        # Rows of ``_store`` by key ``stage·2^32 + replicas`` (one array, so a batch is
+        # one gather rather than a stack of rows).
+        self._row_of: dict[int, int] = {}
+        self._store = np.empty((0, _WRAP * grid // 2 + 1), dtype=np.complex128)
         self.shift = sum(s.service_mean_s for s in stages if s.deterministic)
         span = slo_s - self.shift
         self.n = grid
@@ -250,20 +255,25 @@ class _Model:
         """Wait transforms of stages ``idx`` at ``replicas`` (rows in that order, a new
         array). Each (stage, count) is transformed once per model and kept: a row does not
         depend on the batch it was computed in (elementwise masses, one FFT per row)."""
-        known = self._spectra
-        keys = list(zip(idx.tolist(), replicas.tolist(), strict=True))
-        todo = list(dict.fromkeys(key for key in keys if key not in known))
+        keys = (idx * _KEY_BASE + replicas).tolist()
+        row_of = self._row_of
+        todo = [key for key in dict.fromkeys(keys) if key not in row_of]
         if todo:
-            ti = np.array([k for k, _ in todo], dtype=np.int64)
-            tc = np.array([c for _, c in todo], dtype=np.int64)
+            ti, tc = np.divmod(np.array(todo, dtype=np.int64), _KEY_BASE)
             p, r = self.params(ti, tc)
-            for key, row in zip(
-                todo, _wait_spectra(p, r, self.delta, self.n, self.length), strict=True
-            ):
-                known[key] = row
-        if not keys:
-            return np.empty((0, self.length // 2 + 1), dtype=np.complex128)
-        return np.stack([known[key] for key in keys])
+            rows = _wait_spectra(p, r, self.delta, self.n, self.length)
+            have = len(row_of)
+            size = self._store.shape[0]
+            if have + len(todo) > size:
+                size = max(2 * size, have + len(todo), 4 * len(self.stages))
+                grown = np.empty((size, rows.shape[1]), dtype=np.complex128)
+                grown[:have] = self._store[:have]
+                self._store = grown
+            self._store[have : have + len(todo)] = rows
+            row_of.update(zip(todo, range(have, have + len(todo)), strict=True))
+            if len(todo) == len(keys):  # all new and distinct: the rows are the answer
+                return rows
+        return self._store[[row_of[key] for key in keys]]
 
 
 _SVC_CACHE: dict[tuple[object, ...], ComplexArray] = {}
@@ -446,6 +456,46 @@ def plan_replicas(
         f"modelled p{q * 100:g} {quant:.3g}s <= SLO {slo_s:.3g}s",
         tails,
     )
+
+
+def plan_above(
+    stages: Sequence[StageLoad],
+    slo_s: float,
+    base: Sequence[int],
+    q: float = 0.99,
+    *,
+    grid: int = PLAN_GRID,
+) -> tuple[int, ...]:
+    """The replicas that ``stages`` (the same pipeline as a plan's, under more load) need
+    on top of ``base`` (that plan's vector) for the tail at ``slo_s`` to stay within
+    ``1 - q`` on the planner's grid: the greedy from ``base`` raised to the wait floors,
+    then the trim down to them.
+
+    This is the down-scale threshold (the corrector's Schmitt trigger), so it is never
+    below ``base``, and it skips what a plan proper does after the search: the check
+    against ``e2e_quantile`` and the budgets. ``base`` is checked;
+    this threshold only holds a scale-down back. Where the SLO cannot be met within the
+    bounds the greedy's best vector is returned, as ``plan_replicas`` does.
+    """
+    if not 0 < q < 1 or not slo_s > 0 or grid < 8:
+        raise ValueError(f"bad planner input: q={q}, slo_s={slo_s}")
+    if len(base) != len(stages) or not stages:
+        raise ValueError(f"{len(base)} base counts for {len(stages)} stages")
+    hi = np.array([s.max_replicas for s in stages], dtype=np.int64)
+    reps = np.minimum(np.array(base, dtype=np.int64), hi)
+    if all(s.arrival_rate == 0 for s in stages):
+        return tuple(int(c) for c in reps)
+    stable = np.array(_start(stages, 1.0), dtype=np.int64)
+    model = _Model(stages, slo_s, grid)
+    if (stable > hi).any() or slo_s <= model.shift:  # the bounds cannot carry the load
+        return tuple(int(c) for c in hi)
+    floors = np.maximum(
+        reps, _wait_floor(model, np.minimum(stable, hi), hi, slo_s - model.shift, q)
+    )
+    costs = np.array([s.cost for s in stages])
+    reps = _greedy(model, floors.copy(), hi, costs, 1.0 - q)
+    reps = _trim(model, reps, floors, costs, 1.0 - q)
+    return tuple(int(c) for c in reps)
 
 
 def _greedy(
