@@ -257,3 +257,19 @@ def test_gamma_quantile_matches_scipy() -> None:
             assert _gamma_quantile(float(k), p) == pytest.approx(exact, rel=2e-3)
             if k < 1e3:
                 assert _gamma_quantile_exact(float(k), p) == pytest.approx(exact, rel=1e-9)
+
+
+def test_service_percentiles_match_the_scalar_function() -> None:
+    # Every branch: deterministic, Gamma from the table, Gamma by Wilson-Hilferty (shape
+    # >= 50), exponential, the SCV cap, a zero mean.
+    from quartfaas.control.corrector.queueing import service_percentile, service_percentiles
+
+    rng = np.random.default_rng(3)
+    scv = np.concatenate(
+        ([0.0, 1e-7, 0.01, 0.019, 0.021, 0.5, 1.0, 100.0, 250.0], rng.uniform(0.0, 1.0, 40))
+    )
+    mean = np.concatenate(([0.0], rng.uniform(0.001, 0.2, scv.size - 1)))
+    for pct in (0.9, 0.99, 0.9999):
+        got = service_percentiles(mean, scv, pct)
+        want = [service_percentile(float(m), float(v), pct) for m, v in zip(mean, scv, strict=True)]
+        assert np.allclose(got, want, rtol=1e-12, atol=0)

@@ -176,19 +176,20 @@ def test_idle_deterministic_stage_at_zero_replicas() -> None:
     )
 
 
-def test_gamma_tables_survive_eviction_of_their_own_cached_keys(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # A request mixing cached and new shape bins that overflows the cache: the eviction
-    # may drop the cached bins of this very request, which must still be served.
+def test_gamma_tables_are_built_once_per_shape_bin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A batch mixing built and new bins builds only the new ones, and a bin's row is
+    # the same whichever batch built it.
     from quartfaas.control.corrector import tailmodel as tm
 
-    monkeypatch.setattr(tm, "_GAMMA_CACHE", {})
-    monkeypatch.setattr(tm, "_GAMMA_CACHE_SIZE", 2)
-    first = tm._unit_tables(tm._shape_bins(np.array([2.0])))
-    both = tm._unit_tables(tm._shape_bins(np.array([2.0, 3.0, 4.0])))
-    assert len(both) == 3 and both[0][0] is first[0][0]
-    assert len(tm._GAMMA_CACHE) <= 2
+    monkeypatch.setattr(tm, "_UNIT", tm._UnitTables())
+    tm._UNIT.need(tm._shape_bins(np.array([2.0])))
+    assert int(tm._UNIT.ready.sum()) == 1
+    row = tm._UNIT.cdf[tm._shape_bins(np.array([2.0]))[0]].copy()
+    tm._UNIT.need(tm._shape_bins(np.array([2.0, 3.0, 4.0, 3.0])))
+    assert int(tm._UNIT.ready.sum()) == 3
+    alone = tm._UnitTables()
+    alone.need(tm._shape_bins(np.array([4.0, 2.0])))
+    assert np.array_equal(alone.cdf[tm._shape_bins(np.array([2.0]))[0]], row)
 
 
 def test_gamma_cdf_keeps_the_mean_and_rounds_the_shape_within_a_percent() -> None:
@@ -211,5 +212,72 @@ def test_gamma_cdf_keeps_the_mean_and_rounds_the_shape_within_a_percent() -> Non
     k = 20.0
     moved = special.gammainc(math.exp(float(tm._shape_bins(np.array([k]))[0]) / 64.0), t * k / 0.04)
     assert np.max(np.abs(tm._gamma_cdf(k, 0.04 / k, t) - moved)) > 5e-3  # the mean matters
-    a = tm._unit_tables(tm._shape_bins(np.array([2.0, 2.0 * 1.001])))
-    assert a[0][1] is a[1][1]
+    a, b = tm._shape_bins(np.array([2.0, 2.0 * 1.001]))
+    assert a == b
+
+
+def _union_bound_loop(stages: list[StageLoad], replicas: list[int], q: float) -> float:
+    """``_union_bound`` as it was written before it took arrays: a loop over stages."""
+    from quartfaas.control.corrector import tailmodel as tm
+    from quartfaas.control.corrector.queueing import service_percentile
+
+    eps = (1.0 - q) / (2.0 * len(stages))
+    total = mean = var_svc = sd_waits = var_waits = 0.0
+    for s, c in zip(stages, replicas, strict=True):
+        wt = tm.wait_tail(s, c)
+        if not wt.stable:
+            return math.inf
+        total += wt.quantile(1.0 - eps)
+        if wt.p_wait > 0 and math.isfinite(wt.rate):
+            m1 = wt.p_wait / wt.rate
+            v = 2.0 * m1 / wt.rate - m1 * m1
+            mean += m1
+            sd_waits += math.sqrt(max(v, 0.0))
+            var_waits += max(v, 0.0)
+        if not s.deterministic:
+            scv = min(s.service_scv, tm.MAX_SCV)
+            mean += s.service_mean_s
+            var_svc += scv * s.service_mean_s**2
+            if scv > 1.0:
+                p, _, mu2 = tm._h2(s.service_mean_s, scv)
+                total += math.log(max(1.0 - p, eps) / eps) / mu2
+            else:
+                total += service_percentile(s.service_mean_s, scv, 1.0 - eps)
+    var = var_svc + (sd_waits**2 if tm.correlation_weight(stages) > 0 else var_waits)
+    return min(total, mean + math.sqrt(var * q / (1.0 - q)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_union_bound_in_arrays_matches_the_loop(seed: int) -> None:
+    from quartfaas.control.corrector import tailmodel as tm
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    stages = [
+        StageLoad(
+            f"s{i}",
+            float(rng.choice([0.0, rng.uniform(1.0, 80.0)])),
+            float(rng.uniform(0.005, 0.1)),
+            service_scv=float(
+                rng.choice([0.0, rng.uniform(0.01, 0.99), 1.0, rng.uniform(1.5, 9.0)])
+            ),
+            arrival_scv=float(rng.uniform(0.5, 3.0)),
+            burst_factor=None if rng.random() < 0.5 else float(rng.uniform(0.5, 6.0)),
+            servers_per_replica=int(rng.choice([1, 2, 4])),
+        )
+        for i in range(n)
+    ]
+    reps = [s.min_stable() + int(rng.integers(0, 3)) for s in stages]
+    for q in (0.95, 0.99, 0.999):
+        assert tm._union_bound(stages, reps, q) == pytest.approx(
+            _union_bound_loop(stages, reps, q), rel=1e-9
+        )
+    unstable = [
+        max(0, c - 5) if s.arrival_rate > 0 else c for s, c in zip(stages, reps, strict=True)
+    ]
+    if any(s.arrival_rate > 0 for s in stages):
+        assert (
+            tm._union_bound(stages, unstable, 0.99)
+            == math.inf
+            == _union_bound_loop(stages, unstable, 0.99)
+        )

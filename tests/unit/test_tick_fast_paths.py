@@ -162,7 +162,7 @@ def use_plain(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
         monkeypatch.setattr(corrector_mod, "read_inputs", _read_inputs_plain)
         monkeypatch.setattr(QnaPredictor, "predict", _qna_with_reasons)
         planner._SVC_CACHE.clear()  # nothing the fast run computed is read back
-        tailmodel._STACKED.clear()
+        monkeypatch.setattr(tailmodel, "_UNIT", tailmodel._UnitTables())
 
     return setup
 

@@ -41,6 +41,9 @@ from functools import lru_cache
 from statistics import NormalDist
 from typing import NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
 INF = math.inf
 # Below this SCV the service time is treated as deterministic (Gamma shape 1/scv overflows).
 _DETERMINISTIC_SCV = 1e-6
@@ -258,6 +261,27 @@ def service_percentile(mean_s: float, scv: float, pct: float) -> float:
         return -mean_s * math.log1p(-pct)
     scv = min(scv, _MAX_SCV)
     return mean_s * scv * _gamma_quantile(1.0 / scv, pct)
+
+
+def service_percentiles(
+    mean_s: npt.NDArray[np.float64], scv: npt.NDArray[np.float64], pct: float
+) -> npt.NDArray[np.float64]:
+    """``service_percentile`` of several stages at once (the same formulas and table, in
+    array operations, so to rounding the same values)."""
+    _check_pct(pct)
+    mean = np.asarray(mean_s, dtype=np.float64)
+    v = np.minimum(np.asarray(scv, dtype=np.float64), _MAX_SCV)
+    k = 1.0 / np.maximum(v, _DETERMINISTIC_SCV)
+    table = np.array(_log_quantile_table(pct))
+    u = (np.log(k) - _LOG_K0) / _LOG_STEP
+    i = np.clip(u.astype(np.int64), 0, _TABLE_N - 2)
+    gamma = np.exp(table[i] + (table[i + 1] - table[i]) * (u - i))
+    wh = 1.0 / (9.0 * k)
+    large = k * (1.0 - wh + _normal_quantile(pct) * np.sqrt(wh)) ** 3
+    out = mean * v * np.where(k >= _WH_SHAPE, large, gamma)
+    out = np.where(v == 1.0, -mean * math.log1p(-pct), out)
+    out = np.where(v <= _DETERMINISTIC_SCV, mean, out)
+    return np.where(mean <= 0, 0.0, out)
 
 
 def sojourn_percentile(

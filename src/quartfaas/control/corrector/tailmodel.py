@@ -64,7 +64,7 @@ from quartfaas.control.corrector.queueing import (
     _lower_gamma_p,
     erlang_c,
     erlang_c_from_b,
-    service_percentile,
+    service_percentiles,
 )
 
 FloatArray = npt.NDArray[np.float64]
@@ -223,35 +223,29 @@ _GAMMA_POINTS = 385
 # exponential service times has a standard error of ~16%, twenty times the rounding.
 _SHAPE_BINS = 64.0
 
-_GAMMA_CACHE: dict[int, tuple[FloatArray, FloatArray, float]] = {}
-_GAMMA_CACHE_SIZE = 2048
+# Shape ``k = 1/scv`` of a Gamma service is in (1, 1/DETERMINISTIC_SCV): bins 0..884.
+_MAX_BIN = math.ceil(math.log(1.0 / DETERMINISTIC_SCV) * _SHAPE_BINS)
 
 
-def _shape_bins(k: FloatArray) -> FloatArray:
-    """The rounded shapes' bins, ``round(64·ln k)`` (as floats)."""
-    out: FloatArray = np.rint(np.log(k) * _SHAPE_BINS)
-    return out
+class _UnitTables:
+    """The unit-scale Gamma CDF table of every shape bin, built on first use: rows
+    ``points`` and ``cdf`` (385 points over mean ± 12 standard deviations of the shape
+    ``e^(bin/64)``; the mass outside is below 1e-9), by trapezoids on the density,
+    normalised so that no mass is lost to integration error. Dense by bin (at most 885
+    rows, 5.5 MB), so a batch of stages is one gather whatever bins it mixes."""
 
+    def __init__(self) -> None:
+        self.points = np.zeros((_MAX_BIN + 1, _GAMMA_POINTS))
+        self.cdf = np.zeros((_MAX_BIN + 1, _GAMMA_POINTS))
+        self.shape = np.exp(np.arange(_MAX_BIN + 1) / _SHAPE_BINS)
+        self.ready = np.zeros(_MAX_BIN + 1, dtype=bool)
 
-def _gamma_table(k: float, theta: float) -> tuple[FloatArray, FloatArray]:
-    """``(points, CDF)`` of the Gamma with this mean ``k·theta`` and shape ``k`` rounded
-    to its bin (``_unit_tables``, scaled)."""
-    fine, cum, shape = _unit_tables(_shape_bins(np.array([k])))[0]
-    return fine * (k * theta / shape), cum
-
-
-def _unit_tables(bins: FloatArray) -> list[tuple[FloatArray, FloatArray, float]]:
-    """``(points, CDF, shape)``: the unit-scale Gamma CDF of each shape bin's shape
-    ``e^(bin/64)`` on 385 points over
-    mean ± 12 standard deviations (the mass outside is below 1e-9), by trapezoids on the
-    density, normalised so that no mass is lost to integration error. Cached by bin; the
-    missing ones are built in one array operation (rows)."""
-    keys = [int(b) for b in bins]
-    # Read the cached ones first: the eviction below may drop some of them.
-    found = {key: _GAMMA_CACHE[key] for key in keys if key in _GAMMA_CACHE}
-    missing = list(dict.fromkeys(key for key in keys if key not in found))
-    if missing:
-        km = np.exp(np.array(missing, dtype=np.float64) / _SHAPE_BINS)
+    def need(self, bins: npt.NDArray[np.int64]) -> None:
+        """Build the rows of ``bins`` not built yet (all in one array operation)."""
+        missing = np.unique(bins[~self.ready[bins]])
+        if missing.size == 0:
+            return
+        km = self.shape[missing]
         sd = np.sqrt(km)
         lo = np.maximum(0.0, km - 12.0 * sd)
         hi = km + 12.0 * sd
@@ -260,22 +254,37 @@ def _unit_tables(bins: FloatArray) -> list[tuple[FloatArray, FloatArray, float]]
         lg = np.array([math.lgamma(float(v)) for v in km])
         logpdf = (km - 1.0)[:, None] * np.log(x) - x - lg[:, None]
         pdf = np.where(fine > 0, np.exp(logpdf), 0.0)
-        cum = np.zeros_like(fine)
         trap = 0.5 * (pdf[:, 1:] + pdf[:, :-1]) * (fine[:, 1:2] - fine[:, 0:1])
         # From 0 the density of a shape near 1 jumps from 0 to ~1 within the first step,
         # which trapezoids miss (1.6% of the CDF at shape 1.01): that step's mass is exact.
         for row in np.flatnonzero(lo == 0.0):
             trap[row, 0] = _lower_gamma_p(float(km[row]), float(fine[row, 1]))
+        cum = np.zeros_like(fine)
         np.cumsum(trap, axis=1, out=cum[:, 1:])
         cum /= cum[:, -1:]
-        while len(_GAMMA_CACHE) + len(missing) > _GAMMA_CACHE_SIZE and _GAMMA_CACHE:
-            del _GAMMA_CACHE[next(iter(_GAMMA_CACHE))]
-        for row, key in enumerate(missing):
-            f, c = fine[row], cum[row]
-            f.flags.writeable = False
-            c.flags.writeable = False
-            _GAMMA_CACHE[key] = found[key] = (f, c, float(km[row]))
-    return [found[key] for key in keys]
+        self.points[missing] = fine
+        self.cdf[missing] = cum
+        self.ready[missing] = True
+
+
+_UNIT = _UnitTables()
+
+
+def _shape_bins(k: FloatArray) -> npt.NDArray[np.int64]:
+    """The rounded shapes' bins, ``round(64·ln k)`` within ``[0, _MAX_BIN]``."""
+    out: npt.NDArray[np.int64] = np.clip(np.rint(np.log(k) * _SHAPE_BINS), 0, _MAX_BIN).astype(
+        np.int64
+    )
+    return out
+
+
+def _gamma_table(k: float, theta: float) -> tuple[FloatArray, FloatArray]:
+    """``(points, CDF)`` of the Gamma with this mean ``k·theta`` and shape ``k`` rounded
+    to its bin (``_UnitTables``, scaled)."""
+    b = _shape_bins(np.array([k]))
+    _UNIT.need(b)
+    i = int(b[0])
+    return _UNIT.points[i] * (k * theta / _UNIT.shape[i]), _UNIT.cdf[i]
 
 
 def _rounded_pmf(cdf_at_half: FloatArray) -> FloatArray:
@@ -352,32 +361,14 @@ def _gamma_cdf_rows(k: FloatArray, theta: FloatArray, t: FloatArray) -> FloatArr
     return f1
 
 
-_STACKED: dict[bytes, tuple[FloatArray, ...]] = {}
-
-
 def _stacked_tables(k: FloatArray, theta: FloatArray) -> tuple[FloatArray, ...]:
-    """``(cum, lo, step)``: the ``_unit_tables`` CDF rows of these stages' shape bins
-    stacked (kept for the last few sets of bins: a tick's plans and checks ask for the
-    same services several times, and the bins change only when an SCV crosses one), with
+    """``(cum, lo, step)``: the ``_UnitTables`` CDF rows of these stages' shape bins, with
     each row's first point and step scaled to the stage (the points are ``lo + i·step``)."""
     bins = _shape_bins(k)
-    key = bins.tobytes()
-    got = _STACKED.get(key)
-    if got is None:
-        tables = _unit_tables(bins)
-        cum = np.stack([c for _, c, _ in tables])
-        lo = np.array([f[0] for f, _, _ in tables])
-        hi = np.array([f[-1] for f, _, _ in tables])
-        got = (cum, lo, hi, np.array([shape for _, _, shape in tables]))
-        for a in got:
-            a.flags.writeable = False  # shared by every caller with these shape bins
-        if len(_STACKED) >= 4:
-            del _STACKED[next(iter(_STACKED))]
-        _STACKED[key] = got
-    cum, lo, hi, shape = got
-    scale = k * theta / shape
-    lo = lo * scale  # each op as ``_gamma_table``'s, so the two paths agree to the bit
-    return cum, lo, (hi * scale - lo) / (_GAMMA_POINTS - 1)
+    _UNIT.need(bins)
+    scale = k * theta / _UNIT.shape[bins]
+    lo = _UNIT.points[bins, 0] * scale  # each op as ``_gamma_table``'s: the paths agree
+    return _UNIT.cdf[bins], lo, (_UNIT.points[bins, -1] * scale - lo) / (_GAMMA_POINTS - 1)
 
 
 def wait_pmf(wt: WaitTail, delta: float, n: int) -> FloatArray:
@@ -422,33 +413,33 @@ def _union_bound(
     model's mixture can have) and of each deterministic stage's wait taken separately (its
     group's largest wait is smaller than their sum)."""
     eps = (1.0 - q) / (2.0 * len(stages))
-    total = 0.0
-    mean = 0.0
-    var_svc = 0.0
-    sd_waits = 0.0
-    var_waits = 0.0
     if tails is None:
         tails = [wait_tail(s, c) for s, c in zip(stages, replicas, strict=True)]
-    for s, wt in zip(stages, tails, strict=True):
-        if not wt.stable:
-            return math.inf
-        total += wt.quantile(1.0 - eps)
-        if wt.p_wait > 0 and math.isfinite(wt.rate):
-            m1 = wt.p_wait / wt.rate
-            v = 2.0 * m1 / wt.rate - m1 * m1  # not rate**2: it overflows for a huge rate
-            mean += m1
-            sd_waits += math.sqrt(max(v, 0.0))
-            var_waits += max(v, 0.0)
-        if not s.deterministic:
-            scv = min(s.service_scv, MAX_SCV)
-            mean += s.service_mean_s
-            var_svc += scv * s.service_mean_s**2
-            if scv > 1.0:  # H2 tail: the slow branch's exponential quantile bounds it
-                p, _, mu2 = _h2(s.service_mean_s, scv)
-                total += math.log(max(1.0 - p, eps) / eps) / mu2
-            else:
-                total += service_percentile(s.service_mean_s, scv, 1.0 - eps)
-    var = var_svc + (sd_waits**2 if correlation_weight(stages) > 0 else var_waits)
+    p = np.array([wt.p_wait for wt in tails])
+    r = np.array([wt.rate for wt in tails])
+    if not ((r > 0) | (p == 0)).all():
+        return math.inf
+    waits = (p > 0) & np.isfinite(r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        total = float(np.where(p <= eps, 0.0, np.log(p / eps) / r).sum())
+        m1 = np.where(waits, p / r, 0.0)
+        v = np.maximum(np.where(waits, 2.0 * m1 / r - m1 * m1, 0.0), 0.0)  # not r**2: overflow
+    rand = [s for s in stages if not s.deterministic]
+    mean_s = np.array([s.service_mean_s for s in rand])
+    scv = np.minimum(np.array([s.service_scv for s in rand]), MAX_SCV)
+    mean = float(m1.sum() + mean_s.sum())
+    var_svc = float((scv * mean_s**2).sum())
+    h2 = scv > 1.0  # H2 tail: the slow branch's exponential quantile bounds it
+    if h2.any():
+        hm, hv = mean_s[h2], scv[h2]
+        p_fast = 0.5 * (1.0 + np.sqrt((hv - 1.0) / (hv + 1.0)))
+        mu2 = 2.0 * (1.0 - p_fast) / hm
+        total += float((np.log(np.maximum(1.0 - p_fast, eps) / eps) / mu2).sum())
+    if (~h2).any():
+        total += float(service_percentiles(mean_s[~h2], scv[~h2], 1.0 - eps).sum())
+    var = var_svc + (
+        float(np.sqrt(v).sum()) ** 2 if correlation_weight(stages) > 0 else float(v.sum())
+    )
     cantelli = mean + math.sqrt(var * q / (1.0 - q))
     return min(total, cantelli)
 
