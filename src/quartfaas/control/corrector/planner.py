@@ -34,14 +34,11 @@ walks back over counts the greedy passed, and the check's extra greedy steps tra
 nothing new. Service spectra are fixed per plan (and kept for the next plan with the same
 services and grid: a tick's down-scale plan), and the final check reuses the wait tails.
 None of this changes a number: ``tests/unit/test_tick_fast_paths.py`` runs whole ticks
-on the straightforward code and compares plans bit for bit. Measured in one run each
-(``time.process_time``/``thread_time``, the shared 2-CPU host): ``benchmarks/
-planner_time.py`` (inputs perturbed every repeat, several greedy steps a plan), 5.57 ms
-for a 64-stage plan before and after (load average ~9); ``benchmarks/controller_tick.py``
-(two plans, feedback, predictor, smoother, compensator), a CPU median of 11.2 ms on main
-and 8.8 ms with these changes (load average ~3). The issue's 5 ms for the full tick is
-not met on this host; the two plans' final checks (``e2e_quantile`` on a 256-point grid,
-two FFTs of all stages each) are the largest part left.
+on the straightforward code and compares plans bit for bit. The kept transforms are rows
+of one array (a batch is one gather). The tick's down-scale threshold is ``plan_above``:
+the search resumed from the tick's plan, with no second check. Figures (``benchmarks/
+planner_time.py``, ``benchmarks/controller_tick.py``) are in the README's benchmark
+table.
 
 Over 400 lines: the search (start, greedy, trim, check) shares the ``_Model`` grid state;
 a split would pass that state across modules.
