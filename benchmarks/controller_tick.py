@@ -17,7 +17,11 @@ exceeds ``--limit-ms`` (5 ms, issue 12). Rows:
 The p99 includes the ticks on which the feedback updates (every ``feedback.min_dt_s``:
 one modelled quantile per steady stage) and those that make a second, down-scale plan.
 
-    python benchmarks/controller_tick.py [--stages 64] [--repeats 600] [--warmup 60]
+    python benchmarks/controller_tick.py [--stages 64] [--repeats 600] [--warmup 60] [--parts]
+
+``--parts`` then runs the full Quart tick once more with timers around its parts
+(predictor, corrector: inputs, plan and its reference check, down-scale threshold,
+per-stage steps; smoother; compensator) and prints each part's ms per tick.
 """
 
 from __future__ import annotations
@@ -95,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=600)
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--limit-ms", type=float, default=5.0)
+    ap.add_argument(
+        "--parts",
+        action="store_true",
+        help="after the timed rows, where the full Quart tick's time goes (a separate run)",
+    )
     args = ap.parse_args(argv)
 
     snaps = build_snapshots(args.stages, 240)
@@ -125,7 +134,71 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAIL: median {median:.3f} ms > {args.limit_ms} ms", file=sys.stderr)
             failed = True
     print(f"load average after {_loadavg()}")
+    if args.parts:
+        _parts(snaps, cfg, args.warmup, args.repeats)
     return 1 if failed else 0
+
+
+# (label, module, attribute path): the parts of a full Quart tick, outermost first. The
+# times are inclusive (a plan's check is inside the plan) and wall clock.
+_PARTS = (
+    ("decide (the whole tick)", "quartfaas.control.quart", "QuartPolicy.decide"),
+    ("  predictor (GAT or QNA)", "quartfaas.control.smoother.gat", "GatPredictor.predict"),
+    ("  smoother forecast", "quartfaas.control.smoother.smoother", "PipelineSmoother.forecast"),
+    ("  corrector", "quartfaas.control.corrector.corrector", "ReplicaCorrector.targets"),
+    ("    inputs", "quartfaas.control.corrector.corrector", "read_inputs"),
+    ("    service memory", "quartfaas.control.corrector.corrector", "ReplicaCorrector._remembered"),
+    ("    feedback", "quartfaas.control.corrector.corrector", "ReplicaCorrector._feedback"),
+    ("    plan", "quartfaas.control.corrector.corrector", "ReplicaCorrector._plan"),
+    ("      reference check", "quartfaas.control.corrector.planner", "e2e_quantile"),
+    (
+        "    down-scale threshold",
+        "quartfaas.control.corrector.corrector",
+        "ReplicaCorrector._banded_plan",
+    ),
+    ("    per-stage steps", "quartfaas.control.corrector.corrector", "ReplicaCorrector._stage"),
+    ("  smoother", "quartfaas.control.smoother.smoother", "PipelineSmoother.smooth"),
+    ("  CPU compensator", "quartfaas.control.compensator.compensator", "CpuCompensator.apply"),
+)
+
+
+def _parts(snaps: list[PipelineSnapshot], cfg: ControllerConfig, warmup: int, n: int) -> None:
+    """Wrap each of ``_PARTS`` with a timer and run the full Quart tick again."""
+    import functools
+    import importlib
+
+    spent: dict[str, float] = {}
+    undo = []
+    for label, module, path in _PARTS:
+        owner: object = importlib.import_module(module)
+        *outer, name = path.split(".")
+        for attr in outer:
+            owner = getattr(owner, attr)
+        fn = getattr(owner, name)
+
+        def timed(*a: object, _fn: object = fn, _label: str = label, **k: object) -> object:
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **k)  # type: ignore[operator]
+            finally:
+                spent[_label] = spent.get(_label, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, name, functools.wraps(fn)(timed))
+        undo.append((owner, name, fn))
+    try:
+        policy = QuartPolicy(cfg, host_cores=16)
+        state = policy.initial_state(snaps[0])
+        for i in range(warmup + n):
+            if i == warmup:
+                spent.clear()
+            snap = dataclasses.replace(snaps[i % len(snaps)], now=1e3 + i)
+            _, state = policy.decide(snap, state)
+    finally:
+        for owner, name, fn in reversed(undo):
+            setattr(owner, name, fn)
+    print(f"where the full Quart tick's time goes ({n} ticks, timers on; ms per tick, inclusive)")
+    for label, _, _ in _PARTS:
+        print(f"{label:<28}{spent.get(label, 0.0) / n * 1e3:8.3f}")
 
 
 def _loadavg() -> str:
