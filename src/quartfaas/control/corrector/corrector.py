@@ -104,6 +104,7 @@ from quartfaas.control.corrector.inputs import (
     PlanInputs,
     capacity_floor,
     finite,
+    floor_at,
     read_inputs,
     read_tail,
     service_rate,
@@ -316,18 +317,18 @@ class ReplicaCorrector:
             band = _band(frac if sign > 0 else 0.0, s.arrival_rate * window)
             scale = 1.0 + band if sign > 0 else 1.0 / (1.0 + band)
             rate = s.arrival_rate * scale
-            load = s.with_load(rate, s.service_mean_s)
+            load = s
             if sign < 0:  # the variabilities come from as few samples as the load
                 load = replace(
-                    load,
+                    s,
                     service_scv=s.service_scv * scale,
                     arrival_scv=s.arrival_scv * scale,
                     burst_factor=None if s.burst_factor is None else s.burst_factor * scale,
                 )
             moved.append(
-                capacity_floor(
+                floor_at(
                     load.with_load(rate, s.service_mean_s * factors.get(s.name, 1.0)),
-                    load,
+                    rate * s.service_mean_s,
                     self.cfg.target_utilisation,
                 )
             )

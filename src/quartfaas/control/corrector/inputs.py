@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import NamedTuple
 
 from quartfaas.control.corrector.tailmodel import MAX_SCV, StageLoad
@@ -110,12 +109,18 @@ def capacity_floor(corrected: StageLoad, measured: StageLoad, max_util: float) -
     SLO attainment was 94.5% with it and 99.98% with this floor (``benchmarks/
     policy_compare.py``). A factor above 1 is kept as is (more replicas, never fewer).
     """
-    spr = measured.servers_per_replica
-    need = math.ceil(measured.offered_load / (spr * max_util) - 1e-9) if max_util > 0 else 0
+    return floor_at(corrected, measured.offered_load, max_util)
+
+
+def floor_at(corrected: StageLoad, measured_load: float, max_util: float) -> StageLoad:
+    """``capacity_floor`` for a measured offered load ``λ·E[S]`` (busy servers) given as a
+    number (same servers per replica as ``corrected``)."""
+    spr = corrected.servers_per_replica
+    need = math.ceil(measured_load / (spr * max_util) - 1e-9) if max_util > 0 else 0
     floor = min(max(need, corrected.min_replicas), corrected.max_replicas)
     if floor <= corrected.min_replicas:
         return corrected
-    return replace(corrected, min_replicas=floor)
+    return corrected.with_min_replicas(floor)
 
 
 class PlanInputs:
@@ -168,6 +173,7 @@ __all__ = [
     "ArrivalForecast",
     "PlanInputs",
     "finite",
+    "floor_at",
     "read_inputs",
     "read_tail",
     "service_rate",

@@ -130,6 +130,22 @@ class StageLoad:
             self.max_replicas,
         )
 
+    def with_min_replicas(self, min_replicas: int) -> StageLoad:
+        """This stage with another ``min_replicas`` (``replace`` spelled out, as
+        ``with_load``; ``test_with_load_is_replace`` checks both)."""
+        return StageLoad(
+            self.name,
+            self.arrival_rate,
+            self.service_mean_s,
+            self.service_scv,
+            self.arrival_scv,
+            self.burst_factor,
+            self.servers_per_replica,
+            self.cost,
+            min_replicas,
+            self.max_replicas,
+        )
+
     @property
     def offered_load(self) -> float:
         """Busy servers on average, ``λ·E[S]``."""
@@ -242,9 +258,10 @@ class _UnitTables:
 
     def need(self, bins: npt.NDArray[np.int64]) -> None:
         """Build the rows of ``bins`` not built yet (all in one array operation)."""
-        missing = np.unique(bins[~self.ready[bins]])
-        if missing.size == 0:
+        ready = self.ready[bins]
+        if ready.all():
             return
+        missing = np.unique(bins[~ready])
         km = self.shape[missing]
         sd = np.sqrt(km)
         lo = np.maximum(0.0, km - 12.0 * sd)
