@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import pytest
+
+from quartfaas.control.corrector import planner
 from quartfaas.control.corrector.planner import CHECK_GRID, PlanOutcome, plan_replicas
 from quartfaas.control.corrector.tailmodel import StageLoad, e2e_quantile
 
@@ -70,3 +76,33 @@ def test_caches_do_not_change_the_plan() -> None:
         tailmodel._UNIT = tailmodel._UnitTables()
         cold = plan_replicas(stages, slo)
         assert warm[0] == warm[1] == cold
+
+
+def test_budgets_are_each_stages_service_and_wait_quantiles() -> None:
+    # The derived budgets (array operations) against the per-stage formulas.
+    from quartfaas.control.corrector.queueing import service_percentile
+    from quartfaas.control.corrector.tailmodel import wait_tail
+
+    rng = np.random.default_rng(11)
+    stages = [
+        StageLoad(
+            f"s{i}",
+            float(rng.choice([0.0, rng.uniform(1.0, 60.0)])),
+            float(rng.uniform(0.005, 0.08)),
+            service_scv=float(rng.choice([0.0, rng.uniform(0.05, 0.95), 1.0, 3.0, 80.0])),
+            arrival_scv=float(rng.uniform(0.5, 2.0)),
+        )
+        for i in range(30)
+    ]
+    reps = [s.min_stable() + int(rng.integers(0, 3)) for s in stages]
+    reps[3] = 0 if stages[3].arrival_rate > 0 else reps[3]  # one unstable stage: inf
+    for q in (0.95, 0.99):
+        got = planner._budgets(stages, reps, q)
+        for s, c, b in zip(stages, reps, got, strict=True):
+            svc = (
+                s.service_mean_s
+                if s.deterministic
+                else service_percentile(s.service_mean_s, min(s.service_scv, 100.0), q)
+            )
+            want = svc + wait_tail(s, c).quantile(q)
+            assert b == pytest.approx(want, rel=1e-9) or b == want == math.inf

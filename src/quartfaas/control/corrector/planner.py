@@ -54,7 +54,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from quartfaas.control.corrector.queueing import service_percentile
+from quartfaas.control.corrector.queueing import service_percentiles
 from quartfaas.control.corrector.tailmodel import (
     MAX_SCV,
     StageLoad,
@@ -313,15 +313,16 @@ def _budgets(
 ) -> tuple[float, ...]:
     if tails is None:
         tails = [wait_tail(s, c) for s, c in zip(stages, replicas, strict=True)]
-    out = []
-    for s, wt in zip(stages, tails, strict=True):
-        svc = (
-            s.service_mean_s
-            if s.deterministic
-            else service_percentile(s.service_mean_s, min(s.service_scv, 100.0), q)
-        )
-        out.append(svc + wt.quantile(q))
-    return tuple(out)
+    mean = np.array([s.service_mean_s for s in stages])
+    scv = np.array([s.service_scv for s in stages])
+    # service_percentile gives the mean itself for a deterministic stage
+    svc = service_percentiles(mean, np.minimum(scv, 100.0), q)
+    p = np.array([wt.p_wait for wt in tails])
+    r = np.array([wt.rate for wt in tails])
+    tail = 1.0 - q
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wait = np.where(p <= tail, 0.0, np.where(r <= 0, math.inf, np.log(p / tail) / r))
+    return tuple((svc + wait).tolist())
 
 
 def _start(stages: Sequence[StageLoad], max_util: float) -> list[int]:
