@@ -54,6 +54,8 @@ __all__ = ["CpuCompensator", "compensate"]
 _EPS = 1e-9
 
 
+_IDLE = StageCpuState()  # frozen: one instance serves every idle stage
+
 def _tail(stage: StageSnapshot, cfg: CompensatorConfig) -> float | None:
     if stage.latency.count < cfg.min_latency_samples:
         return None
@@ -189,7 +191,7 @@ def _holding(
     util = stage.cpu_utilisation
     calm = latency is None or budget is None or latency <= budget
     if util is None or util >= cfg.release_utilisation_frac or not calm:
-        return alloc, "", replace(st, low_since=None)
+        return alloc, "", st if st.low_since is None else replace(st, low_since=None)
     low_since = now if st.low_since is None else st.low_since
     if now - low_since < cfg.release_after_s:
         return alloc, "", replace(st, low_since=low_since)
@@ -355,7 +357,7 @@ class CpuCompensator:
                 out.append(d)
                 continue
             stage = by_name[d.stage]
-            st = states.get(d.stage, StageCpuState())
+            st = states.get(d.stage, _IDLE)
             target, why, st = compensate(
                 stage,
                 budgets.get(d.stage),
