@@ -263,6 +263,14 @@ def service_percentile(mean_s: float, scv: float, pct: float) -> float:
     return mean_s * scv * _gamma_quantile(1.0 / scv, pct)
 
 
+@lru_cache(maxsize=8)
+def _log_quantile_array(p: float) -> tuple[npt.NDArray[np.float64], float]:
+    """``_log_quantile_table(p)`` as a (read-only) array, and the normal ``p`` quantile."""
+    table = np.array(_log_quantile_table(p))
+    table.flags.writeable = False
+    return table, _normal_quantile(p)
+
+
 def service_percentiles(
     mean_s: npt.NDArray[np.float64], scv: npt.NDArray[np.float64], pct: float
 ) -> npt.NDArray[np.float64]:
@@ -272,12 +280,12 @@ def service_percentiles(
     mean = np.asarray(mean_s, dtype=np.float64)
     v = np.minimum(np.asarray(scv, dtype=np.float64), _MAX_SCV)
     k = 1.0 / np.maximum(v, _DETERMINISTIC_SCV)
-    table = np.array(_log_quantile_table(pct))
+    table, z = _log_quantile_array(pct)
     u = (np.log(k) - _LOG_K0) / _LOG_STEP
     i = np.clip(u.astype(np.int64), 0, _TABLE_N - 2)
     gamma = np.exp(table[i] + (table[i + 1] - table[i]) * (u - i))
     wh = 1.0 / (9.0 * k)
-    large = k * (1.0 - wh + _normal_quantile(pct) * np.sqrt(wh)) ** 3
+    large = k * (1.0 - wh + z * np.sqrt(wh)) ** 3
     out = mean * v * np.where(k >= _WH_SHAPE, large, gamma)
     out = np.where(v == 1.0, -mean * math.log1p(-pct), out)
     out = np.where(v <= _DETERMINISTIC_SCV, mean, out)

@@ -534,7 +534,7 @@ _COMON_X.flags.writeable = False
 def _comonotone_pmf(units: list[tuple[FloatArray, FloatArray]], delta: float, n: int) -> FloatArray:
     """Masses on the grid of ``Σ_u Q_u(U)`` for one uniform ``U`` (comonotone waits), each
     unit's quantile ``Q_u(τ) = max_k max(0, log(p_k/τ)/r_k)`` at tail probability ``τ``."""
-    p_max = max(float(p.max()) for p, _ in units)
+    p_max = float(np.concatenate([p for p, _ in units]).max())
     x0 = -math.log(p_max)
     x = x0 + _COMON_X  # x = -log τ
     total = np.zeros_like(x)
