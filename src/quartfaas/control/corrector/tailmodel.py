@@ -578,40 +578,46 @@ def _wait_units(
       its wait at the slowest server alone (Friedman 1965), so the unit's tail is the
       largest of theirs, not their convolution. Every other waiting stage is its own unit.
     """
-    units: list[tuple[FloatArray, FloatArray]] = []
-    run_p: list[float] = []
-    run_r: list[float] = []
+    # Members in unit order, cut into units at the end (views of two arrays: cheaper than
+    # two small arrays per unit).
+    ps: list[float] = []
+    rs: list[float] = []
+    cuts: list[int] = []  # where each unit ends in ps/rs
+    run = False  # the last unit is a run of single-server deterministic stages
     gap = 0.0
 
-    def close_run() -> None:
-        if run_p:
-            units.append((np.array(run_p), np.array(run_r)))
-            run_p.clear()
-            run_r.clear()
+    def add(p: float, r: float, in_run: bool) -> None:
+        nonlocal run
+        ps.append(p)
+        rs.append(r)
+        if in_run and run:
+            cuts[-1] += 1
+        else:
+            cuts.append(len(ps))
+        run = in_run
 
     for s, c, wt in zip(stages, replicas, tails, strict=True):
         if not wt.stable:
             return None
         waits = wt.p_wait > 0 and math.isfinite(wt.rate)
         if not s.deterministic:
-            close_run()
+            run = False
             if waits:
-                units.append((np.array([wt.p_wait]), np.array([wt.rate])))
+                add(wt.p_wait, wt.rate, False)
             gap = 0.0
             continue
         servers = c * s.servers_per_replica
         if not waits or servers <= 0 or gap >= s.service_mean_s / servers * (1.0 - 1e-9):
             continue  # never waits: the stream passes shifted by the service time
         if servers == 1:
-            run_p.append(wt.p_wait)
-            run_r.append(wt.rate)
+            add(wt.p_wait, wt.rate, True)
             gap = s.service_mean_s
         else:
-            close_run()
-            units.append((np.array([wt.p_wait]), np.array([wt.rate])))
+            add(wt.p_wait, wt.rate, False)
             gap = 0.0
-    close_run()
-    return units
+    p_all, r_all = np.array(ps), np.array(rs)
+    starts = [0, *cuts[:-1]] if cuts else []
+    return [(p_all[a:b], r_all[a:b]) for a, b in zip(starts, cuts, strict=True)]
 
 
 def e2e_distribution(
