@@ -106,3 +106,66 @@ def test_budgets_are_each_stages_service_and_wait_quantiles() -> None:
             )
             want = svc + wait_tail(s, c).quantile(q)
             assert b == pytest.approx(want, rel=1e-9) or b == want == math.inf
+
+
+def _pipeline(seed: int, n: int = 12, rate: float = 40.0) -> list[StageLoad]:
+    rng = np.random.default_rng(seed)
+    return [
+        StageLoad(
+            f"s{i}",
+            rate * float(rng.uniform(0.8, 1.2)),
+            float(rng.uniform(0.005, 0.05)),
+            service_scv=float(rng.choice([0.0, rng.uniform(0.05, 0.9), 1.0, 2.0])),
+            arrival_scv=float(rng.uniform(0.6, 2.0)),
+            max_replicas=32,
+        )
+        for i in range(n)
+    ]
+
+
+def _grid_tail(stages: list[StageLoad], reps: tuple[int, ...], slo: float) -> float:
+    """P(T > SLO) on the planner's grid (what plan_above holds to 1 - q)."""
+    model = planner._Model(stages, slo, planner.PLAN_GRID)
+    phi = np.prod(model.waits(np.array(reps, dtype=np.int64)), axis=0)
+    return 1.0 - float((phi * model.weights).sum().real)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_above_holds_the_higher_load_from_the_plan_up(seed: int) -> None:
+    # The down-scale threshold: never below the plan it starts from, meets the SLO at the
+    # higher load on the planner's grid, and keeps no replica above its floors that it
+    # could drop and still meet it.
+    stages = _pipeline(seed)
+    slo = 2.5 * sum(s.service_mean_s for s in stages) + 0.2
+    plan = plan_replicas(stages, slo)
+    assert plan.feasible
+    more = [s.with_load(s.arrival_rate * 1.3, s.service_mean_s) for s in stages]
+    above = planner.plan_above(more, slo, plan.replicas)
+    assert all(a >= b for a, b in zip(above, plan.replicas, strict=True))
+    assert above != plan.replicas  # 30% more load needs more somewhere
+    assert _grid_tail(more, above, slo) <= 0.01
+    model = planner._Model(more, slo, planner.PLAN_GRID)
+    hi = np.array([s.max_replicas for s in more])
+    stable = np.minimum(np.array([s.min_stable() for s in more]), hi)
+    floors = planner._wait_floor(model, stable, hi, slo - model.shift, 0.99)
+    for k in range(len(stages)):
+        if above[k] > max(plan.replicas[k], floors[k]):  # what the trim may take back
+            fewer = list(above)
+            fewer[k] -= 1
+            assert _grid_tail(more, tuple(fewer), slo) > 0.01
+    # At the plan's own load it asks for nothing more.
+    assert planner.plan_above(stages, slo, plan.replicas) == plan.replicas
+
+
+def test_plan_above_bounds_and_bad_input() -> None:
+    stages = _pipeline(1, n=4)
+    slo = 2.5 * sum(s.service_mean_s for s in stages) + 0.2
+    base = plan_replicas(stages, slo).replicas
+    flood = [s.with_load(1e4, s.service_mean_s) for s in stages]  # beyond max_replicas
+    assert planner.plan_above(flood, slo, base) == tuple(s.max_replicas for s in stages)
+    idle = [s.with_load(0.0, s.service_mean_s) for s in stages]
+    assert planner.plan_above(idle, slo, base) == base
+    with pytest.raises(ValueError, match="base counts"):
+        planner.plan_above(stages, slo, base[:-1])
+    with pytest.raises(ValueError, match="bad planner input"):
+        planner.plan_above(stages, -1.0, base)
