@@ -471,9 +471,9 @@ def plan_above(
 
     This is the down-scale threshold (the corrector's Schmitt trigger), so it is never
     below ``base``, and it skips what a plan proper does after the search: the check
-    against ``e2e_quantile`` and the budgets. ``base`` is checked;
-    this threshold only holds a scale-down back. Where the SLO cannot be met within the
-    bounds the greedy's best vector is returned, as ``plan_replicas`` does.
+    against ``e2e_quantile`` and the budgets (``base`` was checked; this vector only holds
+    a scale-down back). Where the SLO cannot be met within the bounds, the greedy's best
+    vector is returned, as ``plan_replicas`` does.
     """
     if not 0 < q < 1 or not slo_s > 0 or grid < 8:
         raise ValueError(f"bad planner input: q={q}, slo_s={slo_s}")

@@ -239,7 +239,7 @@ _GAMMA_POINTS = 385
 # exponential service times has a standard error of ~16%, twenty times the rounding.
 _SHAPE_BINS = 64.0
 
-# Shape ``k = 1/scv`` of a Gamma service is in (1, 1/DETERMINISTIC_SCV): bins 0..884.
+# Shape ``k = 1/scv`` of a Gamma service is in (1, 1/DETERMINISTIC_SCV): bins 0..885.
 _MAX_BIN = math.ceil(math.log(1.0 / DETERMINISTIC_SCV) * _SHAPE_BINS)
 
 
@@ -247,8 +247,8 @@ class _UnitTables:
     """The unit-scale Gamma CDF table of every shape bin, built on first use: rows
     ``points`` and ``cdf`` (385 points over mean ± 12 standard deviations of the shape
     ``e^(bin/64)``; the mass outside is below 1e-9), by trapezoids on the density,
-    normalised so that no mass is lost to integration error. Dense by bin (at most 885
-    rows, 5.5 MB), so a batch of stages is one gather whatever bins it mixes."""
+    normalised so that no mass is lost to integration error. Dense by bin (886 rows,
+    5.5 MB), so a batch of stages is one gather whatever bins it mixes."""
 
     def __init__(self) -> None:
         self.points = np.zeros((_MAX_BIN + 1, _GAMMA_POINTS))
@@ -301,7 +301,9 @@ def _gamma_table(k: float, theta: float) -> tuple[FloatArray, FloatArray]:
     b = _shape_bins(np.array([k]))
     _UNIT.need(b)
     i = int(b[0])
-    return _UNIT.points[i] * (k * theta / _UNIT.shape[i]), _UNIT.cdf[i]
+    cdf = _UNIT.cdf[i].view()
+    cdf.flags.writeable = False  # a row of the shared table
+    return _UNIT.points[i] * (k * theta / _UNIT.shape[i]), cdf
 
 
 def _rounded_pmf(cdf_at_half: FloatArray) -> FloatArray:
