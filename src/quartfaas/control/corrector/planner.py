@@ -61,6 +61,7 @@ from quartfaas.control.corrector.tailmodel import (
     WaitTail,
     e2e_quantile,
     service_rows,
+    wait_quantiles,
     wait_tail,
 )
 
@@ -319,10 +320,7 @@ def _budgets(
     svc = service_percentiles(mean, np.minimum(scv, 100.0), q)
     p = np.array([wt.p_wait for wt in tails])
     r = np.array([wt.rate for wt in tails])
-    tail = 1.0 - q
-    with np.errstate(divide="ignore", invalid="ignore"):
-        wait = np.where(p <= tail, 0.0, np.where(r <= 0, math.inf, np.log(p / tail) / r))
-    return tuple((svc + wait).tolist())
+    return tuple((svc + wait_quantiles(p, r, q)).tolist())
 
 
 def _start(stages: Sequence[StageLoad], max_util: float) -> list[int]:

@@ -188,6 +188,16 @@ class WaitTail:
         return math.log(self.p_wait / tail) / self.rate
 
 
+def wait_quantiles(p_wait: FloatArray, rate: FloatArray, q: float) -> FloatArray:
+    """``WaitTail(p_wait[k], rate[k]).quantile(q)`` for every ``k``, in array operations."""
+    tail = 1.0 - q
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out: FloatArray = np.where(
+            p_wait <= tail, 0.0, np.where(rate <= 0, math.inf, np.log(p_wait / tail) / rate)
+        )
+    return out
+
+
 def wait_tail(stage: StageLoad, replicas: int, *, erlang_b: float | None = None) -> WaitTail:
     """The modelled wait tail of ``stage`` with ``replicas`` replicas (``erlang_b``: the
     Erlang-B value at those servers, when the caller keeps the recursion)."""
@@ -438,9 +448,9 @@ def _union_bound(
     r = np.array([wt.rate for wt in tails])
     if not ((r > 0) | (p == 0)).all():
         return math.inf
+    total = float(wait_quantiles(p, r, 1.0 - eps).sum())
     waits = (p > 0) & np.isfinite(r)
     with np.errstate(divide="ignore", invalid="ignore"):
-        total = float(np.where(p <= eps, 0.0, np.log(p / eps) / r).sum())
         m1 = np.where(waits, p / r, 0.0)
         v = np.maximum(np.where(waits, 2.0 * m1 / r - m1 * m1, 0.0), 0.0)  # not r**2: overflow
     rand = [s for s in stages if not s.deterministic]
@@ -449,11 +459,9 @@ def _union_bound(
     mean = float(m1.sum() + mean_s.sum())
     var_svc = float((scv * mean_s**2).sum())
     h2 = scv > 1.0  # H2 tail: the slow branch's exponential quantile bounds it
-    if h2.any():
-        hm, hv = mean_s[h2], scv[h2]
-        p_fast = 0.5 * (1.0 + np.sqrt((hv - 1.0) / (hv + 1.0)))
-        mu2 = 2.0 * (1.0 - p_fast) / hm
-        total += float((np.log(np.maximum(1.0 - p_fast, eps) / eps) / mu2).sum())
+    for h_mean, h_scv in zip(mean_s[h2].tolist(), scv[h2].tolist(), strict=True):  # rare
+        p_fast, _, mu2 = _h2(h_mean, h_scv)
+        total += math.log(max(1.0 - p_fast, eps) / eps) / mu2
     if (~h2).any():
         total += float(service_percentiles(mean_s[~h2], scv[~h2], 1.0 - eps).sum())
     var = var_svc + (
