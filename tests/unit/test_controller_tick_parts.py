@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
+from helpers import benchmark_script
 from quartfaas.control.corrector import corrector as corrector_mod
 from quartfaas.control.quart import QuartPolicy
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "controller_tick.py"
-
-
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("controller_tick", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_parts_time_each_part_and_restore_the_code(capsys: pytest.CaptureFixture[str]) -> None:
-    mod = _module()
+    mod = benchmark_script("controller_tick")
     decide, plan = QuartPolicy.decide, corrector_mod.ReplicaCorrector._plan
     args = ["--stages", "12", "--repeats", "20", "--warmup", "3", "--parts", "--limit-ms", "1e9"]
     assert mod.main(args) == 0

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "live_compare.py"
-
-
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("live_compare", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from helpers import benchmark_script
 
 
 def test_table_reports_median_and_range_per_policy() -> None:
-    mod = _module()
+    mod = benchmark_script("live_compare")
     rows = [
         {"policy": "quart", "slo": s, "p99_ms": p, "replica_s": r, "errors": 0}
         for s, p, r in [(90.0, 500.0, 100.0), (100.0, 300.0, 300.0), (95.0, 400.0, 200.0)]
