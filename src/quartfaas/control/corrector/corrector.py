@@ -490,6 +490,12 @@ class ReplicaCorrector:
                 ):
                     clear_from = at
                     break
+        plan_vs = (  # the part of every planned stage's reason that is the same for all
+            ""
+            if plan is None
+            else f"(modelled p{q * 100:g} {plan.quantile_s:.3g}s vs SLO {plan.slo_s:.3g}s, "
+            f"{plan.outcome})"
+        )
         for i, (s, st) in enumerate(zip(snapshot.stages, olds, strict=True)):
             factor = factors.get(s.name, 1.0)
             j = pos.get(i)
@@ -510,11 +516,7 @@ class ReplicaCorrector:
                     # time to confirm it; otherwise an increase must exceed the noise, here
                     # or at a stage upstream
                     up_clear = i >= clear_from
-                head = (
-                    f"joint plan {raw} (modelled p{q * 100:g} {plan.quantile_s:.3g}s vs SLO "
-                    f"{plan.slo_s:.3g}s, {plan.outcome}); {inp.texts[j]}; "
-                    f"derived budget {budget:.3g}s"
-                )
+                head = f"joint plan {raw} {plan_vs}; {inp.texts[j]}; derived budget {budget:.3g}s"
                 if factor != 1.0:
                     head += f"; service-time factor x{factor:.3g}"
                 if plan_note:

@@ -99,6 +99,20 @@ class StageLoad:
     max_replicas: int = 512
 
     def __post_init__(self) -> None:
+        # One chained test first (a tick builds a few hundred of these; the list of named
+        # checks below is only for the error message).
+        rate, mean, cost = self.arrival_rate, self.service_mean_s, self.cost
+        if (
+            0 <= rate < math.inf
+            and 0 < mean < math.inf
+            and 0 <= self.service_scv <= MAX_SCV
+            and 0 <= self.arrival_scv < math.inf
+            and (self.burst_factor is None or 0 <= self.burst_factor < math.inf)
+            and self.servers_per_replica >= 1
+            and 0 < cost < math.inf
+            and 0 <= self.min_replicas <= self.max_replicas
+        ):
+            return
         checks = (
             ("arrival_rate", self.arrival_rate >= 0 and math.isfinite(self.arrival_rate)),
             ("service_mean_s", self.service_mean_s > 0 and math.isfinite(self.service_mean_s)),
