@@ -99,8 +99,9 @@ class ControllerConfig(_Frozen):
         0.15,
         ge=0,
         le=10,
-        description="scale down only to what a plan for this much more load needs (a band "
-        "against flapping at a boundary; 0: none)",
+        description="scale down only to what a plan for this much more load needs, or "
+        "for three standard errors of the measured load more if that is wider (a band "
+        "against flapping at a boundary; 0: no band)",
     )
     upscale_confirm_s: float = Field(
         0.0,
@@ -110,9 +111,10 @@ class ControllerConfig(_Frozen):
         "make (an increase within measurement noise) waits until the plan has asked for "
         "more this long; clear increases, growing queues and forecast bursts scale up at "
         "once; a rise clear at a stage is clear for the stages after it. 0 (the default): "
-        "every scale-up at once. 10 s stops flapping at 5 and 20 req/s "
-        "(benchmarks/flapping.py), but also delays scale-ups early in a burst (live "
-        "emulated pipeline: 97.5-98.2% of requests within the SLO against 100% at 0)",
+        "every scale-up at once (benchmarks/flapping.py: no stage moves twice in 10 "
+        "minutes at 5 and 20 req/s either way; 10 s moves fewer), but 10 s also delays "
+        "scale-ups early in a burst (live emulated pipeline: 97.5-98.2% of requests "
+        "within the SLO against 100% at 0)",
     )
     service_memory_samples: float = Field(
         300.0,
