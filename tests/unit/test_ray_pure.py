@@ -114,3 +114,16 @@ def test_window_stats_of_a_backlog_longer_than_the_window() -> None:
     assert out["quart_arrival_rate"] == pytest.approx(5.0, rel=0.05)
     assert out["quart_service_mean_s"] == pytest.approx(0.2)
     assert out["quart_latency_p99_s"] == pytest.approx(10.0)
+
+
+def test_local_cluster_health_check_allows_more_misses_on_a_busy_host() -> None:
+    from quartfaas.backends.ray.cluster import fast_health_check
+
+    idle = fast_health_check(0.0)
+    assert idle == {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    # two busy loops on 2 cores beside the tests: load ~1.5 per core
+    assert fast_health_check(1.5)["health_check_failure_threshold"] == 8
+    assert fast_health_check(100.0)["health_check_failure_threshold"] == 24  # capped
+    assert fast_health_check(-1.0)["health_check_failure_threshold"] == 3
+    now = fast_health_check()["health_check_failure_threshold"]  # this host's load now
+    assert 3 <= now <= 24

@@ -23,6 +23,7 @@ ray = pytest.importorskip("ray")
 from helpers import tiny_bert_spec  # noqa: E402
 from quartfaas.backends.ray.backend import RayBackend  # noqa: E402
 from quartfaas.backends.ray.client import RayStageClient  # noqa: E402
+from quartfaas.backends.ray.cluster import fast_health_check  # noqa: E402
 from quartfaas.control.backend import Backend, ReplicaState, StartTier  # noqa: E402
 from quartfaas.dataplane import framing  # noqa: E402
 from quartfaas.models import make_weights  # noqa: E402
@@ -42,8 +43,9 @@ def cluster():
     head = {
         "num_cpus": 1,
         "object_store_memory": 150 * MIB,
-        # detect a dead node in ~1.5 s, not Ray's default ~30 s
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
+        # detect a dead node in ~1.5 s on an idle host (more misses allowed on a busy
+        # one), not Ray's default ~30 s
+        "_system_config": fast_health_check(),
     }
     with local_cluster(head, [worker, worker]) as c:
         yield c
