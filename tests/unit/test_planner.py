@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from quartfaas.control.corrector import planner
+from quartfaas.control.corrector import planner, tailmodel
 from quartfaas.control.corrector.planner import CHECK_GRID, PlanOutcome, plan_replicas
 from quartfaas.control.corrector.tailmodel import StageLoad, e2e_quantile
 
@@ -169,3 +169,39 @@ def test_plan_above_bounds_and_bad_input() -> None:
         planner.plan_above(stages, slo, base[:-1])
     with pytest.raises(ValueError, match="bad planner input"):
         planner.plan_above(stages, -1.0, base)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_grid_tail_equals_a_direct_convolution_from_far_below_to_far_above_the_plan(
+    seed: int,
+) -> None:
+    # The planner's transforms are only as long as its grid and rely on the exponential
+    # tilt to damp what wraps around (a sum beyond the SLO). A direct linear convolution
+    # of the same rounded masses, cut at the grid's end after each stage (exact below
+    # it), must give the same P(T <= SLO), also for vectors whose mass is mostly beyond
+    # the SLO (where an undamped wrap would count it as below).
+    stages = _pipeline(seed, n=16, rate=60.0)
+    slo = 0.3 + sum(s.service_mean_s for s in stages)
+    model = planner._Model(stages, slo, planner.PLAN_GRID)
+    n, delta = model.n, model.delta
+    svc = tailmodel.service_rows(stages, delta, n)
+    start = np.array(planner._start(stages, 0.999), dtype=np.int64)
+    plan = np.array(plan_replicas(stages, slo).replicas, dtype=np.int64)
+    for reps in (start, np.maximum(start, plan - 1), plan, plan + 3):
+        p, r = model.params(np.arange(len(stages)), reps)
+        mass = np.zeros(n)
+        mass[0] = 1.0
+        for row in svc:
+            mass = np.convolve(mass, row)[:n]
+        for pk, rk in zip(p, r, strict=True):
+            wait = np.zeros(n)
+            if rk >= 1e300:  # no wait
+                wait[0] = 1.0
+            elif rk > 0:
+                i = np.arange(n)
+                wait = 2.0 * pk * math.sinh(0.5 * rk * delta) * np.exp(-rk * delta * i)
+                wait[0] = 1.0 - pk * math.exp(-0.5 * rk * delta)
+            mass = np.convolve(mass, wait)[:n]
+        direct = float(mass.sum())
+        phi = np.prod(model.waits(reps), axis=0)
+        assert float((phi * model.weights).sum().real) == pytest.approx(direct, abs=1e-7)
