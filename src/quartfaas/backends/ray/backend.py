@@ -19,7 +19,9 @@ crash or node death) the replica is marked FAILED, the listener drops it (its in
 calls are retried by the client), a dead node's cache entries are forgotten, and a
 replacement is started (placed on a live node). A start that fails or times out
 (``gateway.replica_start_timeout_s``) is reported with Ray's error and its stage backs
-off 1 s, 2 s, ... 30 s, like the local backend.
+off 1 s, 2 s, ... 30 s, like the local backend; a failed replacement is started again
+after the backoff (one placed on a node that was dying but not yet declared dead fails
+with it, and nothing else would restore the count).
 
 Stop with drain: the listener stops routing to the replica and waits for its calls, the
 actor's own ``drain`` confirms none is in flight, then the actor is killed.
@@ -77,6 +79,7 @@ class _Replica:
     slot: str = ""
     task: asyncio.Task[None] | None = None
     stopping: bool = False
+    replacement: bool = False  # started for a replica that died: retried until it starts
 
 
 class RayBackend:
@@ -376,6 +379,12 @@ class RayBackend:
                 self._finish(rep, ReplicaState.STOPPED)
             else:
                 self._start_failed(rep, str(exc))
+                if rep.replacement and not self.closed:
+                    # A replacement placed on a node that was dying but not yet declared
+                    # dead fails with it; nothing else would restore the count (without
+                    # a controller, nothing at all). Try again, after the stage's backoff.
+                    self._node_check()
+                    self._replace(stage)
             return
         self._book.started(stage)
         self.ready_info[rep.info.replica_id] = ready
@@ -401,7 +410,13 @@ class RayBackend:
             self._node_check()
             self._finish(rep, ReplicaState.FAILED, f"actor died: {type(exc).__name__}")
             if not self.closed:
-                self.start_replica(stage)
+                self._replace(stage)
+
+    def _replace(self, stage: str) -> None:
+        """Start a replacement for a replica of ``stage`` that died (retried until one
+        starts, each try after the stage's backoff)."""
+        info = self.start_replica(stage)
+        self._replicas[info.replica_id].replacement = True
 
     async def _load(self, rep: _Replica, actor: Any) -> dict[str, Any]:
         node = rep.info.host if rep.slot else await actor.node_id.remote()
