@@ -316,10 +316,8 @@ class ReplicaCorrector:
         moved = []
         for s in inp.loads:
             # down: at least the configured headroom; up: the measurement noise alone
-            band = (
-                _band(frac, s.arrival_rate * window, _DOWN_Z)
-                if sign > 0
-                else _band(0.0, s.arrival_rate * window)
+            band = _band(
+                frac if sign > 0 else 0.0, s.arrival_rate * window, _DOWN_Z if sign > 0 else _UP_Z
             )
             scale = 1.0 + band if sign > 0 else 1.0 / (1.0 + band)
             rate = s.arrival_rate * scale

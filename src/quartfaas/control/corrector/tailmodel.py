@@ -99,33 +99,27 @@ class StageLoad:
     max_replicas: int = 512
 
     def __post_init__(self) -> None:
-        # One chained test first (a tick builds a few hundred of these; the list of named
-        # checks below is only for the error message).
-        rate, mean, cost = self.arrival_rate, self.service_mean_s, self.cost
-        if (
-            0 <= rate < math.inf
-            and 0 < mean < math.inf
-            and 0 <= self.service_scv <= MAX_SCV
-            and 0 <= self.arrival_scv < math.inf
-            and (self.burst_factor is None or 0 <= self.burst_factor < math.inf)
-            and self.servers_per_replica >= 1
-            and 0 < cost < math.inf
-            and 0 <= self.min_replicas <= self.max_replicas
-        ):
+        # One test per field, each evaluated once (a tick builds a few hundred of these).
+        b = self.burst_factor
+        if not 0 <= self.arrival_rate < math.inf:
+            bad = "arrival_rate"
+        elif not 0 < self.service_mean_s < math.inf:
+            bad = "service_mean_s"
+        elif not 0 <= self.service_scv <= MAX_SCV:
+            bad = "service_scv"
+        elif not 0 <= self.arrival_scv < math.inf:
+            bad = "arrival_scv"
+        elif not (b is None or 0 <= b < math.inf):
+            bad = "burst_factor"
+        elif not self.servers_per_replica >= 1:
+            bad = "servers_per_replica"
+        elif not 0 < self.cost < math.inf:
+            bad = "cost"
+        elif not 0 <= self.min_replicas <= self.max_replicas:
+            bad = "min_replicas"
+        else:
             return
-        checks = (
-            ("arrival_rate", self.arrival_rate >= 0 and math.isfinite(self.arrival_rate)),
-            ("service_mean_s", self.service_mean_s > 0 and math.isfinite(self.service_mean_s)),
-            ("service_scv", 0 <= self.service_scv <= MAX_SCV),
-            ("arrival_scv", 0 <= self.arrival_scv < math.inf),
-            ("burst_factor", self.burst_factor is None or 0 <= self.burst_factor < math.inf),
-            ("servers_per_replica", self.servers_per_replica >= 1),
-            ("cost", self.cost > 0 and math.isfinite(self.cost)),
-            ("min_replicas", 0 <= self.min_replicas <= self.max_replicas),
-        )
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"stage {self.name!r}: bad {name} = {getattr(self, name)!r}")
+        raise ValueError(f"stage {self.name!r}: bad {bad} = {getattr(self, bad)!r}")
 
     def with_load(self, arrival_rate: float, service_mean_s: float) -> StageLoad:
         """This stage with another arrival rate and service mean: ``dataclasses.replace``
