@@ -18,7 +18,12 @@ from quartfaas.control.smoother.propagation import (
     PersistencePredictor,
     QnaPredictor,
     features,
+    measured_cv,
+    qna_and_features,
     qna_departure_scv,
+    service_slots,
+    stage_features,
+    utilisation,
 )
 from quartfaas.control.snapshot import make_snapshot, make_stage
 from quartfaas.metrics.windows import gap_cv
@@ -235,3 +240,44 @@ def test_cv_enters_the_features():
     assert b[0][CV_FEATURE] == pytest.approx(math.log(4.0))
     assert b[1][FEATURE_NAMES.index("log_upstream_cv")] == pytest.approx(math.log(4.0))
     assert b[1][QNA_FEATURE] > a[1][QNA_FEATURE]
+
+
+def test_one_pass_reads_the_same_measurements_as_the_public_helpers():
+    """``qna_and_features`` reads each stage once; its CVs and rows are those of
+    ``QnaPredictor`` and ``stage_features`` built on ``measured_cv``, ``utilisation`` and
+    ``service_slots``, with missing, negative and out-of-range inputs among the stages."""
+    stages = (
+        _stage(0, arrival_cv=30.0),
+        _stage(1, arrival_rate=-1.0, arrival_cv=-2.0, service_scv=-0.5),
+        _stage(2, arrival_rate=None, arrival_cv=None, service_scv=None),
+        _stage(3, service_mean_s=float("nan"), arrival_cv=0.01),
+        _stage(4, ready_replicas=0, starting_replicas=2, max_concurrency=3),
+        _stage(5, arrival_cv=1.7, service_scv=2.5),
+    )
+    snap = make_snapshot(stages=stages)
+    preds, rows = qna_and_features(snap)
+    reference = QnaPredictor().predict(snap)
+    assert [(p.cv, p.rate_per_s) for p in preds] == [(p.cv, p.rate_per_s) for p in reference]
+    assert rows == features(snap, reference)
+    n = len(stages)
+
+    def log_cv(cv):
+        return 0.0 if cv is None else math.log(min(max(cv, 0.05), 20.0))
+
+    for k, s in enumerate(stages):  # the row from the public helpers, field by field
+        lam = s.arrival_rate if s.arrival_rate is not None else None
+        rho = utilisation(s)
+        scv = s.service_scv if s.service_scv is not None and s.service_scv >= 0 else None
+        up = measured_cv(stages[k - 1]) if k > 0 else measured_cv(s)
+        expected = [
+            math.log1p(max(lam, 0.0)) / 5.0 if lam is not None else 0.0,
+            min(max(rho, 0.0), 2.0) if rho is not None else 0.0,
+            math.log1p(service_slots(s)) / math.log(65.0),
+            log_cv(measured_cv(s)),
+            math.log1p(scv) if scv is not None else math.log(2.0),
+            log_cv(up),
+            k / (n - 1),
+            log_cv(reference[k].cv),
+        ]
+        assert rows[k] == expected
+        assert stage_features(s, k, n, up if k > 0 else None, reference[k].cv) == expected

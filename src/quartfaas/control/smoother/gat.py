@@ -48,7 +48,7 @@ from quartfaas.control.smoother.propagation import (
     QNA_FEATURE,
     CvPrediction,
     QnaPredictor,
-    features,
+    qna_and_features,
 )
 from quartfaas.control.snapshot import PipelineSnapshot
 from quartfaas.errors import WeightsError
@@ -346,8 +346,8 @@ class GatPredictor:
     def predict(self, snapshot: PipelineSnapshot) -> tuple[CvPrediction, ...]:
         if not snapshot.stages:
             return ()
-        qna = self._qna.predict(snapshot, reasons=False)  # only its CVs and rates are read
-        logs = self.predict_log_cv(features(snapshot, qna))
+        qna, rows = qna_and_features(snapshot)  # only the QNA CVs and rates are read
+        logs = self.predict_log_cv(rows)
         horizon = self.config.horizon_s
         return tuple(
             CvPrediction(

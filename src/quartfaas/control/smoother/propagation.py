@@ -156,19 +156,41 @@ def utilisation(s: StageSnapshot) -> float | None:
     return lam * mean / c
 
 
-def _scv_s(s: StageSnapshot) -> float | None:
+class _Measured(NamedTuple):
+    """One stage's measurements as the QNA hop and the features read them (each derived
+    once per stage and tick: ``measured_cv``, ``utilisation``, ``service_slots`` and the
+    service SCV, with the same arithmetic)."""
+
+    rate: float | None  # finite arrival rate (may be negative: then ρ is unknown)
+    rho: float | None
+    scv_s: float | None
+    cv: float | None  # measured_cv
+    slots: int  # service_slots
+
+
+def _measured(s: StageSnapshot) -> _Measured:
+    lam = _finite(s.arrival_rate)
+    mean = _finite(s.service_mean_s)
+    n = s.ready_replicas if s.ready_replicas > 0 else s.replicas
+    c = n * max(1, s.max_concurrency)
+    rho = None
+    if lam is not None and mean is not None and lam >= 0 and mean >= 0 and c != 0:
+        rho = lam * mean / c
     v = _finite(s.service_scv)
-    return v if v is not None and v >= 0 else None
+    cv = _finite(s.arrival_cv)
+    if cv is not None:
+        cv = None if cv < 0 else min(max(cv, CV_MIN), CV_MAX)
+    return _Measured(lam, rho, v if v is not None and v >= 0 else None, cv, c)
 
 
 def _hop(
-    up: StageSnapshot, up_cv: float, up_known: bool, reasons: bool = True
+    up: StageSnapshot, m: _Measured, up_cv: float, up_known: bool, reasons: bool = True
 ) -> tuple[float, str]:
-    """QNA departure CV of ``up`` given its arrival CV, with the reason text (``""``
-    without ``reasons``)."""
-    rho = utilisation(up)
-    scv_s = _scv_s(up)
-    c = max(1, service_slots(up))
+    """QNA departure CV of ``up`` (measured ``m``) given its arrival CV, with the reason
+    text (``""`` without ``reasons``)."""
+    rho = m.rho
+    scv_s = m.scv_s
+    c = max(1, m.slots)
     cd2 = qna_departure_scv(up_cv * up_cv, 1.0 if scv_s is None else scv_s, rho or 0.0, c)
     cv = min(max(math.sqrt(cd2), CV_MIN), CV_MAX)
     if not reasons:
@@ -190,12 +212,17 @@ class QnaPredictor:
     ) -> tuple[CvPrediction, ...]:
         """One prediction per stage; ``reasons=False`` leaves the hops' reason texts empty
         (the GAT reads only the CVs and rates of its QNA input)."""
+        return self._predict(snapshot, [_measured(s) for s in snapshot.stages], reasons)
+
+    def _predict(
+        self, snapshot: PipelineSnapshot, ms: Sequence[_Measured], reasons: bool
+    ) -> tuple[CvPrediction, ...]:
         out: list[CvPrediction] = []
         stages = snapshot.stages
         for k, s in enumerate(stages):
-            own_rate = _finite(s.arrival_rate)
+            own_rate = ms[k].rate
             if k == 0:
-                cv0 = measured_cv(s)
+                cv0 = ms[0].cv
                 if cv0 is None:
                     out.append(CvPrediction(s.name, 1.0, own_rate, "assumed", "CV n/a: Poisson"))
                 else:
@@ -203,11 +230,11 @@ class QnaPredictor:
                     out.append(CvPrediction(s.name, cv0, own_rate, "measured", why))
                 continue
             up = stages[k - 1]
-            up_meas = measured_cv(up)
+            up_m = ms[k - 1]
+            up_meas = up_m.cv
             up_cv = up_meas if up_meas is not None else out[k - 1].cv
-            cv, why = _hop(up, up_cv, up_meas is not None, reasons)
-            up_rate = _finite(up.arrival_rate)
-            rate = up_rate if up_rate is not None else own_rate
+            cv, why = _hop(up, up_m, up_cv, up_meas is not None, reasons)
+            rate = up_m.rate if up_m.rate is not None else own_rate
             out.append(CvPrediction(s.name, cv, rate, "qna", why))
         return tuple(out)
 
@@ -220,14 +247,17 @@ def stage_features(
     s: StageSnapshot, k: int, n: int, upstream_cv: float | None, qna_cv: float
 ) -> list[float]:
     """The ``FEATURE_NAMES`` row of one stage (see the module docstring's table)."""
-    lam = _finite(s.arrival_rate)
-    rho = utilisation(s)
-    scv_s = _scv_s(s)
-    own = measured_cv(s)
+    return _feature_row(_measured(s), k, n, upstream_cv, qna_cv)
+
+
+def _feature_row(
+    m: _Measured, k: int, n: int, upstream_cv: float | None, qna_cv: float
+) -> list[float]:
+    lam, rho, scv_s, own = m.rate, m.rho, m.scv_s, m.cv
     return [
         math.log1p(max(lam, 0.0)) / 5.0 if lam is not None else 0.0,
         min(max(rho, 0.0), 2.0) if rho is not None else 0.0,
-        math.log1p(service_slots(s)) / _LN_65,
+        math.log1p(m.slots) / _LN_65,
         _log_cv(own),
         math.log1p(scv_s) if scv_s is not None else math.log(2.0),
         _log_cv(upstream_cv if k > 0 else own),
@@ -243,14 +273,22 @@ def features(
 
     ``qna`` is ``QnaPredictor().predict(snapshot)`` when the caller already has it.
     """
-    preds = QnaPredictor().predict(snapshot) if qna is None else qna
-    stages = snapshot.stages
-    n = len(stages)
-    rows = []
-    for k, s in enumerate(stages):
-        up = measured_cv(stages[k - 1]) if k > 0 else None
-        rows.append(stage_features(s, k, n, up, preds[k].cv))
-    return rows
+    return qna_and_features(snapshot, qna)[1]
+
+
+def qna_and_features(
+    snapshot: PipelineSnapshot, qna: Sequence[CvPrediction] | None = None
+) -> tuple[tuple[CvPrediction, ...], list[list[float]]]:
+    """``QnaPredictor().predict(snapshot, reasons=False)`` (or ``qna`` when given) and
+    ``features(snapshot, qna)``, each stage's measurements read once for both."""
+    ms = [_measured(s) for s in snapshot.stages]
+    preds = QnaPredictor()._predict(snapshot, ms, False) if qna is None else tuple(qna)
+    n = len(ms)
+    rows = [
+        _feature_row(m, k, n, ms[k - 1].cv if k > 0 else None, preds[k].cv)
+        for k, m in enumerate(ms)
+    ]
+    return preds, rows
 
 
 class PersistencePredictor:
@@ -284,6 +322,7 @@ __all__ = [
     "QnaPredictor",
     "features",
     "measured_cv",
+    "qna_and_features",
     "qna_departure_scv",
     "service_slots",
     "stage_features",
