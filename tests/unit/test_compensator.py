@@ -383,3 +383,16 @@ def test_host_cores_reads_affinity_and_the_cgroup_quota(tmp_path) -> None:
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000")
     assert cgroup_quota_cores(v1) == pytest.approx(3.0)
     assert host_cores(tmp_path / "missing") >= 1.0
+
+
+def test_with_cpu_is_replace():
+    # Every field away from its default, so a field that with_cpu forgets shows up; and
+    # every field is named, so one added later fails here until with_cpu lists it.
+    from dataclasses import fields, replace
+
+    d = StageDecision("s", 3, 5, "why", 1.5, True, 0.7)
+    assert [f.name for f in fields(StageDecision)] == [
+        "stage", "current", "replicas", "reason", "cpu_per_replica", "critical", "score",
+    ]  # fmt: skip
+    assert d.with_cpu(2.5, "more") == replace(d, cpu_per_replica=2.5, reason="more")
+    assert d.with_cpu(None, "why") == replace(d, cpu_per_replica=None)

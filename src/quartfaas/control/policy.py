@@ -38,6 +38,20 @@ class StageDecision:
     critical: bool = False
     score: float = 0.0
 
+    def with_cpu(self, cpu_per_replica: float | None, reason: str) -> StageDecision:
+        """This decision with a CPU target and reason: ``dataclasses.replace`` spelled out
+        (several times faster; the CPU Compensator makes one per stage it sets a tick).
+        ``test_with_cpu_is_replace`` fails if a field is added and not listed here."""
+        return StageDecision(
+            self.stage,
+            self.current,
+            self.replicas,
+            reason,
+            cpu_per_replica,
+            self.critical,
+            self.score,
+        )
+
     @property
     def action(self) -> Action:
         if self.replicas > self.current:

@@ -193,8 +193,10 @@ def _holding(
     if util is None or util >= cfg.release_utilisation_frac or not calm:
         return alloc, "", st if st.low_since is None else replace(st, low_since=None)
     low_since = now if st.low_since is None else st.low_since
+    # (the same state object when nothing changed: most stages, most ticks)
+    kept = st if st.low_since == low_since else replace(st, low_since=low_since)
     if now - low_since < cfg.release_after_s:
-        return alloc, "", replace(st, low_since=low_since)
+        return alloc, "", kept
     used = util * stage.cpu_per_replica
     target = cfg.clamp(max(st.base_cpu, used / cfg.release_headroom_frac))
     why = (
@@ -205,7 +207,7 @@ def _holding(
         return target, why, StageCpuState()
     if alloc - target >= cfg.min_increment - _EPS:
         return target, why, replace(st, cpu=target, since=now, low_since=None)
-    return alloc, "", replace(st, low_since=low_since)
+    return alloc, "", kept
 
 
 def compensate(  # noqa: PLR0917 - the positional order is the issue's contract
@@ -374,7 +376,5 @@ class CpuCompensator:
             if target is None and not why:  # nothing to set (most stages, most ticks)
                 out.append(d)
                 continue
-            out.append(
-                replace(d, cpu_per_replica=target, reason=_join(d.reason, why) if why else d.reason)
-            )
+            out.append(d.with_cpu(target, _join(d.reason, why) if why else d.reason))
         return replace(decision, stages=tuple(out)), CompensatorState(tuple(states.items()))
