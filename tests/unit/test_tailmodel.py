@@ -166,6 +166,8 @@ def test_with_load_is_replace() -> None:
     s = StageLoad("x", 3.0, 0.02, 0.3, 1.7, 2.5, 3, 2.0, 2, 9)
     assert s.with_load(5.0, 0.04) == replace(s, arrival_rate=5.0, service_mean_s=0.04)
     assert s.with_min_replicas(4) == replace(s, min_replicas=4)
+    assert s.with_arrivals(6.0, None) == replace(s, arrival_rate=6.0, burst_factor=None)
+    assert s.with_arrivals(6.0, 4.0) == replace(s, arrival_rate=6.0, burst_factor=4.0)
 
 
 def test_idle_deterministic_stage_at_zero_replicas() -> None:

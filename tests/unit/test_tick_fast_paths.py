@@ -5,7 +5,9 @@ transforms kept per (stage, count) within a plan, its greedy transforming ``coun
 only when it has to add and its trim returning at once when nothing is above its floor;
 the feedback's modelled tails in one batch (``stagetails.stage_quantiles``); Gamma tables
 stacked once per set of services and read by flat gathers; the measured loads reused when
-the forecast changed nothing; the GAT's QNA input without reason texts. Here each is
+the forecast changed nothing; the GAT's QNA input without reason texts, and its QNA hops
+and feature rows from one reading of each stage; a CPU target set without
+``dataclasses.replace``. Here each is
 swapped for the straightforward computation (written out below, as the code was before)
 and whole ticks of random pipelines are run both ways: the replica vectors, CPU settings
 and reasons must be identical, so a shortcut that changes a decision fails.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,9 +30,17 @@ from quartfaas.control.corrector import corrector as corrector_mod
 from quartfaas.control.corrector import planner, tailmodel
 from quartfaas.control.corrector.inputs import PlanInputs
 from quartfaas.control.corrector.tailmodel import stage_quantile
-from quartfaas.control.policy import Decision, Policy
+from quartfaas.control.policy import Decision, Policy, StageDecision
 from quartfaas.control.quart import QuartPolicy
-from quartfaas.control.smoother.propagation import CvPrediction, QnaPredictor
+from quartfaas.control.smoother import gat as gat_mod
+from quartfaas.control.smoother.propagation import (
+    CvPrediction,
+    measured_cv,
+    qna_departure_scv,
+    service_slots,
+    stage_features,
+    utilisation,
+)
 from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, make_stage
 
 # ---------------------------------------------------------------- the straightforward code
@@ -107,14 +118,46 @@ def _read_inputs_plain(snapshot: PipelineSnapshot, forecast: object, q: float) -
 
 
 _READ_INPUTS = corrector_mod.read_inputs
-_QNA_PREDICT = QnaPredictor.predict
 
 
-def _qna_with_reasons(
-    self: QnaPredictor, snapshot: PipelineSnapshot, *, reasons: bool = True
-) -> tuple[CvPrediction, ...]:
-    del reasons  # the GAT's QNA input with its reason texts, as before
-    return _QNA_PREDICT(self, snapshot)
+def _qna_and_features_plain(
+    snapshot: PipelineSnapshot,
+) -> tuple[tuple[CvPrediction, ...], list[list[float]]]:
+    """The GAT's QNA input (with its reason texts) and feature rows, each stage's
+    measurements read through the public helpers wherever a formula needs one."""
+    stages = snapshot.stages
+    preds: list[CvPrediction] = []
+    for k, s in enumerate(stages):
+        rate = (
+            s.arrival_rate if s.arrival_rate is not None and math.isfinite(s.arrival_rate) else None
+        )
+        if k == 0:
+            cv0 = measured_cv(s)
+            preds.append(CvPrediction(s.name, 1.0 if cv0 is None else cv0, rate, "", ""))
+            continue
+        up = stages[k - 1]
+        up_cv = measured_cv(up)
+        ca = preds[k - 1].cv if up_cv is None else up_cv
+        scv_s = up.service_scv if up.service_scv is not None and up.service_scv >= 0 else 1.0
+        rho = utilisation(up)
+        cd2 = qna_departure_scv(ca * ca, scv_s, rho or 0.0, max(1, service_slots(up)))
+        up_rate = (
+            up.arrival_rate
+            if up.arrival_rate is not None and math.isfinite(up.arrival_rate)
+            else None
+        )
+        cv = min(max(math.sqrt(cd2), 0.05), 20.0)
+        preds.append(CvPrediction(s.name, cv, up_rate if up_rate is not None else rate, "", ""))
+    n = len(stages)
+    rows = [
+        stage_features(s, k, n, measured_cv(stages[k - 1]) if k > 0 else None, preds[k].cv)
+        for k, s in enumerate(stages)
+    ]
+    return tuple(preds), rows
+
+
+def _with_cpu_plain(self: StageDecision, cpu: float | None, reason: str) -> StageDecision:
+    return replace(self, cpu_per_replica=cpu, reason=reason)
 
 
 def _trim_plain(
@@ -160,7 +203,8 @@ def use_plain(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
         monkeypatch.setattr(tailmodel, "_gamma_cdf_rows", _gamma_cdf_rows_plain)
         monkeypatch.setattr(corrector_mod, "stage_quantiles", _stage_quantiles_plain)
         monkeypatch.setattr(corrector_mod, "read_inputs", _read_inputs_plain)
-        monkeypatch.setattr(QnaPredictor, "predict", _qna_with_reasons)
+        monkeypatch.setattr(gat_mod, "qna_and_features", _qna_and_features_plain)
+        monkeypatch.setattr(StageDecision, "with_cpu", _with_cpu_plain)
         planner._SVC_CACHE.clear()  # nothing the fast run computed is read back
         monkeypatch.setattr(tailmodel, "_UNIT", tailmodel._UnitTables())
 

@@ -157,9 +157,10 @@ def read_inputs(
             load, text = stage_load(s, lam, mean, fc.get(s.name))
             out.planned.append(i)
             out.loads.append(load)
-            # Without the forecast: the same load when the forecast changed nothing.
+            # Without the forecast (``stage_load(s, lam, mean, None)``'s load): the same
+            # load when the forecast changed nothing.
             same = load.arrival_rate == lam and load.burst_factor is None
-            out.measured.append(load if same else stage_load(s, lam, mean, None)[0])
+            out.measured.append(load if same else load.with_arrivals(lam, None))
             out.texts.append(text)
             continue
         tail, _ = read_tail(s.latency, q)

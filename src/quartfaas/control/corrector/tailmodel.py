@@ -138,6 +138,22 @@ class StageLoad:
             self.max_replicas,
         )
 
+    def with_arrivals(self, arrival_rate: float, burst_factor: float | None) -> StageLoad:
+        """This stage with another arrival rate and burst factor (``replace`` spelled out,
+        as ``with_load``; ``test_with_load_is_replace`` checks it)."""
+        return StageLoad(
+            self.name,
+            arrival_rate,
+            self.service_mean_s,
+            self.service_scv,
+            self.arrival_scv,
+            burst_factor,
+            self.servers_per_replica,
+            self.cost,
+            self.min_replicas,
+            self.max_replicas,
+        )
+
     def with_min_replicas(self, min_replicas: int) -> StageLoad:
         """This stage with another ``min_replicas`` (``replace`` spelled out, as
         ``with_load``; ``test_with_load_is_replace`` checks both)."""
