@@ -33,6 +33,7 @@ import random
 import statistics
 import sys
 import time
+from typing import Any
 
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.corrector import ReplicaCorrector
@@ -41,8 +42,19 @@ from quartfaas.control.quart import QuartPolicy
 from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, make_stage
 
 
-def build_snapshots(n_stages: int, n: int, seed: int = 7) -> list[PipelineSnapshot]:
-    """``n`` snapshots one second apart of an ``n_stages`` pipeline under drifting load."""
+def build_snapshots(
+    n_stages: int, n: int, seed: int = 7, snapshot_module: Any = None
+) -> list[PipelineSnapshot]:
+    """``n`` snapshots one second apart of an ``n_stages`` pipeline under drifting load.
+
+    ``snapshot_module``: the ``control.snapshot`` module whose classes to build them from
+    (``tick_ab.py`` builds the same snapshots for an older tree under another name)."""
+    m = snapshot_module
+    make_stage_, latency_stats, pipeline_snapshot = (
+        (make_stage, LatencyStats, PipelineSnapshot)
+        if m is None
+        else (m.make_stage, m.LatencyStats, m.PipelineSnapshot)
+    )
     rng = random.Random(seed)
     service = [rng.uniform(0.01, 0.06) for _ in range(n_stages)]
     slo = 3.0 * sum(service) + 0.5
@@ -57,7 +69,7 @@ def build_snapshots(n_stages: int, n: int, seed: int = 7) -> list[PipelineSnapsh
             p99 = None if idle else s_mean * rng.uniform(2.0, 9.0)
             queue = 0 if idle else rng.choice((0, 0, 0, 1, 3, 12))
             stages.append(
-                make_stage(
+                make_stage_(
                     f"stage-{i:02d}",
                     i,
                     min_replicas=1,
@@ -72,7 +84,7 @@ def build_snapshots(n_stages: int, n: int, seed: int = 7) -> list[PipelineSnapsh
                     departure_rate=lam,
                     service_mean_s=s_mean,
                     service_scv=rng.uniform(0.01, 0.2),
-                    latency=LatencyStats(
+                    latency=latency_stats(
                         count=0 if idle else int(lam * 10),
                         mean_s=None if p99 is None else p99 / 3,
                         p50_s=None if p99 is None else p99 / 3,
@@ -82,7 +94,7 @@ def build_snapshots(n_stages: int, n: int, seed: int = 7) -> list[PipelineSnapsh
                 )
             )
         out.append(
-            PipelineSnapshot(
+            pipeline_snapshot(
                 now=1000.0 + k,
                 pipeline="bench",
                 slo_p99_s=slo,
