@@ -157,9 +157,9 @@ def utilisation(s: StageSnapshot) -> float | None:
 
 
 class _Measured(NamedTuple):
-    """One stage's measurements as the QNA hop and the features read them (each derived
-    once per stage and tick: ``measured_cv``, ``utilisation``, ``service_slots`` and the
-    service SCV, with the same arithmetic)."""
+    """One stage's measurements as the QNA hop and the features read them, each read once
+    per stage and tick (the hop of stage ``k + 1`` and the row of stage ``k`` both need
+    stage ``k``'s)."""
 
     rate: float | None  # finite arrival rate (may be negative: then ρ is unknown)
     rho: float | None
@@ -169,18 +169,11 @@ class _Measured(NamedTuple):
 
 
 def _measured(s: StageSnapshot) -> _Measured:
-    lam = _finite(s.arrival_rate)
-    mean = _finite(s.service_mean_s)
-    n = s.ready_replicas if s.ready_replicas > 0 else s.replicas
-    c = n * max(1, s.max_concurrency)
-    rho = None
-    if lam is not None and mean is not None and lam >= 0 and mean >= 0 and c != 0:
-        rho = lam * mean / c
     v = _finite(s.service_scv)
-    cv = _finite(s.arrival_cv)
-    if cv is not None:
-        cv = None if cv < 0 else min(max(cv, CV_MIN), CV_MAX)
-    return _Measured(lam, rho, v if v is not None and v >= 0 else None, cv, c)
+    scv_s = v if v is not None and v >= 0 else None
+    return _Measured(
+        _finite(s.arrival_rate), utilisation(s), scv_s, measured_cv(s), service_slots(s)
+    )
 
 
 def _hop(
