@@ -1,13 +1,15 @@
 """Paired A/B of the controller tick: this tree against a git revision, in one process.
 
 ``controller_tick.py`` times one tree; on a shared, noisy host (steal time, a neighbour's
-load) two runs minutes apart can differ by 20% with the same code, which hides a change
+load) two runs minutes apart can differ by 20% or more with the same code (1.6x seen on one
+host), which hides a change
 of a few percent. Here the revision's ``src/quartfaas`` is extracted (``git archive``)
 and imported under another package name, both trees' policies decide the *same*
 snapshots (``controller_tick.build_snapshots``), and their ticks alternate, which one
 goes first alternating too, so both see the same machine at the same moment. It prints
 both medians, the median and spread of the per-tick ratio new/old, and how many ticks
-decided differently (replicas, CPU targets or reasons; 0 for a pure speed-up).
+decided differently (replicas, CPU targets, or the tick's or a stage's reason; 0 for a
+pure speed-up).
 
     python benchmarks/tick_ab.py --against da3a225 [--stages 64] [--ticks 600]
         [--warmup 60] [--predictor auto|gat|qna]
@@ -50,7 +52,10 @@ def extract(revision: str, into: Path) -> None:
             ["git", "-C", str(root), "archive", revision, "src/quartfaas"], stdout=out, check=True
         )
     with tarfile.open(tar) as tf:
-        tf.extractall(into, filter="data")
+        try:
+            tf.extractall(into, filter="data")
+        except TypeError:  # Python 3.11 before 3.11.4 has no extraction filters
+            tf.extractall(into)
     pkg = into / _ALIAS
     (into / "src" / "quartfaas").rename(pkg)
     for path in pkg.rglob("*.py"):
@@ -58,8 +63,8 @@ def extract(revision: str, into: Path) -> None:
         path.write_text(_NAME.sub(_ALIAS, text), encoding="utf-8")
 
 
-def _summary(d: Any) -> list[tuple[object, ...]]:
-    return [(s.stage, s.replicas, s.cpu_per_replica, s.reason) for s in d.stages]
+def _summary(d: Any) -> tuple[object, ...]:
+    return d.reason, [(s.stage, s.replicas, s.cpu_per_replica, s.reason) for s in d.stages]
 
 
 def main(argv: list[str] | None = None) -> int:
