@@ -3,19 +3,26 @@ the Serve policy's decisions, the replicas' window statistics."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("ray")
 
-from quartfaas.backends.ray.nodes import LiveReplica, NodeInfo, choose_node
+from helpers import tiny_bert_spec
+from quartfaas.backends.ray.nodes import LiveReplica, NodeInfo, choose_node, placement_rounds
 from quartfaas.backends.ray.serve_app import window_stats
 from quartfaas.backends.ray.serve_policy import (
     QuartServePolicy,
     ServeStageMetrics,
     stage_snapshot,
 )
+from quartfaas.backends.ray.weights import ObjectStoreCache, _Held
+from quartfaas.control.backend import StartTier
 from quartfaas.control.placement import StageReq, get_placer
 from quartfaas.control.placement.keys_manager import GIB, KeysManager
 
@@ -38,6 +45,46 @@ def test_quart_placer_prefers_the_node_holding_the_weights() -> None:
     node, slot, why = choice
     assert (node, slot) == ("b", "slot1")  # anti-affinity: not on slot0 again
     assert why.startswith("quart:")
+
+
+def ids(group: list[NodeInfo]) -> list[str]:
+    return [n.node_id for n in group]
+
+
+def test_placement_tries_the_unsuspected_nodes_first() -> None:
+    ns = nodes()
+    assert [ids(g) for g in placement_rounds(ns, {}, now=10.0)] == [["a", "b", "head"]]
+    rounds = placement_rounds(ns, {"b": 15.0}, now=10.0)
+    assert [ids(g) for g in rounds] == [["a", "head"], ["a", "b", "head"]]
+    # the suspicion ends at its time; a node suspected by all leaves one round of all
+    assert [ids(g) for g in placement_rounds(ns, {"b": 15.0}, now=15.0)] == [["a", "b", "head"]]
+    every = {"a": 20.0, "b": 20.0, "head": 20.0}
+    assert [ids(g) for g in placement_rounds(ns, every, now=10.0)] == [["a", "b", "head"]]
+
+
+def test_a_suspect_node_holding_the_weights_is_left_while_another_fits() -> None:
+    # b holds the weights and a replica, so the quart placer picks b with all nodes; with
+    # b suspected, the first round (a, head) places on a, the replica on b not in view
+    req = StageReq("s0", GIB, pipeline="p", cpu_cores=0.5)
+    km = KeysManager(4 * GIB)
+    km.admit("s0", GIB, 0.0)
+    on_b = [LiveReplica("s0", "b", "slot0", 0.5, "s0-1")]
+    placed = []
+    for group in placement_rounds(nodes(), {"b": 40.0}, now=10.0):
+        choice = choose_node(
+            get_placer("quart"), stage=req, stages=[req], nodes=group, replicas=on_b,
+            caches={"b": km.view()}, accelerator="accel",
+        )  # fmt: skip
+        assert not isinstance(choice, str)
+        placed.append(choice[0])
+    assert placed == ["a", "b"]
+    # nothing fits on the unsuspected nodes (no accelerator on head): a reason, so the
+    # backend's next round (all nodes) places on the suspect node
+    alone = choose_node(
+        get_placer("quart"), stage=req, stages=[req], nodes=[nodes()[2]], replicas=on_b,
+        caches={"b": km.view()}, accelerator="accel",
+    )  # fmt: skip
+    assert isinstance(alone, str)
 
 
 def test_no_accelerator_anywhere_is_a_reason_not_a_crash() -> None:
@@ -127,3 +174,77 @@ def test_local_cluster_health_check_allows_more_misses_on_a_busy_host() -> None:
     assert fast_health_check(-1.0)["health_check_failure_threshold"] == 3
     now = fast_health_check()["health_check_failure_threshold"]  # this host's load now
     assert 3 <= now <= 24
+
+
+class _Remote:
+    """``actor.method.remote(*args)`` of a fake actor: an awaitable of ``fn(*args)``."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def remote(self, *args: Any) -> Any:
+        async def run() -> Any:
+            return self.fn(*args)
+
+        return run()
+
+
+class FakeOwner:
+    """A node's ``WeightOwner``: pulls fail for the refs of dead sources."""
+
+    def __init__(self, dead: set[str]) -> None:
+        self.dead = dead
+        self.calls: list[tuple[str, str]] = []
+        self.pull = _Remote(self._pull)
+        self.load_file = _Remote(self._load_file)
+
+    def _pull(self, stage: str, remote: list[str]) -> tuple[list[str], int, float]:
+        self.calls.append(("pull", remote[0]))
+        if remote[0] in self.dead:
+            from ray.exceptions import RayError
+
+            raise RayError(f"owner of {remote[0]} died")
+        return [f"copy-of-{remote[0]}"], 100, 0.0
+
+    def _load_file(self, stage: str, spec_json: str, index: int) -> tuple[list[str], int, float]:
+        self.calls.append(("file", stage))
+        return ["from-file"], 100, 0.0
+
+
+def cache_with_holders(tmp_path: Path, holders: dict[str, str], owner: FakeOwner) -> Any:
+    """An ``ObjectStoreCache`` whose nodes ``holders`` (node -> ref) hold stage 0."""
+    spec = tiny_bert_spec(tmp_path, name="w", stages=2)
+    cache = ObjectStoreCache(spec)
+    stage = spec.stages[0].name
+    for node in [*holders, "new"]:
+        cache.add_node(node, GIB)
+    for node, ref in holders.items():  # as a cold load on each would leave them
+        cache._held[node] = {stage: _Held([ref], 100)}
+        cache._keys[node].admit(stage, 100, 0.0)
+    cache._owner = lambda node: owner  # no Ray actors: the fake answers for every node
+    return cache, stage
+
+
+def test_weights_are_pulled_from_an_unsuspected_holder_first(tmp_path: Path) -> None:
+    owner = FakeOwner(dead=set())
+    cache, stage = cache_with_holders(tmp_path, {"a": "ra", "b": "rb"}, owner)
+    tier, refs = asyncio.run(cache.acquire(stage, "new", avoid={"a"}))
+    assert tier is StartTier.REMOTE and refs == ["copy-of-rb"]
+    assert owner.calls == [("pull", "rb")]
+
+
+def test_a_dead_source_is_forgotten_and_the_next_holder_or_the_file_gives_the_weights(
+    tmp_path: Path,
+) -> None:
+    owner = FakeOwner(dead={"rb"})
+    cache, stage = cache_with_holders(tmp_path, {"a": "ra", "b": "rb"}, owner)
+    tier, refs = asyncio.run(cache.acquire(stage, "new", avoid={"a"}))
+    assert tier is StartTier.REMOTE and refs == ["copy-of-ra"]  # b failed, a (suspect) gave
+    assert owner.calls == [("pull", "rb"), ("pull", "ra")]
+    assert "b" not in cache.holders(stage) and stage not in cache.views()["b"].keys
+    # every holder dead: the file
+    owner2 = FakeOwner(dead={"rx"})
+    cache2, stage2 = cache_with_holders(tmp_path / "2", {"x": "rx"}, owner2)
+    tier, refs = asyncio.run(cache2.acquire(stage2, "new"))
+    assert tier is StartTier.COLD and refs == ["from-file"]
+    assert owner2.calls == [("pull", "rx"), ("file", stage2)]

@@ -17,7 +17,9 @@ tier is recorded on the replica), ``load`` them, and wait for ``ready()``.
 Faults: the backend awaits each replica's ``lifeline()``; when Ray raises there (actor
 crash or node death) the replica is marked FAILED, the listener drops it (its in-flight
 calls are retried by the client), a dead node's cache entries are forgotten, and a
-replacement is started (placed on a live node). A start that fails or times out
+replacement is started (placed on a live node, and off the dead replica's node while
+another node has room: that node may be dying without Ray knowing yet,
+``nodes.placement_rounds``). A start that fails or times out
 (``gateway.replica_start_timeout_s``) is reported with Ray's error and its stage backs
 off 1 s, 2 s, ... 30 s, like the local backend; a failed replacement is started again
 after the backoff (one placed on a node that was dying but not yet declared dead fails
@@ -49,10 +51,12 @@ from quartfaas.backends.lifecycle import StartBook
 from quartfaas.backends.local import ReplicaListener
 from quartfaas.backends.ray.actor import StageReplica
 from quartfaas.backends.ray.nodes import (
+    SUSPECT_S,
     LiveReplica,
     NodeInfo,
     choose_node,
     cluster_nodes,
+    placement_rounds,
     slots_of,
 )
 from quartfaas.backends.ray.weights import ObjectStoreCache
@@ -94,6 +98,7 @@ class RayBackend:
         accelerator_resource: str | None = None,
         accelerator_memory_bytes: int = 16 * GIB,
         clock: Callable[[], float] = time.monotonic,
+        suspect_s: float = SUSPECT_S,
     ) -> None:
         if not ray.is_initialized():
             raise BackendError("the Ray backend needs a Ray connection: call ray.init first")
@@ -118,6 +123,10 @@ class RayBackend:
         # enable_pool; then the floor, or what the control loop's pool decision set
         self.pool_limits: tuple[int, int] | None = None  # (floor, max depth)
         self._pool_depth: dict[str, int] = {}
+        # node id -> clock time until which new replicas go elsewhere first: a replica
+        # died there unasked, and its node may be dying (nodes.placement_rounds)
+        self.suspect_s = suspect_s
+        self.suspects: dict[str, float] = {}
         self.pool_waiting: dict[str, str] = {}  # stage -> why a standby is not placed
         self._reqs = tuple(
             StageReq(s.name, stage_param_bytes(spec, i) if spec.model.kind != "synthetic" else 0,
@@ -315,9 +324,13 @@ class RayBackend:
         return pool.pop() if pool else None
 
     def _any_standby(self, stage: str, alive: set[str]) -> tuple[str, Any, str] | None:
-        """A standby of ``stage`` on an alive node, nodes holding the weights first."""
+        """A standby of ``stage`` on an alive node under no suspicion (a standby on a
+        dying node would die with it: the placer's cold start elsewhere is the better
+        bet), nodes holding the weights first."""
         holders = set(self.cache.holders(stage))
-        keys = [k for k, pool in self._standby.items() if k[0] == stage and pool and k[1] in alive]
+        now = self.clock()
+        usable = {n for n in alive if self.suspects.get(n, -1.0) <= now}
+        keys = [k for k, pool in self._standby.items() if k[0] == stage and pool and k[1] in usable]
         for key in sorted(keys, key=lambda k: k[1] not in holders):
             actor, slot = self._standby[key].pop()
             return key[1], actor, slot
@@ -350,15 +363,21 @@ class RayBackend:
                 node, standby, rep.slot = warm
                 self._set(rep, host=node, message="warm standby on a node holding the weights")
             elif self.placer is not None:
-                choice = choose_node(
-                    self.placer, stage=self._reqs[idx], stages=self._reqs, nodes=nodes,
-                    replicas=self._live(), caches=self.cache.views(),
-                    accelerator=self.accelerator,
-                    accelerator_memory_bytes=self.accelerator_memory_bytes,
-                )  # fmt: skip
+                choice: tuple[str, str, str] | str = "no alive node"
+                for group in placement_rounds(nodes, self.suspects, self.clock()):
+                    choice = choose_node(
+                        self.placer, stage=self._reqs[idx], stages=self._reqs, nodes=group,
+                        replicas=self._live(), caches=self.cache.views(),
+                        accelerator=self.accelerator,
+                        accelerator_memory_bytes=self.accelerator_memory_bytes,
+                    )  # fmt: skip
+                    if not isinstance(choice, str):
+                        break
                 if isinstance(choice, str):
                     raise BackendError(choice)
                 node, rep.slot, why = choice
+                if self.suspects.get(node, -1.0) > self.clock():
+                    why += "; on a suspect node (no other node fits)"
                 self._set(rep, host=node, message=why)
             if standby is None and (taken := self._take_standby(stage, node)) is not None:
                 standby, rep.slot = taken
@@ -387,6 +406,7 @@ class RayBackend:
                     self._replace(stage)
             return
         self._book.started(stage)
+        self.suspects.pop(str(ready["node_id"]), None)  # it serves: not dying after all
         self.ready_info[rep.info.replica_id] = ready
         self._set(
             rep, state=ReplicaState.READY, ready_at=self.clock(), pid=int(ready["pid"]),
@@ -407,7 +427,8 @@ class RayBackend:
             if rep.stopping:
                 return  # _stop killed it and finishes the bookkeeping
             log.warning("replica %s died: %s", rep.info.replica_id, exc)
-            self._node_check()
+            if rep.info.host in self._node_check():
+                self._suspect(rep.info.host)
             self._finish(rep, ReplicaState.FAILED, f"actor died: {type(exc).__name__}")
             if not self.closed:
                 self._replace(stage)
@@ -422,7 +443,9 @@ class RayBackend:
         node = rep.info.host if rep.slot else await actor.node_id.remote()
         if not rep.slot:
             self._set(rep, host=node)
-        tier, refs = await self.cache.acquire(rep.info.stage, node)
+        now = self.clock()
+        avoid = {n for n, until in self.suspects.items() if until > now}
+        tier, refs = await self.cache.acquire(rep.info.stage, node, avoid)
         self._set(rep, tier=tier)
         await actor.load.remote(refs)
         ready: dict[str, Any] = await actor.ready.remote()
@@ -430,12 +453,26 @@ class RayBackend:
             raise BackendError(f"replica landed on {ready['node_id']}, not on {node}")
         return ready
 
-    def _node_check(self) -> None:
+    def _node_check(self) -> set[str]:
+        """Forget the cached weights of nodes Ray no longer lists as alive; returns the
+        alive node ids."""
         alive = {n.node_id for n in cluster_nodes()}
         for node in list(self.cache.views()):
             if node not in alive:
                 log.warning("node %s is gone; forgetting its cached weights", node[:8])
                 self.cache.forget_node(node)
+        for node in [n for n in self.suspects if n not in alive]:
+            del self.suspects[node]
+        return alive
+
+    def _suspect(self, node: str) -> None:
+        if self.suspect_s <= 0:
+            return
+        self.suspects[node] = self.clock() + self.suspect_s
+        log.warning(
+            "node %s is suspect for %.0f s: a replica died there unasked; new replicas "
+            "go to other nodes first", node[:8], self.suspect_s,
+        )  # fmt: skip
 
     def _start_failed(self, rep: _Replica, message: str) -> None:
         if rep.actor is not None:

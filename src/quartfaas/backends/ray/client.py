@@ -162,19 +162,24 @@ class RayStageClient:
                     route.idle.set()
             return StageResult(out_ref, float(meta["service_s"]), route.info.replica_id, attempts)
 
-    async def pipeline(self, frame: bytes, attempts: int = 3) -> tuple[bytes, list[StageResult]]:
+    async def pipeline(
+        self, frame: bytes, attempts: int = 3, timeout_s: float | None = None
+    ) -> tuple[bytes, list[StageResult]]:
         """Every stage in order; the last stage's frame is fetched, the others are not.
 
         An activation lost with its node (``ObjectLostError``: it lived only in that
         node's object store) restarts the request from the first stage, up to
-        ``attempts`` times; the request's own bytes are held here.
+        ``attempts`` times; the request's own bytes are held here. ``timeout_s``: each
+        stage's budget (``call``), default the spec's stage timeouts.
         """
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 s, got {timeout_s}")
         for attempt in range(1, attempts + 1):
             results: list[StageResult] = []
             current: Any = frame
             try:
                 for st in self.spec.stages:
-                    res = await self.call(st.name, current)
+                    res = await self.call(st.name, current, timeout_s)
                     results.append(res)
                     current = res.ref
                 out = await current

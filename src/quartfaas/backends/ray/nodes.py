@@ -10,10 +10,19 @@ Accelerators: a node's ``GPU`` resource, or on CPU-only test clusters a custom r
 ``accelerator_memory_bytes`` each; a stage without accelerators gets one slot per whole
 CPU. ``placer="ray"`` means no decision here: Ray's own scheduler places the actor (the
 baseline).
+
+Suspected nodes (``placement_rounds``): a replica that died without being stopped may
+have died with its node, which Ray still lists as alive until its health check gives up
+(Ray's defaults: a probe every 3 s, 5 misses, 10 s per probe). A replacement placed there
+in that window fails with the node, and its stage backs off before it tries again, so
+recovery took the detection window, a failed start and the back-off before a start on a
+good node. The backend marks the dead replica's node suspect for ``SUSPECT_S`` and places
+on the other nodes first; the suspect node is used only when no other node fits.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,6 +60,24 @@ def cluster_nodes() -> list[NodeInfo]:
     return sorted(out, key=lambda n: n.node_id)
 
 
+# How long a node stays suspect after a replica on it died unasked: Ray's default
+# detection of a dead node (health_check_period_ms 3000 x failure_threshold 5, plus
+# health_check_timeout_ms 10000 for the last probe) is up to ~25 s.
+SUSPECT_S = 30.0
+
+
+def placement_rounds(
+    nodes: Sequence[NodeInfo], suspect_until: Mapping[str, float], now: float
+) -> list[list[NodeInfo]]:
+    """The node sets to try, in order, for a new replica: the nodes under no suspicion
+    at ``now`` (``suspect_until``: node id -> when its suspicion ends), then all of
+    ``nodes``. One round (all nodes) when none or every node is suspect."""
+    trusted = [n for n in nodes if suspect_until.get(n.node_id, -math.inf) <= now]
+    if not trusted or len(trusted) == len(nodes):
+        return [list(nodes)]
+    return [trusted, list(nodes)]
+
+
 @dataclass(frozen=True, slots=True)
 class LiveReplica:
     stage: str
@@ -77,7 +104,11 @@ def choose_node(
     accelerator: str | None,
     accelerator_memory_bytes: int = 16 * GIB,
 ) -> tuple[str, str, str] | str:
-    """``(node_id, slot, reason)`` for one new replica of ``stage``, or why none fits."""
+    """``(node_id, slot, reason)`` for one new replica of ``stage`` on one of ``nodes``,
+    or why none fits. Replicas on other nodes (a node left out of this round, or one
+    that died before its replicas were marked failed) are not the placer's to see."""
+    ids = {n.node_id for n in nodes}
+    replicas = [r for r in replicas if r.node_id in ids]
     servers = []
     need = {s.key: s for s in stages}
     for node in nodes:

@@ -11,7 +11,10 @@ Tiers (``control.backend.StartTier``), chosen by ``ObjectStoreCache.acquire``:
 
 - ``OBJECT_STORE``: the replica's node already holds the stage: nothing is read or copied;
 - ``REMOTE``: another node holds it: the node's owner pulls the object across (Ray's
-  object manager) and puts its own copy, so the node then holds the stage itself;
+  object manager) and puts its own copy, so the node then holds the stage itself. Nodes
+  the caller suspects (a replica died there: ``nodes.placement_rounds``) are asked last;
+  a pull that fails (the source's owner died with its node: ``OwnerDiedError``) forgets
+  that source's copy and tries the next holder, then the file;
 - ``COLD``: no node holds it: the node's owner reads the stage's safetensors file.
 
 The bookkeeping is one ``KeysManager`` per node (``control/placement/keys_manager.py``) sized to
@@ -26,12 +29,15 @@ has no bfloat16; the replica views them back with ``Tensor.view(dtype)``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ray
+from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from quartfaas.control.backend import StartTier
@@ -42,6 +48,8 @@ if TYPE_CHECKING:
     import torch
 
     from quartfaas.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
 
 # A stage's weights as stored: tensor name -> (raw bytes as uint8, torch dtype name, shape).
 StoredWeights = dict[str, tuple[Any, str, tuple[int, ...]]]
@@ -175,8 +183,11 @@ class ObjectStoreCache:
             self._owners[node_id] = owner
         return owner
 
-    async def acquire(self, stage: str, node_id: str) -> tuple[StartTier, list[Any]]:
-        """The weights for a replica of ``stage`` on ``node_id`` (pinned until release)."""
+    async def acquire(
+        self, stage: str, node_id: str, avoid: Collection[str] = ()
+    ) -> tuple[StartTier, list[Any]]:
+        """The weights for a replica of ``stage`` on ``node_id`` (pinned until release);
+        a remote copy is pulled from the nodes in ``avoid`` only when no other has one."""
         index = self.spec.stage_index(stage)
         if self.spec.model.kind == "synthetic":
             return StartTier.NONE, []
@@ -187,10 +198,9 @@ class ObjectStoreCache:
                 tier = StartTier.OBJECT_STORE
             else:
                 owner = self._owner(node_id)
-                sources = [n for n in self.holders(stage) if n != node_id]
-                if sources:
-                    remote = self._held[sources[0]][stage].refs
-                    refs, size, _ = await owner.pull.remote(stage, remote)
+                pulled = await self._pull(owner, stage, node_id, avoid)
+                if pulled is not None:
+                    refs, size = pulled
                     tier = StartTier.REMOTE
                 else:
                     refs, size, _ = await owner.load_file.remote(stage, self._spec_json, index)
@@ -213,6 +223,32 @@ class ObjectStoreCache:
                     km.lookup(stage, time.monotonic())
                 km.pin(stage)
             return tier, held.refs
+
+    async def _pull(
+        self, owner: Any, stage: str, node_id: str, avoid: Collection[str]
+    ) -> tuple[list[Any], int] | None:
+        """``(refs, bytes)`` of this node's copy pulled from another holder, or None when
+        no holder could give one (then the file is read)."""
+        sources = sorted((n for n in self.holders(stage) if n != node_id), key=lambda n: n in avoid)
+        for source in sources:
+            held = self._held.get(source, {}).get(stage)
+            if held is None:  # forgotten while an earlier source was tried
+                continue
+            try:
+                refs, size, _ = await owner.pull.remote(stage, held.refs)
+            except RayError as exc:
+                log.warning(
+                    "weights of %s could not be pulled from node %s (%s); trying the next "
+                    "holder or the file", stage, source[:8], type(exc).__name__,
+                )  # fmt: skip
+                if self._held.get(source, {}).get(stage) is held:
+                    del self._held[source][stage]  # not a source again; the placer's
+                    km = self._keys.get(source)  # view drops it once no replica pins it
+                    if km is not None:
+                        km.evict(stage)
+                continue
+            return refs, size
+        return None
 
     def release(self, stage: str, node_id: str) -> None:
         km = self._keys.get(node_id)
