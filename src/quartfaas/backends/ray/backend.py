@@ -74,6 +74,7 @@ from quartfaas.models.layout import stage_param_bytes
 from quartfaas.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
+WATCH_PERIOD_S = 0.5  # how often a suspect node's liveness is read (Ray's node table)
 
 
 @dataclass
@@ -127,6 +128,7 @@ class RayBackend:
         # died there unasked, and its node may be dying (nodes.placement_rounds)
         self.suspect_s = suspect_s
         self.suspects: dict[str, float] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}  # a suspect node's watch
         self.pool_waiting: dict[str, str] = {}  # stage -> why a standby is not placed
         self._reqs = tuple(
             StageReq(s.name, stage_param_bytes(spec, i) if spec.model.kind != "synthetic" else 0,
@@ -473,6 +475,22 @@ class RayBackend:
             "node %s is suspect for %.0f s: a replica died there unasked; new replicas "
             "go to other nodes first", node[:8], self.suspect_s,
         )  # fmt: skip
+        if node not in self._watchers:
+            self._watchers[node] = asyncio.get_running_loop().create_task(
+                self._watch(node), name=f"watch node {node[:8]}"
+            )
+
+    async def _watch(self, node: str) -> None:
+        """While ``node`` is suspect, read Ray's node table every ``WATCH_PERIOD_S``:
+        once Ray declares it dead, its cached weights are forgotten then, not at the next
+        failure (a replacement placed elsewhere does not fail, so nothing else would)."""
+        try:
+            while not self.closed and self.suspects.get(node, -1.0) > self.clock():
+                await asyncio.sleep(WATCH_PERIOD_S)
+                if node not in self._node_check():
+                    return
+        finally:
+            self._watchers.pop(node, None)
 
     def _start_failed(self, rep: _Replica, message: str) -> None:
         if rep.actor is not None:
@@ -511,6 +529,8 @@ class RayBackend:
     async def close(self) -> None:
         """Kill every replica and the weight owners (no drain)."""
         self.closed = True
+        for watcher in list(self._watchers.values()):
+            watcher.cancel()
         for rep in list(self._replicas.values()):
             rep.stopping = True
             if rep.actor is not None:
