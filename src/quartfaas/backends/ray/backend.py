@@ -330,8 +330,7 @@ class RayBackend:
         dying node would die with it: the placer's cold start elsewhere is the better
         bet), nodes holding the weights first."""
         holders = set(self.cache.holders(stage))
-        now = self.clock()
-        usable = {n for n in alive if self.suspects.get(n, -1.0) <= now}
+        usable = alive - self._suspected()
         keys = [k for k, pool in self._standby.items() if k[0] == stage and pool and k[1] in usable]
         for key in sorted(keys, key=lambda k: k[1] not in holders):
             actor, slot = self._standby[key].pop()
@@ -378,7 +377,7 @@ class RayBackend:
                 if isinstance(choice, str):
                     raise BackendError(choice)
                 node, rep.slot, why = choice
-                if self.suspects.get(node, -1.0) > self.clock():
+                if node in self._suspected():
                     why += "; on a suspect node (no other node fits)"
                 self._set(rep, host=node, message=why)
             if standby is None and (taken := self._take_standby(stage, node)) is not None:
@@ -445,9 +444,7 @@ class RayBackend:
         node = rep.info.host if rep.slot else await actor.node_id.remote()
         if not rep.slot:
             self._set(rep, host=node)
-        now = self.clock()
-        avoid = {n for n, until in self.suspects.items() if until > now}
-        tier, refs = await self.cache.acquire(rep.info.stage, node, avoid)
+        tier, refs = await self.cache.acquire(rep.info.stage, node, self._suspected())
         self._set(rep, tier=tier)
         await actor.load.remote(refs)
         ready: dict[str, Any] = await actor.ready.remote()
@@ -467,6 +464,11 @@ class RayBackend:
             del self.suspects[node]
         return alive
 
+    def _suspected(self) -> set[str]:
+        """The nodes under suspicion now."""
+        now = self.clock()
+        return {node for node, until in self.suspects.items() if until > now}
+
     def _suspect(self, node: str) -> None:
         if self.suspect_s <= 0:
             return
@@ -485,7 +487,7 @@ class RayBackend:
         once Ray declares it dead, its cached weights are forgotten then, not at the next
         failure (a replacement placed elsewhere does not fail, so nothing else would)."""
         try:
-            while not self.closed and self.suspects.get(node, -1.0) > self.clock():
+            while not self.closed and node in self._suspected():
                 await asyncio.sleep(WATCH_PERIOD_S)
                 if node not in self._node_check():
                     return

@@ -242,8 +242,9 @@ class ObjectStoreCache:
                     "holder or the file", stage, source[:8], type(exc).__name__,
                 )  # fmt: skip
                 if self._held.get(source, {}).get(stage) is held:
-                    del self._held[source][stage]  # not a source again; the placer's
-                    km = self._keys.get(source)  # view drops it once no replica pins it
+                    # not a source again; the placer's view drops it unless pinned
+                    del self._held[source][stage]
+                    km = self._keys.get(source)
                     if km is not None:
                         km.evict(stage)
                 continue
