@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -257,9 +256,9 @@ def test_sorted_gap_cv_equals_gap_cv(times: list[float]) -> None:
         assert got == pytest.approx(ref, rel=1e-6, abs=1e-9)
 
 
-@pytest.mark.slow
-def test_collect_cost_for_64_stages_with_full_windows() -> None:
-    """64 stages, 1000 events per 10 s window in each of the 4 windows of every stage."""
+def test_a_64_stage_collect_with_full_windows_reads_every_window() -> None:
+    """64 stages, 1000 events per 10 s window in each window of every stage. (Its cost is
+    ``benchmarks/collect_cost.py``'s: speed targets live in benchmarks.)"""
     n, window_s, per_window = 64, 10.0, 1000
     gw = FakeGateway(make_spec(n, window_s=window_s))
     rng = np.random.default_rng(0)
@@ -274,14 +273,10 @@ def test_collect_cost_for_64_stages_with_full_windows() -> None:
     c = InProcessCollector(gw)
     now = 2 * window_s
     snap = c.snapshot(now)
-    assert snap.stage("p-s63").arrivals == pytest.approx(per_window, rel=0.15)
-    costs = []
-    for k in range(7):
-        t0 = time.perf_counter()
-        c.snapshot(now + 1e-6 * (k + 1))
-        costs.append(time.perf_counter() - t0)
-    print(
-        f"\ncollect, 64 stages x ~{per_window} samples/window: "
-        f"min {min(costs) * 1e3:.1f} ms, median {statistics.median(costs) * 1e3:.1f} ms"
-    )
-    assert min(costs) < 0.050
+    in_window = sum(1 for t in ts if now - window_s < t <= now)
+    for s in snap.stages:
+        assert s.arrivals == in_window
+        assert s.latency.count == in_window
+    assert snap.e2e.count == in_window
+    again = c.snapshot(now + 1e-6)
+    assert again.stages == snap.stages
