@@ -12,7 +12,13 @@ exceeds ``--limit-ms`` (5 ms, issue 12). Rows:
 * ``quart`` (the default predictor, ``auto``): predictor, forecast, joint planner with
   feedback and hysteresis, guards, smoother, CPU compensator - the figure that counts;
 * ``quart (QNA)``: the same with the QNA predictor;
-* ``quart-corrector``: the planner tick alone (no predictor, no compensator).
+* ``quart-corrector``: the planner tick alone (no predictor, no compensator);
+* ``quart, closed loop``: the full Quart tick again, with each snapshot's counts set to
+  the previous decision's (all ready) before the tick is timed, as a running controller
+  sees them. In the rows above the counts are the snapshots' own, so some stage is
+  always planned below its count and every tick makes the down-scale threshold; here
+  that happens only while a plan is below a count the hysteresis holds. Reported beside
+  the first row, not instead of it.
 
 The p99 includes the ticks on which the feedback updates (every ``feedback.min_dt_s``:
 one modelled quantile per steady stage) and those that make a second, down-scale plan.
@@ -125,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"quart ({quart.predictor.name if quart.predictor else 'none'})", quart),
         ("quart (QNA)", QuartPolicy(cfg, predictor="qna", host_cores=16)),
         ("quart-corrector", ReplicaCorrector(cfg)),
+        ("quart, closed loop", QuartPolicy(cfg, host_cores=16)),
     ]
     print(f"{args.stages} stages, {args.repeats} ticks after {args.warmup} warm-up; "
           f"load average before {_loadavg()}, {os.cpu_count()} CPUs")  # fmt: skip
@@ -132,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'cpu median ms':>14} {'cpu p99 ms':>11} {'actions/tick':>13}")  # fmt: skip
     failed = False
     for name, policy in policies:
-        times_ms, cpu_ms, actions = _time(policy, snaps, args.warmup, args.repeats)
+        closed = name == "quart, closed loop"
+        times_ms, cpu_ms, actions = _time(policy, snaps, args.warmup, args.repeats, closed)
         median = statistics.median(times_ms)
 
         def q(p: float, xs: list[float] = times_ms) -> float:
@@ -221,27 +229,46 @@ def _loadavg() -> str:
 
 
 def _time(
-    policy: Policy, snaps: list[PipelineSnapshot], warmup: int, repeats: int
+    policy: Policy,
+    snaps: list[PipelineSnapshot],
+    warmup: int,
+    repeats: int,
+    closed: bool = False,
 ) -> tuple[list[float], list[float], int]:
     # Wall time is the figure that counts; the CPU time of this thread shows how much of a
     # slow wall figure is the machine being busy with other work (preemption).
+    # ``closed``: each snapshot carries the previous decision's counts, all ready (set
+    # before the clock starts).
     state = policy.initial_state(snaps[0])
-    for i in range(warmup):
-        _, state = policy.decide(dataclasses.replace(snaps[i % len(snaps)], now=1e3 + i), state)
+    counts: list[int] | None = None
     times_ms: list[float] = []
     cpu_ms: list[float] = []
     actions = 0
     clock, cpu = time.perf_counter, time.thread_time
-    for i in range(repeats):
-        snap = dataclasses.replace(snaps[(warmup + i) % len(snaps)], now=1e3 + warmup + i)
+    for i in range(warmup + repeats):
+        snap = dataclasses.replace(snaps[i % len(snaps)], now=1e3 + i)
+        if closed and counts is not None:
+            snap = _with_counts(snap, counts)
         c0, t0 = cpu(), clock()
         decision, state = policy.decide(snap, state)
         t1, c1 = clock(), cpu()
+        counts = [d.replicas for d in decision.stages]
+        if i < warmup:
+            continue
         times_ms.append((t1 - t0) * 1e3)
         cpu_ms.append((c1 - c0) * 1e3)
         actions += sum(1 for d in decision.stages if d.replicas != d.current)
     times_ms.sort()
     return times_ms, cpu_ms, actions
+
+
+def _with_counts(snap: PipelineSnapshot, counts: list[int]) -> PipelineSnapshot:
+    """``snap`` with every stage at ``counts`` replicas, all ready, none starting."""
+    stages = tuple(
+        dataclasses.replace(s, ready_replicas=c, starting_replicas=0)
+        for s, c in zip(snap.stages, counts, strict=True)
+    )
+    return dataclasses.replace(snap, stages=stages)
 
 
 if __name__ == "__main__":
