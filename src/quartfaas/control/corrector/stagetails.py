@@ -31,10 +31,9 @@ from quartfaas.control.corrector.tailmodel import (
     _h2,
     _union_bound,
     _wait_units,
+    tilted,
     wait_tail,
 )
-
-_WRAP = 4  # as tailmodel: transform length / grid length
 
 
 def stage_quantiles(
@@ -72,14 +71,15 @@ def stage_quantiles(
         return out
     if grid < 8:
         raise ValueError(f"need x_max > 0 and grid >= 8, got {1.25 * bounds[0]}, {grid}")
-    length = _WRAP * grid
+    length = grid  # tilted, as ``e2e_distribution``
+    tilt, untilt = tilted(grid)
     delta = np.array([1.25 * b / (grid - 1) for b in bounds])
     edges = (np.arange(grid, dtype=np.float64) + 0.5)[None, :] * delta[:, None]
     spec = np.ones((len(todo), length // 2 + 1), dtype=np.complex128)
     svc = _service_masses([stages[i] for i in todo], edges)
     has_svc = [r for r, i in enumerate(todo) if not stages[i].deterministic]
     if has_svc:
-        spec[has_svc] = np.fft.rfft(svc[has_svc], length, axis=1)
+        spec[has_svc] = np.fft.rfft(svc[has_svc] * tilt, length, axis=1)
     has_wait = [r for r, w in enumerate(waits) if w is not None]
     if has_wait:
         p = np.array([w[0] for w in waits if w is not None])
@@ -87,9 +87,9 @@ def stage_quantiles(
         e = edges[has_wait]
         cdf = 1.0 - p[:, None] * np.exp(-np.minimum(rate[:, None] * e, 700.0))
         spec[has_wait] = spec[has_wait] * np.fft.rfft(
-            np.diff(cdf, axis=1, prepend=0.0), length, axis=1
+            np.diff(cdf, axis=1, prepend=0.0) * tilt, length, axis=1
         )
-    pmf = np.fft.irfft(spec, length, axis=1)[:, :grid]
+    pmf = np.fft.irfft(spec, length, axis=1) * untilt
     cdfs = np.minimum(np.maximum.accumulate(np.cumsum(pmf, axis=1), axis=1), 1.0)
     for row, i in enumerate(todo):
         s = stages[i]
