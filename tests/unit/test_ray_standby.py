@@ -63,3 +63,75 @@ def test_no_standby_without_cached_weights_or_room():
     # already waiting: nothing to do
     have = StandbyStage("s0", live=1, max_replicas=4, holders=("A",), waiting={"A": 1})
     assert not plan_standbys([have], {"A": 3}).actions
+
+
+def test_a_suspect_node_takes_no_standby_and_its_standbys_do_not_count():
+    """A node under suspicion (a replica died there unasked) may be dying: new standbys go
+    to another holder, and the ones waiting there are neither counted nor retired."""
+    s = StandbyStage("s0", live=1, max_replicas=4, depth=1, holders=("A", "B"),
+                     waiting={"A": 1})  # fmt: skip
+    assert not plan_standbys([s], {"A": 3, "B": 3}).actions  # A's standby counts
+    plan = plan_standbys([s], {"A": 3, "B": 3}, suspect={"A"})
+    assert [(a.node_id, a.count) for a in plan.actions] == [("B", 1)]
+    # the only holder is suspect: none placed, and the note names it
+    only = StandbyStage("s0", live=1, max_replicas=4, holders=("A",))
+    held = plan_standbys([only], {"A": 3, "B": 3}, suspect={"A"})
+    assert not held.actions and "suspect: A" in held.notes[0]
+    # a pool that shrank retires only what counts: not the standby on the suspect node
+    shrunk = StandbyStage("s0", live=1, max_replicas=4, depth=0, holders=("A", "B"),
+                          waiting={"A": 1, "B": 1})  # fmt: skip
+    retire = plan_standbys([shrunk], {"A": 3, "B": 3}, suspect={"A"}).actions
+    assert [(a.node_id, a.count) for a in retire] == [("B", -1)]
+
+
+def test_the_keeper_hands_the_backends_suspect_nodes_to_the_rule():
+    """``runtime.StandbyKeeper.tick`` with a fake runtime: the suspect node's standby does
+    not count, so the keeper prewarms one on the other holder, not on the suspect node."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from helpers import synthetic_spec
+    from quartfaas.backends.ray.runtime import StandbyKeeper
+
+    spec = synthetic_spec(1, name="k")
+    started: list[tuple[str, str, int]] = []
+
+    class Backend:
+        def __init__(self) -> None:
+            self.pool_waiting: dict[str, str] = {}
+            self.cache = SimpleNamespace(holders=lambda stage: ["A", "B"])
+
+        def free_slots(self) -> dict[str, int]:
+            return {"A": 3, "B": 3}
+
+        def standbys(self) -> dict[tuple[str, str], int]:
+            return {("k-s0", "A"): 1}
+
+        def list_replicas(self, stage: str) -> list[object]:
+            return []
+
+        def pool_depth(self, stage: str) -> int:
+            return 1
+
+        def suspect_nodes(self) -> frozenset[str]:
+            return frozenset(suspect)
+
+        def retire_standby(self, stage: str, node: str, count: int) -> int:
+            raise AssertionError("nothing to retire")
+
+        async def prewarm(self, stage: str, node: str, count: int) -> int:
+            started.append((stage, node, count))
+            return count
+
+    tasks: list[object] = []
+    rt = SimpleNamespace(spec=spec, backend=Backend(), loop=None,
+                         add_task=lambda coro, name: tasks.append(coro))  # fmt: skip
+    suspect: set[str] = set()
+    keeper = StandbyKeeper(rt)  # type: ignore[arg-type]
+    keeper.tick()
+    assert not tasks  # A's standby is the one wanted
+    suspect.add("A")
+    keeper.tick()
+    assert len(tasks) == 1
+    asyncio.run(tasks[0])  # type: ignore[arg-type]
+    assert started == [("k-s0", "B", 1)]

@@ -469,6 +469,10 @@ class RayBackend:
         now = self.clock()
         return {node for node, until in self.suspects.items() if until > now}
 
+    def suspect_nodes(self) -> frozenset[str]:
+        """The nodes under suspicion now (the standby keeper places none there)."""
+        return frozenset(self._suspected())
+
     def _suspect(self, node: str) -> None:
         if self.suspect_s <= 0:
             return

@@ -84,7 +84,7 @@ class StandbyKeeper:
         free = backend.free_slots()
         for _stage, node in self._busy:  # a prewarm under way holds its slot already
             free[node] = max(0, free.get(node, 0) - 1)
-        plan = plan_standbys(self.inputs(), free)
+        plan = plan_standbys(self.inputs(), free, suspect=backend.suspect_nodes())
         self.notes = plan.notes
         backend.pool_waiting = {n.split(":", 1)[0]: n for n in plan.notes}
         for a in plan.actions:

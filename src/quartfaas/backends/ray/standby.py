@@ -26,6 +26,11 @@ or whole CPUs), not cache memory:
    start of this stage takes its standby's slot).
 4. Standbys beyond the wanted number are retired (the pool shrank, or the stage hit its
    maximum).
+5. A *suspect* node (``RayBackend.suspects``: one of its replicas died unasked while Ray
+   still lists it alive; it may be dying) takes no new standby, and the standbys waiting
+   there do not count as waiting (a start does not take them, ``RayBackend._any_standby``),
+   so the stage's standbys are made again on a node under no suspicion. They are not
+   retired either: they die with the node, or count again once the suspicion ends.
 
 Every action carries its reason; what could not be placed is a note (the pool status's
 ``waiting``); nothing here talks to Ray.
@@ -33,7 +38,7 @@ Every action carries its reason; what could not be placed is a note (the pool st
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -78,17 +83,20 @@ def plan_standbys(
     free_slots: Mapping[str, int],
     *,
     keep_free: int = 1,
+    suspect: Collection[str] = (),
 ) -> StandbyPlan:
-    """Standbys to start and retire, per (stage, node), with reasons."""
-    free = dict(free_slots)
+    """Standbys to start and retire, per (stage, node), with reasons (``suspect``: nodes
+    that take none and whose standbys do not count, rule 5)."""
+    free = {n: (0 if n in suspect else k) for n, k in free_slots.items()}
     actions: list[StandbyAction] = []
     notes: list[str] = []
     for s in stages:
         want, why = wanted(s)
-        have = sum(s.waiting.values())
+        waiting = {n: k for n, k in s.waiting.items() if n not in suspect}
+        have = sum(waiting.values())
         if have > want:
             extra = have - want
-            for node, n in sorted(s.waiting.items(), key=lambda kv: kv[0] in s.holders):
+            for node, n in sorted(waiting.items(), key=lambda kv: kv[0] in s.holders):
                 k = min(n, extra)
                 if k > 0:
                     actions.append(StandbyAction(s.stage, node, -k, f"retire: {why}"))
@@ -112,5 +120,9 @@ def plan_standbys(
             if missing == 0:
                 break
         if missing:
-            notes.append(f"{s.stage}: {missing} standby(s) wanted but no holder has a free slot")
+            doubt = sorted(n for n in s.holders if n in suspect)
+            notes.append(
+                f"{s.stage}: {missing} standby(s) wanted but no holder has a free slot"
+                + (f" (suspect: {', '.join(n[:8] for n in doubt)})" if doubt else "")
+            )
     return StandbyPlan(tuple(actions), tuple(notes))
