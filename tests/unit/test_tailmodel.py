@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -168,6 +168,17 @@ def test_with_load_is_replace() -> None:
     assert s.with_min_replicas(4) == replace(s, min_replicas=4)
     assert s.with_arrivals(6.0, None) == replace(s, arrival_rate=6.0, burst_factor=None)
     assert s.with_arrivals(6.0, 4.0) == replace(s, arrival_rate=6.0, burst_factor=4.0)
+    assert StageLoad.__slots__ == tuple(f.name for f in fields(StageLoad))  # all copied above
+    # the changed fields are validated as the constructor validates them
+    for bad, call in (
+        ("arrival_rate", lambda: s.with_load(-1.0, 0.04)),
+        ("service_mean_s", lambda: s.with_load(5.0, 0.0)),
+        ("arrival_rate", lambda: s.with_arrivals(math.inf, None)),
+        ("burst_factor", lambda: s.with_arrivals(6.0, -2.0)),
+        ("min_replicas", lambda: s.with_min_replicas(10)),
+    ):
+        with pytest.raises(ValueError, match=f"stage 'x': bad {bad}"):
+            call()
 
 
 def test_idle_deterministic_stage_at_zero_replicas() -> None:

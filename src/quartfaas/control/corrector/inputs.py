@@ -129,10 +129,29 @@ class PlanInputs:
     def __init__(self) -> None:
         self.planned: list[int] = []  # snapshot indices of planned stages
         self.loads: list[StageLoad] = []  # with the forecast
-        self.measured: list[StageLoad] = []  # without it (what the window saw)
+        self.rates: list[float] = []  # the measured arrival rates of ``loads``
         self.texts: list[str] = []
         self.fixed: dict[int, tuple[int, str]] = {}  # index -> (count, why)
         self.fixed_tail_s = 0.0  # the fixed stages' measured tails, off the SLO
+        self._measured: list[StageLoad] | None = None
+
+    @property
+    def measured(self) -> list[StageLoad]:
+        """The loads without the forecast (what the window saw): ``stage_load(s, lam,
+        mean, None)``'s, the same object where the forecast changed nothing. Made on first
+        use: only feedback ticks and the upper threshold read them."""
+        if self._measured is None:
+            self._measured = [
+                load
+                if load.arrival_rate == lam and load.burst_factor is None
+                else load.with_arrivals(lam, None)
+                for load, lam in zip(self.loads, self.rates, strict=True)
+            ]
+        return self._measured
+
+    @measured.setter
+    def measured(self, loads: list[StageLoad]) -> None:
+        self._measured = loads
 
 
 def read_inputs(
@@ -157,10 +176,7 @@ def read_inputs(
             load, text = stage_load(s, lam, mean, fc.get(s.name))
             out.planned.append(i)
             out.loads.append(load)
-            # Without the forecast (``stage_load(s, lam, mean, None)``'s load): the same
-            # load when the forecast changed nothing.
-            same = load.arrival_rate == lam and load.burst_factor is None
-            out.measured.append(load if same else load.with_arrivals(lam, None))
+            out.rates.append(lam)
             out.texts.append(text)
             continue
         tail, _ = read_tail(s.latency, q)

@@ -568,28 +568,34 @@ def _trim(
     """Remove replicas while the tail at the SLO stays within ``target``. Candidates are
     the stages whose removal alone keeps feasibility, costliest first (then smallest tail
     increase); a batch of them is tried together and halved until it stays feasible."""
-    if not (reps > floors).any():  # nothing above its floor: nothing to remove
+    cand = np.flatnonzero(reps > floors)  # only these can lose a replica
+    if cand.size == 0:  # nothing above its floor: nothing to remove
         return reps
-    cur, prev = model.waits_pair(reps, np.maximum(reps - 1, floors))
+    phi = np.prod(model.waits(reps), axis=0)
+    # Rows of the candidates alone (a stage at its floor has ratio 1 and is never picked):
+    # each row's numbers do not depend on the others (``tests/unit/test_tick_fast_paths``
+    # compares with the rows of every stage).
+    cur = model.waits_at(cand, reps[cand])
+    prev = model.waits_at(cand, np.maximum(reps[cand] - 1, floors[cand]))
     ratio = _ratio(prev, cur)
-    phi = np.prod(cur, axis=0)
     for _ in range(_MAX_STEPS):
         v = phi * model.weights
         tails = 1.0 - np.einsum("kf,f->k", ratio, v).real
-        ok = np.flatnonzero((tails <= target) & (reps > floors))
+        ok = np.flatnonzero((tails <= target) & (reps[cand] > floors[cand]))
         if ok.size == 0:
             break
-        order = ok[np.lexsort((tails[ok], -costs[ok]))]
+        order = ok[np.lexsort((tails[ok], -costs[cand[ok]]))]
         m = order.size
         while m > 1:
             trial = phi * np.prod(ratio[order[:m]], axis=0)
             if 1.0 - float((trial * model.weights).sum().real) <= target:
                 break
             m //= 2
-        pick = order[:m]
+        pick = order[:m]  # rows of ``cand``
+        stages = cand[pick]
         phi = phi * np.prod(ratio[pick], axis=0)
-        reps[pick] -= 1
+        reps[stages] -= 1
         cur[pick] = prev[pick]
-        prev[pick] = model.waits_at(pick, np.maximum(reps[pick] - 1, floors[pick]))
+        prev[pick] = model.waits_at(stages, np.maximum(reps[stages] - 1, floors[stages]))
         ratio[pick] = _ratio(prev[pick], cur[pick])
     return reps
