@@ -248,3 +248,19 @@ def test_a_dead_source_is_forgotten_and_the_next_holder_or_the_file_gives_the_we
     tier, refs = asyncio.run(cache2.acquire(stage2, "new"))
     assert tier is StartTier.COLD and refs == ["from-file"]
     assert owner2.calls == [("pull", "rx"), ("file", stage2)]
+
+
+def test_a_suspicion_that_ran_out_is_dropped() -> None:
+    """``RayBackend.suspects`` keeps only live suspicions: one whose node outlived it is
+    dropped when the suspect set is next read (it used to stay until the node died)."""
+    from quartfaas.backends.ray.backend import RayBackend
+
+    backend = object.__new__(RayBackend)  # no Ray: only the clock and the map are read
+    now = [100.0]
+    backend.clock = lambda: now[0]
+    backend.suspects = {"a": 130.0, "b": 90.0}
+    assert backend._suspected() == {"a"}
+    assert backend.suspects == {"a": 130.0}
+    now[0] = 130.0
+    assert backend.suspect_nodes() == frozenset()
+    assert backend.suspects == {}

@@ -465,9 +465,12 @@ class RayBackend:
         return alive
 
     def _suspected(self) -> set[str]:
-        """The nodes under suspicion now."""
+        """The nodes under suspicion now; a suspicion that ran out is dropped here (the
+        node outlived it), so ``suspects`` holds only live ones."""
         now = self.clock()
-        return {node for node, until in self.suspects.items() if until > now}
+        for node in [n for n, until in self.suspects.items() if until <= now]:
+            del self.suspects[node]
+        return set(self.suspects)
 
     def suspect_nodes(self) -> frozenset[str]:
         """The nodes under suspicion now (the standby keeper places none there)."""
