@@ -2,15 +2,16 @@
 
 The fast paths (``benchmarks/controller_tick.py``: a 64-stage tick) are: the planner's wait
 transforms kept per (stage, count) within a plan, its greedy transforming ``count + 1``
-only when it has to add and its trim returning at once when nothing is above its floor;
-the feedback's modelled tails in one batch (``stagetails.stage_quantiles``); Gamma tables
-stacked once per set of services and read by flat gathers; the measured loads reused when
-the forecast changed nothing; the GAT's QNA input without reason texts, and its QNA hops
-and feature rows from one reading of each stage; a CPU target set without
-``dataclasses.replace``. Here each is
-swapped for the straightforward computation (written out below, as the code was before)
-and whole ticks of random pipelines are run both ways: the replica vectors, CPU settings
-and reasons must be identical, so a shortcut that changes a decision fails.
+only when it has to add, its trim returning at once when nothing is above its floor and
+otherwise working on the stages above their floors alone; the feedback's modelled tails in
+one batch (``stagetails.stage_quantiles``); Gamma tables stacked once per set of services
+and read by flat gathers, on each stage's window of the grid; the measured loads made on
+first use; the GAT's QNA input without reason texts, and its QNA hops and feature rows
+from one reading of each stage; a CPU target set without ``dataclasses.replace``; the
+smoother's steps skipped where they cannot change anything. Here each is swapped for the
+straightforward computation (written out below, as the code was before) and whole ticks
+of random pipelines are run both ways: the replica vectors, CPU settings and reasons must
+be identical, so a shortcut that changes a decision fails.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from quartfaas.control.smoother.propagation import (
     stage_features,
     utilisation,
 )
+from quartfaas.control.smoother.smoother import PipelineSmoother
 from quartfaas.control.snapshot import LatencyStats, PipelineSnapshot, make_stage
 
 # ---------------------------------------------------------------- the straightforward code
@@ -109,6 +111,15 @@ def _gamma_pmf_rows_plain(
 ) -> tailmodel.FloatArray:
     t = (np.arange(n, dtype=np.float64) + 0.5) * delta
     return np.diff(_gamma_cdf_rows_plain(k, theta, t), axis=1, prepend=0.0)
+
+
+def _smooth_plain(
+    self: PipelineSmoother, snapshot: PipelineSnapshot, targets: Any, predictions: Any
+) -> Any:
+    """The smoother's steps even where they cannot change anything (the defaults)."""
+    if targets.hold or not targets.stages:
+        return targets
+    return self._steps(snapshot, targets, predictions)
 
 
 def _stage_quantiles_plain(
@@ -212,6 +223,7 @@ def use_plain(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
         monkeypatch.setattr(corrector_mod, "read_inputs", _read_inputs_plain)
         monkeypatch.setattr(gat_mod, "qna_and_features", _qna_and_features_plain)
         monkeypatch.setattr(StageDecision, "with_cpu", _with_cpu_plain)
+        monkeypatch.setattr(PipelineSmoother, "smooth", _smooth_plain)
         planner._SVC_CACHE.clear()  # nothing the fast run computed is read back
         monkeypatch.setattr(tailmodel, "_UNIT", tailmodel._UnitTables())
 

@@ -348,17 +348,13 @@ class GatPredictor:
             return ()
         qna, rows = qna_and_features(snapshot)  # only the QNA CVs and rates are read
         logs = self.predict_log_cv(rows)
-        horizon = self.config.horizon_s
-        return tuple(
-            CvPrediction(
-                q.stage,
-                math.exp(v),
-                q.rate_per_s,
-                "gat",
-                f"GAT: CV {math.exp(v):.2f} over the next {horizon:g}s (QNA {q.cv:.2f})",
-            )
-            for q, v in zip(qna, logs, strict=True)
-        )
+        over = f"over the next {self.config.horizon_s:g}s"
+        out = []
+        for q, v in zip(qna, logs, strict=True):
+            cv = math.exp(v)
+            out.append(CvPrediction(q.stage, cv, q.rate_per_s, "gat",
+                                    f"GAT: CV {cv:.2f} {over} (QNA {q.cv:.2f})"))  # fmt: skip
+        return tuple(out)
 
 
 __all__ = [

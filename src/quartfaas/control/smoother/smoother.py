@@ -358,6 +358,24 @@ class PipelineSmoother:
             raise ValueError(
                 f"{len(targets.stages)} targets for {len(snapshot.stages)} snapshot stages"
             )
+        if self.sc.replica_budget is None and (
+            self.sc.neighbour == "off" or len(targets.stages) < 2
+        ):
+            # Neither neighbour smoothing nor the budget can move a count or add a note
+            # (the defaults): every target passes as it is, as ``_steps`` would pass it
+            # (a stage's count is replaced only together with a note;
+            # ``tests/unit/test_tick_fast_paths.py`` compares the two).
+            reason = f"{targets.reason}; smoother changed 0"
+            return CorrectorTargets(targets.now, targets.stages, targets.hold, reason)
+        return self._steps(snapshot, targets, predictions)
+
+    def _steps(
+        self,
+        snapshot: PipelineSnapshot,
+        targets: CorrectorTargets,
+        predictions: Sequence[CvPrediction],
+    ) -> CorrectorTargets:
+        """``smooth`` for a non-empty, unheld tick: neighbour smoothing, then the budget."""
         stages, values, notes = self._prepare(snapshot, targets, predictions)
         preds = {p.stage: p.cv for p in predictions}
         cvs = [preds.get(st.snap.name, 1.0) for st in stages]
