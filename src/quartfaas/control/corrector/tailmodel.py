@@ -424,7 +424,8 @@ def _gamma_pmf_rows(k: FloatArray, theta: FloatArray, delta: float, n: int) -> F
     out = np.zeros((k.size, n))
     if k.size == 0 or n == 0:
         return out
-    cum, lo, step = _stacked_tables(k, theta)
+    bins, lo, step = _stacked_tables(k, theta)
+    cum = _UNIT.cdf.reshape(-1)  # a view: gathered in place, not copied row by row
     top = lo + (n_fine - 1) * step
     first = np.clip(np.floor(lo / delta - 0.5) - 2.0, 0, n).astype(np.int64)
     last = np.clip(np.ceil(top / delta - 0.5) + 2.0, -1, n - 1).astype(np.int64)
@@ -439,7 +440,7 @@ def _gamma_pmf_rows(k: FloatArray, theta: FloatArray, delta: float, n: int) -> F
     np.clip(j, 0, n_fine - 2, out=j)
     frac = pos - j
     np.clip(frac, 0.0, 1.0, out=frac)
-    j += (np.arange(k.size) * n_fine)[:, None]  # flat positions: one gather per array
+    j += (bins * n_fine)[:, None]  # flat positions in the table: one gather per array
     f0 = cum.take(j)
     j += 1
     f1 = cum.take(j)
@@ -454,14 +455,17 @@ def _gamma_pmf_rows(k: FloatArray, theta: FloatArray, delta: float, n: int) -> F
     return out
 
 
-def _stacked_tables(k: FloatArray, theta: FloatArray) -> tuple[FloatArray, ...]:
-    """``(cum, lo, step)``: the ``_UnitTables`` CDF rows of these stages' shape bins, with
-    each row's first point and step scaled to the stage (the points are ``lo + i·step``)."""
+def _stacked_tables(
+    k: FloatArray, theta: FloatArray
+) -> tuple[npt.NDArray[np.int64], FloatArray, FloatArray]:
+    """``(bins, lo, step)``: these stages' shape bins (their rows of ``_UNIT.cdf``, built),
+    with each row's first point and step scaled to the stage (the points are
+    ``lo + i·step``)."""
     bins = _shape_bins(k)
     _UNIT.need(bins)
     scale = k * theta / _UNIT.shape[bins]
     lo = _UNIT.points[bins, 0] * scale  # each op as ``_gamma_table``'s: the paths agree
-    return _UNIT.cdf[bins], lo, (_UNIT.points[bins, -1] * scale - lo) / (_GAMMA_POINTS - 1)
+    return bins, lo, (_UNIT.points[bins, -1] * scale - lo) / (_GAMMA_POINTS - 1)
 
 
 def wait_pmf(wt: WaitTail, delta: float, n: int) -> FloatArray:
