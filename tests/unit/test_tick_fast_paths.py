@@ -62,7 +62,7 @@ def _greedy_plain(
     costs: npt.NDArray[np.float64],
     target: float,
 ) -> npt.NDArray[np.int64]:
-    cur, nxt = model.waits_pair(reps, reps + 1)
+    cur, nxt = model.waits(reps), model.waits(reps + 1)
     ratio = planner._ratio(nxt, cur)
     phi = np.prod(cur, axis=0)
     for _ in range(planner._MAX_STEPS):
@@ -185,7 +185,7 @@ def _trim_plain(
     costs: npt.NDArray[np.float64],
     target: float,
 ) -> npt.NDArray[np.int64]:
-    cur, prev = model.waits_pair(reps, np.maximum(reps - 1, floors))
+    cur, prev = model.waits(reps), model.waits(np.maximum(reps - 1, floors))
     ratio = planner._ratio(prev, cur)
     phi = np.prod(cur, axis=0)
     for _ in range(planner._MAX_STEPS):

@@ -248,14 +248,6 @@ class _Model:
     def waits(self, replicas: npt.NDArray[np.int64]) -> ComplexArray:
         return self.waits_at(np.arange(len(self.stages)), replicas)
 
-    def waits_pair(
-        self, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]
-    ) -> tuple[ComplexArray, ComplexArray]:
-        """``waits(a)`` and ``waits(b)`` in one batch."""
-        k = len(self.stages)
-        both = self.waits_at(np.concatenate([np.arange(k), np.arange(k)]), np.concatenate([a, b]))
-        return both[:k], both[k:]
-
     def waits_at(self, idx: npt.NDArray[np.int64], replicas: npt.NDArray[np.int64]) -> ComplexArray:
         """Wait transforms of stages ``idx`` at ``replicas`` (rows in that order, a new
         array). Each (stage, count) is transformed once per model and kept: a row does not
