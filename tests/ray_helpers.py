@@ -58,6 +58,15 @@ class LocalCluster(NamedTuple):
         """A deadline that holds on a quiet host, scaled to this host's speed now."""
         return quiet_s * self.slow
 
+    def ceiling(self, quiet_s: float) -> float:
+        """A timeout of the system under test that is fixed once for several tests (a
+        module's spec: the backend's start deadline, a call's budget): the most a host
+        may slow down, ``MOST_SLOW`` times the quiet figure. Sized with ``deadline`` when
+        the module starts, it was too short when the host got busier later (a cold start
+        at 2.39x the quiet figure's 60 s gave up at 143 s while the test still waited);
+        the tests' own waits, scaled when each starts, are what bound a test's time."""
+        return quiet_s * MOST_SLOW
+
 
 @contextlib.contextmanager
 def local_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterator[LocalCluster]:
