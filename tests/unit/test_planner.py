@@ -205,3 +205,50 @@ def test_grid_tail_equals_a_direct_convolution_from_far_below_to_far_above_the_p
         direct = float(mass.sum())
         phi = np.prod(model.waits(reps), axis=0)
         assert float((phi * model.weights).sum().real) == pytest.approx(direct, abs=1e-7)
+
+
+def _start_loop(stages: list[StageLoad], max_util: float) -> list[int]:
+    """``planner._start`` as it was written before it took arrays: a loop over stages."""
+    out = []
+    for s in stages:
+        need = 0
+        if s.arrival_rate > 0:
+            need = math.ceil(s.offered_load / (s.servers_per_replica * max_util) - 1e-9)
+            if s.offered_load >= need * s.servers_per_replica:
+                need += 1
+        out.append(max(s.min_replicas, need))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_start_and_wait_tails_in_arrays_match_the_per_stage_code(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 40
+    spr = rng.integers(1, 5, n)
+    mean = rng.uniform(0.001, 0.3, n)
+    # loads on and near whole numbers of servers (the ceilings' edges), idle stages too
+    load = np.where(rng.random(n) < 0.4, spr * rng.integers(0, 6, n), rng.uniform(0, 20, n))
+    stages = [
+        StageLoad(
+            f"s{i}",
+            float(load[i] / mean[i]),
+            float(mean[i]),
+            service_scv=float(rng.choice([0.0, 0.3, 1.0, 3.0])),
+            arrival_scv=float(rng.uniform(0.2, 4.0)),
+            burst_factor=None if rng.random() < 0.5 else float(rng.uniform(0.5, 8.0)),
+            servers_per_replica=int(spr[i]),
+            cost=float(rng.choice([1.0, 2.0])),
+            min_replicas=int(rng.integers(0, 3)),
+        )
+        for i in range(n)
+    ]
+    for util in (1.0, 0.999, 0.7):
+        assert planner._start(stages, util) == _start_loop(stages, util)
+    model = planner._Model(stages, 2.0, planner.PLAN_GRID)
+    reps = np.array(_start_loop(stages, 1.0), dtype=np.int64) + rng.integers(0, 3, n)
+    reps[0] = 0  # unstable
+    want = [tailmodel.wait_tail(s, int(c)) for s, c in zip(stages, reps, strict=True)]
+    p, r = model.pr(reps)
+    for wt, pk, rk in zip(want, p.tolist(), r.tolist(), strict=True):
+        assert (pk, rk) == pytest.approx((wt.p_wait, wt.rate), rel=1e-12)
+    assert model.tails(reps) == [tailmodel.WaitTail(pk, rk) for pk, rk in zip(p, r, strict=True)]

@@ -13,6 +13,7 @@ from quartfaas.control.corrector.tailmodel import (
     CORR_SCALE,
     StageLoad,
     _comonotone_pmf,
+    _Waits,
     correlation_weight,
     e2e_quantile,
     index_of_dispersion,
@@ -151,6 +152,7 @@ def test_comonotone_sum_matches_the_unit_by_unit_sum() -> None:
     ps, rs = rng.uniform(1e-3, 1.0, 30), rng.uniform(2.0, 400.0, 30)
     units = [(np.array([p]), np.array([r])) for p, r in zip(ps, rs, strict=True)]
     units.append((np.array([0.3, 0.6]), np.array([40.0, 90.0])))  # a grouped unit
+    waits = _Waits(ps, rs, [units[-1]])
     delta, n = 0.002, 256
     x = -math.log(max(float(p.max()) for p, _ in units)) + np.linspace(0.0, 60.0, 4097)
     total = np.zeros_like(x)
@@ -158,7 +160,7 @@ def test_comonotone_sum_matches_the_unit_by_unit_sum() -> None:
         total += np.maximum(((np.log(p)[:, None] + x[None, :]) / r[:, None]).max(axis=0), 0.0)
     xs = np.interp((np.arange(n) + 0.5) * delta, total, x, right=x[-1])
     expected = np.diff(np.concatenate(([0.0], 1.0 - np.exp(-xs))))
-    assert np.allclose(_comonotone_pmf(units, delta, n), expected, atol=1e-12, rtol=0)
+    assert np.allclose(_comonotone_pmf(waits, delta, n), expected, atol=1e-12, rtol=0)
 
 
 def test_with_load_is_replace() -> None:
@@ -295,3 +297,32 @@ def test_union_bound_in_arrays_matches_the_loop(seed: int) -> None:
             == math.inf
             == _union_bound_loop(stages, unstable, 0.99)
         )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_wait_units_without_deterministic_stages_are_the_waiting_stages(seed: int) -> None:
+    # With no deterministic stage every waiting stage is its own unit, in order: the
+    # array path must give what the per-stage walk (taken when one is deterministic) gives.
+    from quartfaas.control.corrector import tailmodel as tm
+
+    rng = np.random.default_rng(seed)
+    stages = [
+        StageLoad(f"s{i}", float(rng.uniform(0, 50)), float(rng.uniform(0.01, 0.2)),
+                  service_scv=float(rng.uniform(0.05, 3.0)), servers_per_replica=2)
+        for i in range(30)
+    ]  # fmt: skip
+    reps = [s.min_stable() + int(rng.integers(0, 3)) for s in stages]
+    tails = [tm.wait_tail(s, c) for s, c in zip(stages, reps, strict=True)]
+    got = tm._wait_units(stages, reps, tails)
+    assert got is not None and not got.runs
+    waiting = [wt for wt in tails if wt.p_wait > 0 and math.isfinite(wt.rate)]
+    assert got.single_p.tolist() == [wt.p_wait for wt in waiting]
+    assert got.single_r.tolist() == [wt.rate for wt in waiting]
+    # the walk: one deterministic stage that never waits (its own wait is 0) changes nothing
+    idle_det = StageLoad("d", 0.0, 0.05, service_scv=0.0)
+    walked = tm._wait_units([*stages, idle_det], [*reps, 1], [*tails, tm.wait_tail(idle_det, 1)])
+    assert walked is not None and not walked.runs
+    assert walked.single_p.tolist() == got.single_p.tolist()
+    assert walked.single_r.tolist() == got.single_r.tolist()
+    unstable = [*tails[:-1], tm.WaitTail(1.0, 0.0)]
+    assert tm._wait_units(stages, reps, unstable) is None

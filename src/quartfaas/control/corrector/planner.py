@@ -60,6 +60,7 @@ from quartfaas.control.corrector.tailmodel import (
     StageLoad,
     WaitTail,
     e2e_quantile,
+    e2e_quantile_pr,
     service_rows,
     wait_quantiles,
     wait_tail,
@@ -166,18 +167,61 @@ def _wait_spectra(
     return spec
 
 
+class _Cols:
+    """The stages' fields as arrays, read once per plan (each expression is elementwise
+    the one ``StageLoad`` and ``tailmodel.wait_tail`` compute per stage: the same
+    numbers)."""
+
+    __slots__ = ("cost", "eff_scv", "hi", "lam", "lo", "load", "mean", "scv", "spr")
+
+    def __init__(self, stages: Sequence[StageLoad]) -> None:
+        num = np.array(
+            [
+                (
+                    s.arrival_rate,
+                    s.service_mean_s,
+                    s.service_scv,
+                    s.arrival_scv if s.burst_factor is None else s.burst_factor,
+                    s.cost,
+                )
+                for s in stages
+            ],
+            dtype=np.float64,
+        ).reshape(len(stages), 5)
+        self.lam, self.mean, self.scv, self.eff_scv, self.cost = num.T.copy()
+        ints = np.array(
+            [(s.servers_per_replica, s.min_replicas, s.max_replicas) for s in stages],
+            dtype=np.int64,
+        ).reshape(len(stages), 3)
+        self.spr, self.lo, self.hi = ints.T.copy()
+        self.load = self.lam * self.mean  # ``offered_load``
+
+    def start(self, max_util: float) -> npt.NDArray[np.int64]:
+        """``_start``: each stage's ``min_replicas`` raised to the fewest replicas with
+        utilisation ``<= max_util`` and below 1."""
+        need = np.ceil(self.load / (self.spr * max_util) - 1e-9).astype(np.int64)
+        need += self.load >= need * self.spr
+        need[self.lam <= 0] = 0
+        out: npt.NDArray[np.int64] = np.maximum(self.lo, need)
+        return out
+
+
 class _Model:
     """The planner's grid: fixed service spectra, wait spectra per replica count."""
 
-    def __init__(self, stages: Sequence[StageLoad], slo_s: float, grid: int) -> None:
+    def __init__(
+        self, stages: Sequence[StageLoad], slo_s: float, grid: int, cols: _Cols | None = None
+    ) -> None:
         self.stages = stages
-        self.spr = np.array([s.servers_per_replica for s in stages], dtype=np.int64)
-        self.lam = np.array([s.arrival_rate for s in stages])
-        self.load = np.array([s.offered_load for s in stages])
-        self.mu = np.array([1.0 / s.service_mean_s for s in stages])
-        self.g = np.array(
-            [0.5 * (s.effective_arrival_scv + min(s.service_scv, MAX_SCV)) for s in stages]
-        )
+        cols = _Cols(stages) if cols is None else cols
+        self.spr = cols.spr
+        self.lam = cols.lam
+        self.load = cols.load
+        self.mu = 1.0 / cols.mean
+        self.g = 0.5 * (cols.eff_scv + np.minimum(cols.scv, MAX_SCV))
+        # (lam, load, g, mu) by stage: one gather per ``params`` call
+        self._cols = np.stack([self.lam, self.load, self.g, self.mu])
+        self._none = (self.lam == 0) | (self.g <= 0)  # no wait whatever the count
         self._erlang_b = np.ones((1, len(stages)))
         # Wait transforms by (stage, replicas): the greedy computes each once, and the
         # trim (which walks back over counts the greedy passed) and the final check's
@@ -226,24 +270,31 @@ class _Model:
         m = replicas * self.spr[idx]
         self._grow(int(m.max()) if m.size else 0)
         b = self._erlang_b[m, idx]
-        lam, a, g, mu = self.lam[idx], self.load[idx], self.g[idx], self.mu[idx]
+        lam, a, g, mu = self._cols[:, idx]
         mf = m.astype(np.float64)
-        stable = (m > 0) & (lam < mf * mu)
+        cap = mf * mu
+        stable = (m > 0) & (lam < cap)
         with np.errstate(divide="ignore", invalid="ignore"):
             c_wait = np.where(a >= mf, 1.0, b / (1.0 - (a / mf) * (1.0 - b)))
-            rate = (mf * mu - lam) / g
-        none = (lam == 0) | (g <= 0)
+            rate = (cap - lam) / g
+        none = self._none[idx]
         p = np.where(none, 0.0, np.where(stable, c_wait, 1.0))
         r = np.where(none, 1e300, np.where(stable, rate, 0.0))
         return p, r
 
     def tails(self, replicas: npt.NDArray[np.int64]) -> list[WaitTail]:
         """``tailmodel.wait_tail`` of every stage at ``replicas`` (from ``params``)."""
+        p, r = self.pr(replicas)
+        return [WaitTail(pi, ri) for pi, ri in zip(p.tolist(), r.tolist(), strict=True)]
+
+    def pr(
+        self, replicas: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """``tails`` as arrays: ``(p_wait, rate)`` of every stage at ``replicas`` (a stage
+        with no wait: 0 and infinity, as ``wait_tail``)."""
         p, r = self.params(np.arange(len(self.stages)), replicas)
-        return [
-            WaitTail(0.0, math.inf) if ri >= 1e300 else WaitTail(float(pi), float(ri))
-            for pi, ri in zip(p, r, strict=True)
-        ]
+        none = r >= 1e300
+        return np.where(none, 0.0, p), np.where(none, math.inf, r)
 
     def waits(self, replicas: npt.NDArray[np.int64]) -> ComplexArray:
         return self.waits_at(np.arange(len(self.stages)), replicas)
@@ -310,27 +361,24 @@ def _budgets(
     replicas: Sequence[int],
     q: float,
     tails: Sequence[WaitTail] | None = None,
+    pr: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
 ) -> tuple[float, ...]:
-    if tails is None:
-        tails = [wait_tail(s, c) for s, c in zip(stages, replicas, strict=True)]
+    """Each stage's service plus wait ``q`` quantiles at ``replicas``; the wait tails given
+    as ``tails`` or as arrays ``pr`` (``_Model.pr``), else computed."""
     mean = np.array([s.service_mean_s for s in stages])
     scv = np.array([s.service_scv for s in stages])
     # service_percentile gives the mean itself for a deterministic stage
     svc = service_percentiles(mean, np.minimum(scv, 100.0), q)
-    p = np.array([wt.p_wait for wt in tails])
-    r = np.array([wt.rate for wt in tails])
-    return tuple((svc + wait_quantiles(p, r, q)).tolist())
+    if pr is None:
+        if tails is None:
+            tails = [wait_tail(s, c) for s, c in zip(stages, replicas, strict=True)]
+        pr = np.array([wt.p_wait for wt in tails]), np.array([wt.rate for wt in tails])
+    return tuple((svc + wait_quantiles(pr[0], pr[1], q)).tolist())
 
 
 def _start(stages: Sequence[StageLoad], max_util: float) -> list[int]:
-    out = []
-    for s in stages:
-        need = 0
-        if s.arrival_rate > 0:
-            need = math.ceil(s.offered_load / (s.servers_per_replica * max_util) - 1e-9)
-            if s.offered_load >= need * s.servers_per_replica:
-                need += 1
-        out.append(max(s.min_replicas, need))
+    """``_Cols.start`` of these stages, as a list."""
+    out: list[int] = _Cols(stages).start(max_util).tolist()
     return out
 
 
@@ -372,31 +420,27 @@ def plan_replicas(
         raise ValueError(f"bad planner input: q={q}, slo_s={slo_s}, max_util={max_util}")
     if not stages:
         raise ValueError("need at least one stage")
-    costs = np.array([s.cost for s in stages])
-    lo = np.array([s.min_replicas for s in stages], dtype=np.int64)
-    hi = np.array([s.max_replicas for s in stages], dtype=np.int64)
+    cols = _Cols(stages)
+    costs, lo, hi = cols.cost, cols.lo, cols.hi
 
     def answer(
         outcome: PlanOutcome,
         reps: Sequence[int],
         quant: float,
         why: str,
-        tails: Sequence[WaitTail] | None = None,
+        pr: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
     ) -> Plan:
         r = tuple(int(c) for c in reps)
         cost = float(np.dot(costs, r))
-        return Plan(outcome, r, cost, quant, slo_s, q, _budgets(stages, r, q, tails), why)
+        return Plan(outcome, r, cost, quant, slo_s, q, _budgets(stages, r, q, pr=pr), why)
 
-    if all(s.arrival_rate == 0 for s in stages):
+    if not (cols.lam != 0).any():
         reps = lo.tolist()
         return answer(PlanOutcome.IDLE, reps, e2e_quantile(stages, reps, q), "no arrivals")
-    start = np.minimum(np.array(_start(stages, max_util), dtype=np.int64), hi)
-    over = [
-        s.name
-        for s, c in zip(stages, start, strict=True)
-        if c * s.servers_per_replica <= s.offered_load
-    ]
-    if over:
+    start = np.minimum(cols.start(max_util), hi)
+    short = start * cols.spr <= cols.load
+    if short.any():
+        over = [s.name for s, bad in zip(stages, short.tolist(), strict=True) if bad]
         quant = math.inf
         return answer(
             PlanOutcome.INFEASIBLE,
@@ -404,7 +448,7 @@ def plan_replicas(
             quant,
             f"max_replicas cannot carry the load of {', '.join(over)}",
         )
-    model = _Model(stages, slo_s, grid)
+    model = _Model(stages, slo_s, grid, cols)
     if slo_s <= model.shift or 1.0 - float(model.weights.sum().real) > 1.0 - q:
         idle = [replace(s, arrival_rate=0.0) for s in stages]
         floor_s = e2e_quantile(idle, [1] * len(stages), q, grid=check_grid)
@@ -424,8 +468,9 @@ def plan_replicas(
     reps = _greedy(model, reps, hi, costs, target)
     reps = _trim(model, reps, start, costs, target)
     # Final check against the reference quantile; add greedily where the grids disagree.
-    tails = model.tails(reps)
-    quant = e2e_quantile(stages, reps.tolist(), q, grid=check_grid, tails=tails)
+    # (``e2e_quantile`` on the model's own wait tails, as arrays: ``_Model.pr``.)
+    pr = model.pr(reps)
+    quant = e2e_quantile_pr(stages, reps.tolist(), *pr, q, check_grid)
     steps = 0
     while quant > slo_s and steps < _MAX_STEPS:
         tighter = target * 0.9 ** (steps + 1)
@@ -433,8 +478,8 @@ def plan_replicas(
         if np.array_equal(nxt, reps):
             break
         reps = nxt
-        tails = model.tails(reps)
-        quant = e2e_quantile(stages, reps.tolist(), q, grid=check_grid, tails=tails)
+        pr = model.pr(reps)
+        quant = e2e_quantile_pr(stages, reps.tolist(), *pr, q, check_grid)
         steps += 1
     if quant > slo_s:
         return answer(
@@ -442,14 +487,14 @@ def plan_replicas(
             reps.tolist(),
             quant,
             f"best vector within max_replicas gives {quant:.3g}s > SLO {slo_s:.3g}s",
-            tails,
+            pr,
         )
     return answer(
         PlanOutcome.FEASIBLE,
         reps.tolist(),
         quant,
         f"modelled p{q * 100:g} {quant:.3g}s <= SLO {slo_s:.3g}s",
-        tails,
+        pr,
     )
 
 
@@ -476,21 +521,21 @@ def plan_above(
         raise ValueError(f"bad planner input: q={q}, slo_s={slo_s}")
     if len(base) != len(stages) or not stages:
         raise ValueError(f"{len(base)} base counts for {len(stages)} stages")
-    hi = np.array([s.max_replicas for s in stages], dtype=np.int64)
+    cols = _Cols(stages)
+    hi = cols.hi
     reps = np.minimum(np.array(base, dtype=np.int64), hi)
-    if all(s.arrival_rate == 0 for s in stages):
-        return tuple(int(c) for c in reps)
-    stable = np.array(_start(stages, 1.0), dtype=np.int64)
-    model = _Model(stages, slo_s, grid)
+    if not (cols.lam != 0).any():
+        return tuple(reps.tolist())
+    stable = cols.start(1.0)
+    model = _Model(stages, slo_s, grid, cols)
     if (stable > hi).any() or slo_s <= model.shift:  # the bounds cannot carry the load
-        return tuple(int(c) for c in hi)
+        return tuple(hi.tolist())
     floors = np.maximum(
         reps, _wait_floor(model, np.minimum(stable, hi), hi, slo_s - model.shift, q)
     )
-    costs = np.array([s.cost for s in stages])
-    reps = _greedy(model, floors.copy(), hi, costs, 1.0 - q)
-    reps = _trim(model, reps, floors, costs, 1.0 - q)
-    return tuple(int(c) for c in reps)
+    reps = _greedy(model, floors.copy(), hi, cols.cost, 1.0 - q)
+    reps = _trim(model, reps, floors, cols.cost, 1.0 - q)
+    return tuple(reps.tolist())
 
 
 def _greedy(

@@ -66,7 +66,7 @@ def stage_quantiles(
             continue
         todo.append(i)
         bounds.append(bound)
-        waits.append((wt.p_wait, wt.rate) if units else None)
+        waits.append((wt.p_wait, wt.rate) if units.n_units else None)
     if not todo:
         return out
     if grid < 8:

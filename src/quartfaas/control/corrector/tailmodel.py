@@ -61,6 +61,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -339,9 +340,8 @@ _UNIT = _UnitTables()
 
 def _shape_bins(k: FloatArray) -> npt.NDArray[np.int64]:
     """The rounded shapes' bins, ``round(64·ln k)`` within ``[0, _MAX_BIN]``."""
-    out: npt.NDArray[np.int64] = np.clip(np.rint(np.log(k) * _SHAPE_BINS), 0, _MAX_BIN).astype(
-        np.int64
-    )
+    r = np.minimum(np.maximum(np.rint(np.log(k) * _SHAPE_BINS), 0), _MAX_BIN)  # np.clip
+    out: npt.NDArray[np.int64] = r.astype(np.int64)
     return out
 
 
@@ -377,15 +377,19 @@ def service_rows(stages: Sequence[StageLoad], delta: float, n: int) -> FloatArra
     exponential and hyper-exponential stages computed together in one array operation."""
     rand = [s for s in stages if not s.deterministic]
     out = np.empty((len(rand), n))
+    if not rand:
+        return out
     edges: FloatArray = (np.arange(n, dtype=np.float64) + 0.5) * delta
-    closed = [i for i, s in enumerate(rand) if min(s.service_scv, MAX_SCV) >= 1.0]
-    if closed:
+    scv_all = np.minimum(np.array([s.service_scv for s in rand]), MAX_SCV)
+    gamma_mask = scv_all < 1.0
+    closed = np.flatnonzero(~gamma_mask)
+    if closed.size:
         p1, r1, r2 = np.array(
             [
                 _h2(rand[i].service_mean_s, min(rand[i].service_scv, MAX_SCV))
                 if rand[i].service_scv > 1.0
                 else (1.0, 1.0 / rand[i].service_mean_s, 1.0)
-                for i in closed
+                for i in closed.tolist()
             ]
         ).T
         e = edges[None, :]
@@ -395,12 +399,13 @@ def service_rows(stages: Sequence[StageLoad], delta: float, n: int) -> FloatArra
             - (1.0 - p1[:, None]) * np.exp(-r2[:, None] * e)
         )
         out[closed] = np.diff(cdf, axis=1, prepend=0.0)
-    gamma = [i for i, s in enumerate(rand) if min(s.service_scv, MAX_SCV) < 1.0]
-    if len(gamma) == 1:  # one stage (the feedback's per-stage quantiles): np.interp
-        out[gamma[0]] = _rounded_pmf(service_cdf(rand[gamma[0]], edges))
-    elif gamma:
-        scv = np.array([min(rand[i].service_scv, MAX_SCV) for i in gamma])
-        mean = np.array([rand[i].service_mean_s for i in gamma])
+    gamma = np.flatnonzero(gamma_mask)
+    if gamma.size == 1:  # one stage (the feedback's per-stage quantiles): np.interp
+        g0 = int(gamma[0])
+        out[g0] = _rounded_pmf(service_cdf(rand[g0], edges))
+    elif gamma.size:
+        scv = scv_all[gamma]
+        mean = np.array([s.service_mean_s for s in rand])[gamma]
         out[gamma] = _gamma_pmf_rows(1.0 / scv, mean * scv, delta, n)
     return out
 
@@ -427,8 +432,9 @@ def _gamma_pmf_rows(k: FloatArray, theta: FloatArray, delta: float, n: int) -> F
     bins, lo, step = _stacked_tables(k, theta)
     cum = _UNIT.cdf.reshape(-1)  # a view: gathered in place, not copied row by row
     top = lo + (n_fine - 1) * step
-    first = np.clip(np.floor(lo / delta - 0.5) - 2.0, 0, n).astype(np.int64)
-    last = np.clip(np.ceil(top / delta - 0.5) + 2.0, -1, n - 1).astype(np.int64)
+    # np.minimum(np.maximum(...)) is np.clip (the same values) at a third of its call cost
+    first = np.minimum(np.maximum(np.floor(lo / delta - 0.5) - 2.0, 0), n).astype(np.int64)
+    last = np.minimum(np.maximum(np.ceil(top / delta - 0.5) + 2.0, -1), n - 1).astype(np.int64)
     width = int((last - first).max()) + 1
     if width <= 0:  # every service beyond the grid's end
         return out
@@ -437,9 +443,11 @@ def _gamma_pmf_rows(k: FloatArray, theta: FloatArray, delta: float, n: int) -> F
     pos = (t - lo[:, None]) / step[:, None]
     # Truncation equals floor here: a negative ``pos`` is clipped to 0 either way.
     j = pos.astype(np.int64)
-    np.clip(j, 0, n_fine - 2, out=j)
+    np.maximum(j, 0, out=j)
+    np.minimum(j, n_fine - 2, out=j)
     frac = pos - j
-    np.clip(frac, 0.0, 1.0, out=frac)
+    np.maximum(frac, 0.0, out=frac)
+    np.minimum(frac, 1.0, out=frac)
     j += (bins * n_fine)[:, None]  # flat positions in the table: one gather per array
     f0 = cum.take(j)
     j += 1
@@ -447,8 +455,10 @@ def _gamma_pmf_rows(k: FloatArray, theta: FloatArray, delta: float, n: int) -> F
     f1 -= f0
     f1 *= frac
     f1 += f0
-    # The point before a window (if any) is below the table: its CDF is exactly 0.
-    masses = np.diff(f1, axis=1, prepend=0.0)
+    # The point before a window (if any) is below the table: its CDF is exactly 0. The
+    # differences in place: ``np.diff(f1, axis=1, prepend=0.0)``, without its copies.
+    masses = f1.copy()
+    masses[:, 1:] -= f1[:, :-1]
     inside = idx < n
     rows = np.broadcast_to(np.arange(k.size)[:, None], idx.shape)
     out[rows[inside], idx[inside]] = masses[inside]
@@ -502,18 +512,30 @@ def _union_bound(
     q: float,
     tails: Sequence[WaitTail] | None = None,
 ) -> float:
+    """An upper bound of the random part's ``q`` quantile (``_union_bound_pr``)."""
+    if tails is None:
+        tails = [wait_tail(s, c) for s, c in zip(stages, replicas, strict=True)]
+    p, r = _tail_arrays(tails)
+    return _union_bound_pr(stages, p, r, q, correlation_weight(stages))
+
+
+def _tail_arrays(tails: Sequence[WaitTail]) -> tuple[FloatArray, FloatArray]:
+    """``(p_wait, rate)`` of these wait tails as arrays."""
+    return np.array([wt.p_wait for wt in tails]), np.array([wt.rate for wt in tails])
+
+
+def _union_bound_pr(
+    stages: Sequence[StageLoad], p: FloatArray, r: FloatArray, q: float, weight: float
+) -> float:
     """An upper bound of the random part's ``q`` quantile: the smaller of a union bound,
     P(sum > Σ t_k) <= Σ P(X_k > t_k), and Cantelli's one-sided Chebyshev bound,
     ``mean + sd·sqrt(q/(1-q))``. The union bound is tight for a few stages; Cantelli's
     grows like the square root of the number of stages, so it keeps the grid fine for
     long pipelines. The variance is that of the waits taken comonotone (the largest the
-    model's mixture can have) and of each deterministic stage's wait taken separately (its
-    group's largest wait is smaller than their sum)."""
+    model's mixture can have; when ``weight``, the comonotone share, is above 0) and of
+    each deterministic stage's wait taken separately (its group's largest wait is smaller
+    than their sum). ``p``, ``r``: each stage's wait tail (``WaitTail``'s fields)."""
     eps = (1.0 - q) / (2.0 * len(stages))
-    if tails is None:
-        tails = [wait_tail(s, c) for s, c in zip(stages, replicas, strict=True)]
-    p = np.array([wt.p_wait for wt in tails])
-    r = np.array([wt.rate for wt in tails])
     if not ((r > 0) | (p == 0)).all():
         return math.inf
     total = float(wait_quantiles(p, r, 1.0 - eps).sum())
@@ -532,9 +554,7 @@ def _union_bound(
         total += math.log(max(1.0 - p_fast, eps) / eps) / mu2
     if (~h2).any():
         total += float(service_percentiles(mean_s[~h2], scv[~h2], 1.0 - eps).sum())
-    var = var_svc + (
-        float(np.sqrt(v).sum()) ** 2 if correlation_weight(stages) > 0 else float(v.sum())
-    )
+    var = var_svc + (float(np.sqrt(v).sum()) ** 2 if weight > 0 else float(v.sum()))
     cantelli = mean + math.sqrt(var * q / (1.0 - q))
     return min(total, cantelli)
 
@@ -609,39 +629,68 @@ _COMON_X = np.linspace(0.0, 60.0, 4097)
 _COMON_X.flags.writeable = False
 
 
-def _comonotone_pmf(units: list[tuple[FloatArray, FloatArray]], delta: float, n: int) -> FloatArray:
+def _comonotone_pmf(units: _Waits, delta: float, n: int) -> FloatArray:
     """Masses on the grid of ``Σ_u Q_u(U)`` for one uniform ``U`` (comonotone waits), each
     unit's quantile ``Q_u(τ) = max_k max(0, log(p_k/τ)/r_k)`` at tail probability ``τ``."""
-    p_max = float(np.concatenate([p for p, _ in units]).max())
+    p_max = _largest_p(units)
     x0 = -math.log(p_max)
     x = x0 + _COMON_X  # x = -log τ
     total = np.zeros_like(x)
-    single = [u for u in units if u[0].size == 1]
-    if single:
+    if units.single_p.size:
         # Σ_u max(0, (x - b_u)/r_u) with b_u = -log p_u is piecewise linear in x: with
         # the b_u sorted, it is x·Σ 1/r_u - Σ b_u/r_u over the units with b_u < x.
-        b = -np.log(np.array([float(p[0]) for p, _ in single]))
-        inv = 1.0 / np.array([float(r[0]) for _, r in single])
+        b = -np.log(units.single_p)
+        inv = 1.0 / units.single_r
         order = np.argsort(b)
         b, inv = b[order], inv[order]
         slope = np.concatenate(([0.0], np.cumsum(inv)))
         offset = np.concatenate(([0.0], np.cumsum(b * inv)))
         k = np.searchsorted(b, x, side="left")
         total += np.maximum(x * slope[k] - offset[k], 0.0)
-    for p, r in units:
-        if p.size > 1:
-            q = (np.log(p)[:, None] + x[None, :]) / r[:, None]
-            total += np.maximum(q.max(axis=0), 0.0)
+    for p, r in units.runs:
+        q = (np.log(p)[:, None] + x[None, :]) / r[:, None]
+        total += np.maximum(q.max(axis=0), 0.0)
     edges = (np.arange(n) + 0.5) * delta
     xs = np.interp(edges, total, x, right=x[-1])
     return _rounded_pmf(1.0 - np.exp(-xs))
 
 
+def _largest_p(units: _Waits) -> float:
+    """The largest wait probability of any unit member."""
+    top = [float(p.max()) for p, _ in units.runs]
+    if units.single_p.size:
+        top.append(float(units.single_p.max()))
+    return max(top)
+
+
+class _Waits(NamedTuple):
+    """The wait units of a tandem (``_wait_units``): each single-stage unit's
+    ``(p_wait, rate)`` as two arrays (in stage order), and each unit of several stages
+    (a run of single-server deterministic stages) as a pair of arrays."""
+
+    single_p: FloatArray
+    single_r: FloatArray
+    runs: list[tuple[FloatArray, FloatArray]]
+
+    @property
+    def n_units(self) -> int:
+        return self.single_p.size + len(self.runs)
+
+
 def _wait_units(
     stages: Sequence[StageLoad], replicas: Sequence[int], tails: Sequence[WaitTail]
-) -> list[tuple[FloatArray, FloatArray]] | None:
-    """Waits to convolve, as ``(p_wait, rate)`` arrays per unit (a unit's tail is the
-    pointwise largest of its members'); ``None`` if a stage is unstable.
+) -> _Waits | None:
+    """``_wait_units_pr`` of these wait tails."""
+    p, r = _tail_arrays(tails)
+    return _wait_units_pr(stages, replicas, p, r)
+
+
+def _wait_units_pr(
+    stages: Sequence[StageLoad], replicas: Sequence[int], p: FloatArray, r: FloatArray
+) -> _Waits | None:
+    """Waits to convolve, as units (a unit's tail is the pointwise largest of its
+    members'); ``None`` if a stage is unstable. ``p``, ``r``: each stage's wait tail
+    (``WaitTail``'s fields).
 
     The stages are a tandem, in order, and deterministic service shapes the stream:
 
@@ -654,48 +703,52 @@ def _wait_units(
     * consecutive single-server deterministic stages that wait (with only never-waiting
       stages between them) form one unit: in such a tandem a request's total wait equals
       its wait at the slowest server alone (Friedman 1965), so the unit's tail is the
-      largest of theirs, not their convolution. Every other waiting stage is its own unit.
+      largest of theirs, not their convolution. Every other waiting stage is its own unit
+      (with no deterministic stage, every waiting stage: one array operation).
     """
-    # Members in unit order, cut into units at the end (views of two arrays: cheaper than
-    # two small arrays per unit).
+    if not ((r > 0) | (p == 0)).all():  # some stage unstable (``WaitTail.stable``)
+        return None
+    if not any(s.service_scv <= DETERMINISTIC_SCV for s in stages):  # ``deterministic``
+        some = (p > 0) & np.isfinite(r)
+        return _Waits(p[some], r[some], [])
     ps: list[float] = []
     rs: list[float] = []
     cuts: list[int] = []  # where each unit ends in ps/rs
     run = False  # the last unit is a run of single-server deterministic stages
     gap = 0.0
 
-    def add(p: float, r: float, in_run: bool) -> None:
+    def add(pk: float, rk: float, in_run: bool) -> None:
         nonlocal run
-        ps.append(p)
-        rs.append(r)
+        ps.append(pk)
+        rs.append(rk)
         if in_run and run:
             cuts[-1] += 1
         else:
             cuts.append(len(ps))
         run = in_run
 
-    for s, c, wt in zip(stages, replicas, tails, strict=True):
-        if not wt.stable:
-            return None
-        waits = wt.p_wait > 0 and math.isfinite(wt.rate)
+    for s, c, pk, rk in zip(stages, replicas, p.tolist(), r.tolist(), strict=True):
+        waits = pk > 0 and math.isfinite(rk)
         if not s.deterministic:
             run = False
             if waits:
-                add(wt.p_wait, wt.rate, False)
+                add(pk, rk, False)
             gap = 0.0
             continue
         servers = c * s.servers_per_replica
         if not waits or servers <= 0 or gap >= s.service_mean_s / servers * (1.0 - 1e-9):
             continue  # never waits: the stream passes shifted by the service time
         if servers == 1:
-            add(wt.p_wait, wt.rate, True)
+            add(pk, rk, True)
             gap = s.service_mean_s
         else:
-            add(wt.p_wait, wt.rate, False)
+            add(pk, rk, False)
             gap = 0.0
     p_all, r_all = np.array(ps), np.array(rs)
     starts = [0, *cuts[:-1]] if cuts else []
-    return [(p_all[a:b], r_all[a:b]) for a, b in zip(starts, cuts, strict=True)]
+    single = [a for a, b in zip(starts, cuts, strict=True) if b - a == 1]
+    runs = [(p_all[a:b], r_all[a:b]) for a, b in zip(starts, cuts, strict=True) if b - a > 1]
+    return _Waits(p_all[single], r_all[single], runs)
 
 
 def tilted(grid: int) -> tuple[FloatArray, FloatArray]:
@@ -730,21 +783,31 @@ def e2e_distribution(
     if not x_max > 0 or grid < 8:
         raise ValueError(f"need x_max > 0 and grid >= 8, got {x_max}, {grid}")
     shift = sum(s.service_mean_s for s in stages if s.deterministic)
-    delta = x_max / (grid - 1)
-    length = grid
-    tilt, untilt = tilted(grid)
     if tails is None:
         tails = [wait_tail(s, c) for s, c in zip(stages, replicas, strict=True)]
-    units = _wait_units(stages, replicas, tails)
+    p, r = _tail_arrays(tails)
+    units = _wait_units_pr(stages, replicas, p, r)
+    return _distribution(stages, units, shift, x_max, grid, correlation_weight(stages))
+
+
+def _distribution(  # noqa: PLR0917 - e2e_distribution's core, called in two places
+    stages: Sequence[StageLoad],
+    units: _Waits | None,
+    shift: float,
+    x_max: float,
+    grid: int,
+    weight: float,
+) -> E2EDistribution:
+    """``e2e_distribution`` of these wait units (``weight``: ``correlation_weight``)."""
+    delta = x_max / (grid - 1)
+    length = grid
     if units is None:
         return E2EDistribution(shift, delta, np.zeros(grid))
+    tilt, untilt = tilted(grid)
     svc_rows = service_rows(stages, delta, grid)
-    single = [u for u in units if u[0].size == 1]
-    rows = [_tail_pmf(p, r, delta, grid) for p, r in units if p.size > 1]
-    if single:
-        p_w = np.array([float(u[0][0]) for u in single])
-        r_w = np.array([float(u[1][0]) for u in single])
-        rows.append(_wait_rows(p_w, r_w, delta, grid))
+    rows = [_tail_pmf(p, r, delta, grid) for p, r in units.runs]
+    if units.single_p.size:
+        rows.append(_wait_rows(units.single_p, units.single_r, delta, grid))
     ones = np.ones(length // 2 + 1, dtype=np.complex128)
     svc = ones
     if svc_rows.shape[0]:
@@ -752,7 +815,7 @@ def e2e_distribution(
     spec = svc
     if rows:
         spec = svc * np.prod(np.fft.rfft(np.vstack(rows) * tilt, length, axis=1), axis=0)
-    w = correlation_weight(stages) if len(units) > 1 else 0.0
+    w = weight if units.n_units > 1 else 0.0
     if w > 0:
         comon = svc * np.fft.rfft(_comonotone_pmf(units, delta, grid) * tilt, length)
         spec = (1.0 - w) * spec + w * comon
@@ -776,13 +839,29 @@ def e2e_quantile(
         tails = [wait_tail(s, c) for s, c in zip(stages, replicas, strict=True)]
     elif len(tails) != len(stages):
         raise ValueError(f"{len(tails)} wait tails for {len(stages)} stages")
-    bound = _union_bound(stages, replicas, q, tails)
+    p, r = _tail_arrays(tails)
+    return e2e_quantile_pr(stages, replicas, p, r, q, grid)
+
+
+def e2e_quantile_pr(  # noqa: PLR0917 - e2e_quantile's arrays, in its order
+    stages: Sequence[StageLoad],
+    replicas: Sequence[int],
+    p: FloatArray,
+    r: FloatArray,
+    q: float,
+    grid: int = DEFAULT_GRID,
+) -> float:
+    """``e2e_quantile`` with each stage's wait tail given as arrays (``p_wait``, ``rate``:
+    ``WaitTail``'s fields; the planner has them as arrays). Inputs are not checked."""
+    weight = correlation_weight(stages)
+    bound = _union_bound_pr(stages, p, r, q, weight)
     if math.isinf(bound):
         return math.inf
     shift = sum(s.service_mean_s for s in stages if s.deterministic)
     if bound <= 0:
         return shift
-    return e2e_distribution(stages, replicas, 1.25 * bound, grid, tails=tails).quantile(q)
+    units = _wait_units_pr(stages, replicas, p, r)
+    return _distribution(stages, units, shift, 1.25 * bound, grid, weight).quantile(q)
 
 
 def stage_breakdown(
