@@ -56,6 +56,7 @@ _EPS = 1e-9
 
 _IDLE = StageCpuState()  # frozen: one instance serves every idle stage
 
+
 def _tail(stage: StageSnapshot, cfg: CompensatorConfig) -> float | None:
     if stage.latency.count < cfg.min_latency_samples:
         return None
@@ -234,9 +235,13 @@ def compensate(  # noqa: PLR0917 - the positional order is the issue's contract
         if state.phase is Phase.IDLE:
             return None, "", state
         return None, "cpu: stage has no replicas; compensation reset", StageCpuState()
-    latency = _tail(stage, cfg)
     util = stage.cpu_utilisation
     active = state.phase is not Phase.IDLE
+    if not active and after >= prev_replicas and (util is None or util < cfg.busy_utilisation_frac):
+        # Idle, no consolidation, not busy (so not CPU-bound): nothing to do, the answer of
+        # the full path below (most stages on most ticks), without reading the tail.
+        return None, "", state
+    latency = _tail(stage, cfg)
     current = state.allocation if active else None
     start_cpu = cfg.clamp(current if current is not None else stage.cpu_per_replica)
     base = state.base_cpu if active else stage.cpu_per_replica

@@ -274,6 +274,8 @@ def qna_and_features(
 ) -> tuple[tuple[CvPrediction, ...], list[list[float]]]:
     """``QnaPredictor().predict(snapshot, reasons=False)`` (or ``qna`` when given) and
     ``features(snapshot, qna)``, each stage's measurements read once for both."""
+    if qna is None:
+        return _qna_and_features_fused(snapshot)
     ms = [_measured(s) for s in snapshot.stages]
     preds = QnaPredictor()._predict(snapshot, ms, False) if qna is None else tuple(qna)
     n = len(ms)
@@ -282,6 +284,72 @@ def qna_and_features(
         for k, m in enumerate(ms)
     ]
     return preds, rows
+
+
+def _qna_and_features_fused(
+    snapshot: PipelineSnapshot,
+) -> tuple[tuple[CvPrediction, ...], list[list[float]]]:
+    """``qna_and_features(snapshot)`` in one pass over the stages: ``_measured``, the QNA
+    hop (``_hop`` without reasons) and ``_feature_row`` written out, with the upstream
+    stage's measurements carried from the previous step. Every value is the same
+    expression as in those helpers (``tests/unit/test_tick_fast_paths.py`` compares whole
+    ticks with the helpers' path); a GAT tick calls this for every stage."""
+    stages = snapshot.stages
+    n = len(stages)
+    isfinite, log, log1p, sqrt = math.isfinite, math.log, math.log1p, math.sqrt
+    preds: list[CvPrediction] = []
+    rows: list[list[float]] = []
+    up_rate: float | None = None
+    up_rho: float | None = None
+    up_scv: float | None = None
+    up_cv: float | None = None
+    up_slots = 0
+    for k, s in enumerate(stages):
+        x = s.arrival_rate
+        rate = x if x is not None and isfinite(x) else None
+        x = s.service_mean_s
+        mean = x if x is not None and isfinite(x) else None
+        x = s.service_scv
+        scv_s = x if x is not None and isfinite(x) and x >= 0 else None
+        slots = (s.ready_replicas if s.ready_replicas > 0 else s.replicas) * max(
+            1, s.max_concurrency
+        )
+        rho = (
+            None
+            if rate is None or mean is None or rate < 0 or mean < 0 or slots == 0
+            else rate * mean / slots
+        )
+        x = s.arrival_cv
+        own = min(max(x, CV_MIN), CV_MAX) if x is not None and isfinite(x) and x >= 0 else None
+        if k == 0:
+            if own is None:
+                pred = CvPrediction(s.name, 1.0, rate, "assumed", "CV n/a: Poisson")
+            else:
+                why = f"first stage: measured CV {own:.2f} persists"
+                pred = CvPrediction(s.name, own, rate, "measured", why)
+        else:
+            ca = up_cv if up_cv is not None else preds[k - 1].cv
+            cd2 = qna_departure_scv(
+                ca * ca, 1.0 if up_scv is None else up_scv, up_rho or 0.0, max(1, up_slots)
+            )
+            cv = min(max(sqrt(cd2), CV_MIN), CV_MAX)
+            pred = CvPrediction(s.name, cv, up_rate if up_rate is not None else rate, "qna", "")
+        preds.append(pred)
+        upstream = up_cv if k > 0 else own
+        rows.append(
+            [
+                log1p(max(rate, 0.0)) / 5.0 if rate is not None else 0.0,
+                min(max(rho, 0.0), 2.0) if rho is not None else 0.0,
+                log1p(slots) / _LN_65,
+                0.0 if own is None else log(min(max(own, CV_MIN), CV_MAX)),
+                log1p(scv_s) if scv_s is not None else log(2.0),
+                0.0 if upstream is None else log(min(max(upstream, CV_MIN), CV_MAX)),
+                k / (n - 1) if n > 1 else 0.0,
+                log(min(max(pred.cv, CV_MIN), CV_MAX)),
+            ]
+        )
+        up_rate, up_rho, up_scv, up_cv, up_slots = rate, rho, scv_s, own, slots
+    return tuple(preds), rows
 
 
 class PersistencePredictor:
