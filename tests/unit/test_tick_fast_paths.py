@@ -290,31 +290,6 @@ def _snapshots(seed: int, n_stages: int, n: int) -> list[PipelineSnapshot]:
     return out
 
 
-def _run(policy: Policy, snaps: list[PipelineSnapshot]) -> tuple[list[tuple[object, ...]], Any]:
-    state = policy.initial_state(snaps[0])
-    out: list[tuple[object, ...]] = []
-    for s in snaps:
-        d, state = policy.decide(s, state)
-        out.append(_summary(d))
-    return out, state
-
-
-def _summary(d: Decision) -> tuple[object, ...]:
-    return (
-        d.reason,
-        tuple((s.stage, s.replicas, getattr(s, "cpu", None), s.reason) for s in d.stages),
-    )
-
-
-def _policies() -> list[Policy]:
-    cfg = ControllerConfig.model_validate({})
-    return [
-        corrector_mod.ReplicaCorrector(cfg),
-        QuartPolicy(cfg, predictor="qna", host_cores=16),
-        QuartPolicy(cfg, predictor="gat", host_cores=16),
-    ]
-
-
 @pytest.mark.parametrize(("seed", "n_stages"), [(1, 64), (2, 24), (3, 7), (4, 2), (5, 40)])
 def test_fast_paths_decide_as_the_straightforward_code(
     seed: int, n_stages: int, use_plain: Callable[[], None], monkeypatch: pytest.MonkeyPatch
@@ -413,3 +388,25 @@ def test_gamma_masses_on_their_windows_equal_whole_rows(seed: int) -> None:
             want = _gamma_pmf_rows_plain(k, mean / k, delta, n)
             assert np.array_equal(got, want), (n, delta)
     assert tailmodel._gamma_pmf_rows(k[:0], mean[:0], 0.01, 64).shape == (0, 64)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fused_qna_features_equal_the_helpers(seed: int) -> None:
+    """``qna_and_features(snapshot)`` (one pass, ``_qna_and_features_fused``) gives the
+    predictions and rows of the helpers' path (``qna=`` given: ``_measured`` and
+    ``_feature_row`` per stage), value for value, with unknown rates, service times and
+    CVs among the stages."""
+    from quartfaas.control.smoother import propagation
+
+    for base in _snapshots(seed, 12, 6):
+        stages = list(base.stages)
+        stages[1] = replace(stages[1], arrival_cv=None, service_scv=None)
+        stages[2] = replace(stages[2], arrival_rate=None, service_mean_s=float("nan"))
+        stages[3] = replace(stages[3], ready_replicas=0, arrival_cv=-1.0)
+        snap = replace(base, stages=tuple(stages))
+        qna = propagation.QnaPredictor().predict(snap, reasons=False)
+        want = propagation.qna_and_features(snap, qna)
+        got = propagation.qna_and_features(snap)
+        assert got == want
+    first = replace(snap, stages=(replace(snap.stages[0], arrival_cv=None), *snap.stages[1:]))
+    assert propagation.qna_and_features(first)[0][0].source == "assumed"
