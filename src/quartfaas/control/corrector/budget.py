@@ -67,14 +67,20 @@ def criticality_score(tail_s: float | None, budget_s: float, arrival_rate: float
 
 
 def assess_stage(
-    stage: StageSnapshot, budget_s: float, percentile: float, critical_score: float
+    stage: StageSnapshot,
+    budget_s: float,
+    percentile: float,
+    critical_score: float,
+    growing: bool | None = None,
 ) -> StageHealth:
-    """Score one stage on its measured tail latency at ``percentile``."""
+    """Score one stage on its measured tail latency at ``percentile`` (``growing``:
+    ``queue_growing(stage)`` when the caller has it)."""
     tail = stage.latency.quantile(percentile)
     if tail is not None and not math.isfinite(tail):
         tail = None
     score = criticality_score(tail, budget_s, stage.arrival_rate)
-    growing = queue_growing(stage)
+    if growing is None:
+        growing = queue_growing(stage)
     return StageHealth(
         stage=stage.name,
         budget_s=budget_s,
@@ -83,4 +89,3 @@ def assess_stage(
         queue_growing=growing,
         critical=score > critical_score or growing,
     )
-

@@ -361,16 +361,17 @@ class ReplicaCorrector:
         current = s.replicas
         parts = [head]
         backlog: int | None = None
-        mu = service_rate(s)
-        lam = finite(s.arrival_rate) or 0.0
         window = snapshot_window
-        if queue_growing(s) and mu is not None and s.starting_replicas == 0:
+        growing = queue_growing(s)
+        mu = service_rate(s) if growing else None
+        if mu is not None and s.starting_replicas == 0:
+            lam = finite(s.arrival_rate) or 0.0
             spr = max(1, s.max_concurrency)
             backlog = math.ceil((lam + s.queue_len / window) / (mu * spr) - 1e-9)
             if backlog > raw:
                 raw = backlog
                 parts.append(f"queue {s.queue_len} needs {backlog} to drain in {window:g}s")
-        if current == 0 and raw < 1 and (lam > 0 or s.queue_len > 0):
+        if current == 0 and raw < 1 and ((finite(s.arrival_rate) or 0.0) > 0 or s.queue_len > 0):
             raw = 1
             parts.append("cold start: work waiting and no replicas")
         hyst, hstate = hysteresis_step(
@@ -386,20 +387,25 @@ class ReplicaCorrector:
         parts.append(hyst.reason)
         limits = self._limits(s)
         value = hyst.target
-        r = rate_limit(current, value, limits.max_step_up, limits.max_step_down)
-        if r.reason:
-            parts.append(r.reason)
-            if value < current:  # a cut-short scale-down continues next tick
-                hstate = st.hysteresis
-        r2 = bounds(r.value, limits.min_replicas, limits.max_replicas)
-        if r2.reason:
-            parts.append(r2.reason)
-        r3 = cooldown(current, r2.value, now, st.guard, limits)
-        if r3.reason:
-            parts.append(r3.reason)
-            hstate = st.hysteresis if r3.value == current else hstate
-        target = r3.value
-        health = assess_stage(s, budget if budget else 0.0, cfg.percentile, cfg.critical_score)
+        if value == current and limits.min_replicas <= current <= limits.max_replicas:
+            target = current  # no change within the bounds: every guard passes it
+        else:
+            r = rate_limit(current, value, limits.max_step_up, limits.max_step_down)
+            if r.reason:
+                parts.append(r.reason)
+                if value < current:  # a cut-short scale-down continues next tick
+                    hstate = st.hysteresis
+            r2 = bounds(r.value, limits.min_replicas, limits.max_replicas)
+            if r2.reason:
+                parts.append(r2.reason)
+            r3 = cooldown(current, r2.value, now, st.guard, limits)
+            if r3.reason:
+                parts.append(r3.reason)
+                hstate = st.hysteresis if r3.value == current else hstate
+            target = r3.value
+        health = assess_stage(
+            s, budget if budget else 0.0, cfg.percentile, cfg.critical_score, growing
+        )
         if health.critical:
             why = "queue growing" if health.queue_growing else f"score {health.score:.2f}"
             parts.append(f"critical ({why})")
