@@ -160,3 +160,27 @@ def test_window_noise_in_the_service_time_alone_does_not_move_the_count() -> Non
     window = [_moves(0.0, seed) for seed in seeds]
     assert sum(remembered) <= len(seeds), remembered
     assert min(window) >= 5, window
+
+
+def test_with_service_is_replace() -> None:
+    # Every field away from its default (and distinct), so a field that with_service
+    # forgets or swaps shows up.
+    from dataclasses import fields, replace
+
+    from quartfaas.control.snapshot import LatencyStats, StageSnapshot
+
+    values: dict[str, object] = {}
+    for i, f in enumerate(fields(StageSnapshot)):
+        if f.name in ("latency", "wait"):
+            values[f.name] = LatencyStats(count=i, p99_s=float(i))
+        elif f.name == "name":
+            values[f.name] = "stage-x"
+        elif f.type in ("int", int):
+            values[f.name] = 100 + i
+        else:
+            values[f.name] = 0.5 + i
+    s = StageSnapshot(**values)  # type: ignore[arg-type]
+    assert all(getattr(s, k) == v for k, v in values.items())
+    got = s.with_service(0.123, 0.456)
+    assert got == replace(s, service_mean_s=0.123, service_scv=0.456)
+    assert s.with_service(None, None) == replace(s, service_mean_s=None, service_scv=None)

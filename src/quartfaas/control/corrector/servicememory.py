@@ -30,7 +30,7 @@ memory older than ``max_age_s`` is dropped and starts again from the window.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from quartfaas.control.corrector.inputs import finite
 from quartfaas.control.snapshot import StageSnapshot
@@ -93,7 +93,7 @@ def remember(
     scv_out = new.scv if new.scv is not None else s.service_scv
     if new.mean_s == s.service_mean_s and scv_out == s.service_scv:
         return s, new  # the window as it is: no copy (a tick makes one per stage)
-    return replace(s, service_mean_s=new.mean_s, service_scv=scv_out), new
+    return s.with_service(new.mean_s, scv_out), new
 
 
 __all__ = ["ServiceMemory", "remember"]
