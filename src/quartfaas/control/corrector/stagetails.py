@@ -21,17 +21,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from quartfaas.control.corrector.queueing import service_percentiles
 from quartfaas.control.corrector.tailmodel import (
     DEFAULT_GRID,
     MAX_SCV,
     E2EDistribution,
     StageLoad,
+    WaitTail,
     _check_inputs,
     _gamma_table,
     _h2,
-    _union_bound,
-    _wait_units,
+    correlation_weight,
     tilted,
+    wait_quantiles,
     wait_tail,
 )
 
@@ -49,24 +51,25 @@ def stage_quantiles(
     todo: list[int] = []
     bounds: list[float] = []
     waits: list[tuple[float, float] | None] = []
-    for i, (s, c) in enumerate(zip(stages, replicas, strict=True)):
+    tails = []
+    for s, c in zip(stages, replicas, strict=True):
         _check_inputs([s], [c], q)
-        wt = wait_tail(s, c)
-        bound = _union_bound([s], [c], q, [wt])
+        tails.append(wait_tail(s, c))
+    for i, (bound, wt) in enumerate(zip(_one_stage_bounds(stages, tails, q), tails, strict=True)):
+        s = stages[i]
         shift = s.service_mean_s if s.deterministic else 0.0
-        if math.isinf(bound):
+        if math.isinf(bound):  # an unstable stage among them (e2e's all-zero CDF)
             out[i] = math.inf
             continue
         if bound <= 0:
             out[i] = shift
             continue
-        units = _wait_units([s], [c], [wt])
-        if units is None:  # unstable: e2e_distribution's all-zero CDF
-            out[i] = math.inf
-            continue
+        # One stage's wait units: itself if it waits (``_wait_units``: with nothing
+        # upstream, a deterministic stage's input gap is 0, so it waits as any other).
+        waiting = wt.p_wait > 0 and math.isfinite(wt.rate)
         todo.append(i)
         bounds.append(bound)
-        waits.append((wt.p_wait, wt.rate) if units.n_units else None)
+        waits.append((wt.p_wait, wt.rate) if waiting else None)
     if not todo:
         return out
     if grid < 8:
@@ -98,6 +101,48 @@ def stage_quantiles(
     return out
 
 
+def _one_stage_bounds(
+    stages: Sequence[StageLoad], tails: Sequence[WaitTail], q: float
+) -> list[float]:
+    """``_union_bound([s], [c], q, [wt])`` of every stage: its array operations made once
+    for all stages (each is elementwise, so a stage's values do not depend on the others)
+    and its sums of one element written as that element, so the same numbers bit for bit
+    (``tests/unit/test_stagetails.py``)."""
+    eps = (1.0 - q) / 2.0
+    p = np.array([wt.p_wait for wt in tails])
+    r = np.array([wt.rate for wt in tails])
+    mean_s = np.array([s.service_mean_s for s in stages])
+    scv = np.minimum(np.array([s.service_scv for s in stages]), MAX_SCV)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        waits_q = wait_quantiles(p, r, 1.0 - eps).tolist()
+        svc_q = service_percentiles(mean_s, scv, 1.0 - eps).tolist()
+    out: list[float] = []
+    for k, (s, wt) in enumerate(zip(stages, tails, strict=True)):
+        pk, rk = wt.p_wait, wt.rate
+        if not (rk > 0 or pk == 0):
+            out.append(math.inf)
+            continue
+        total = waits_q[k]
+        m1 = v = 0.0
+        if pk > 0 and math.isfinite(rk):
+            m1 = pk / rk
+            v = max(2.0 * m1 / rk - m1 * m1, 0.0)
+        mean = m1
+        var_svc = 0.0
+        if not s.deterministic:
+            mk, ck = float(mean_s[k]), float(scv[k])
+            mean = m1 + mk
+            var_svc = ck * (mk * mk)
+            if ck > 1.0:
+                p_fast, _, mu2 = _h2(mk, ck)
+                total += math.log(max(1.0 - p_fast, eps) / eps) / mu2
+            else:
+                total += svc_q[k]
+        var = var_svc + (math.sqrt(v) ** 2 if correlation_weight([s]) > 0 else v)
+        out.append(min(total, mean + math.sqrt(var * q / (1.0 - q))))
+    return out
+
+
 def _service_masses(stages: Sequence[StageLoad], edges: np.ndarray) -> np.ndarray:
     """``service_rows([s], delta_s, grid)[0]`` per stage (rows; a deterministic stage's
     row is left unset), each at its own ``edges`` row: the exponential and H2 stages in
@@ -114,8 +159,10 @@ def _service_masses(stages: Sequence[StageLoad], edges: np.ndarray) -> np.ndarra
             ]
         ).T
         e = edges[closed]
-        cdf = 1.0 - p1[:, None] * np.exp(-r1[:, None] * e) - (1.0 - p1[:, None]) * np.exp(
-            -r2[:, None] * e
+        cdf = (
+            1.0
+            - p1[:, None] * np.exp(-r1[:, None] * e)
+            - (1.0 - p1[:, None]) * np.exp(-r2[:, None] * e)
         )
         out[closed] = np.diff(cdf, axis=1, prepend=0.0)
     for r, s in enumerate(stages):
