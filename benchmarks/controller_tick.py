@@ -170,7 +170,7 @@ _PARTS = (
     ("    service memory", "quartfaas.control.corrector.corrector", "ReplicaCorrector._remembered"),
     ("    feedback", "quartfaas.control.corrector.corrector", "ReplicaCorrector._feedback"),
     ("    plan", "quartfaas.control.corrector.corrector", "ReplicaCorrector._plan"),
-    ("      reference check", "quartfaas.control.corrector.planner", "e2e_quantile"),
+    ("      reference check", "quartfaas.control.corrector.planner", "e2e_quantile_pr"),
     (
         "    down-scale threshold",
         "quartfaas.control.corrector.corrector",
