@@ -360,3 +360,61 @@ def test_a_clear_rise_downstream_does_not_clear_the_stages_before_it() -> None:
     t, _ = pol.targets(s, pol.initial_state(s))
     assert t.stages[1].target > 1, t.stages[1].reason
     assert t.stages[0].target == 2, t.stages[0].reason
+
+
+def test_the_down_scale_threshold_in_arrays_is_plan_above_of_the_moved_stages() -> None:
+    """``_above_band`` (arrays) gives ``plan_above`` of the stages built one by one:
+    ``_band`` per stage, ``with_load`` with the corrected service, ``floor_at``."""
+    import random
+
+    from quartfaas.control.corrector.corrector import _DOWN_Z, _above_band, _band
+    from quartfaas.control.corrector.inputs import floor_at
+    from quartfaas.control.corrector.planner import plan_above, plan_replicas
+
+    cfg = ControllerConfig.model_validate({})
+    rng = random.Random(3)
+    checked = 0
+    for trial in range(40):
+        n = rng.randint(1, 12)
+        window = rng.choice((1.0, 5.0, 10.0))
+        measured = [
+            StageLoad(
+                f"s{i}",
+                rng.choice((0.0, 0.3, rng.uniform(0.5, 60.0))),
+                rng.uniform(0.005, 0.08),
+                rng.choice((0.0, rng.uniform(0.01, 0.5), 1.0, 2.5)),
+                rng.uniform(0.5, 3.0),
+                rng.choice((None, rng.uniform(1.0, 6.0))),
+                servers_per_replica=rng.choice((1, 2)),
+                min_replicas=rng.choice((0, 1, 2)),
+                max_replicas=rng.choice((4, 16, 64)),
+            )
+            for i in range(n)
+        ]
+        factors = [rng.choice((1.0, rng.uniform(0.6, 1.8))) for _ in range(n)]
+        planned = [
+            floor_at(
+                s.with_load(s.arrival_rate, s.service_mean_s * f),
+                s.offered_load,
+                cfg.target_utilisation,
+            )
+            for s, f in zip(measured, factors, strict=True)
+        ]
+        slo = 3.0 * sum(s.service_mean_s for s in measured) + rng.uniform(0.05, 0.5)
+        plan = plan_replicas(planned, slo, cfg.percentile)
+        frac = rng.choice((0.0, 0.1, 0.3))
+        moved = []
+        for s, f in zip(measured, factors, strict=True):
+            rate = s.arrival_rate * (1.0 + _band(frac, s.arrival_rate * window, _DOWN_Z))
+            moved.append(
+                floor_at(
+                    s.with_load(rate, s.service_mean_s * f),
+                    rate * s.service_mean_s,
+                    cfg.target_utilisation,
+                )
+            )
+        want = plan_above(moved, plan.slo_s, plan.replicas, cfg.percentile)
+        got = _above_band(measured, planned, plan, window, frac=frac, cfg=cfg)
+        assert got == want, trial
+        checked += any(w > p for w, p in zip(want, plan.replicas, strict=True))
+    assert checked >= 5  # the threshold held some stage above its plan on several trials

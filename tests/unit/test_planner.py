@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from quartfaas.control.corrector import planner, tailmodel
-from quartfaas.control.corrector.planner import CHECK_GRID, PlanOutcome, plan_replicas
+from quartfaas.control.corrector.planner import (
+    CHECK_GRID,
+    PlanOutcome,
+    plan_above,
+    plan_above_at,
+    plan_replicas,
+)
 from quartfaas.control.corrector.tailmodel import StageLoad, e2e_quantile
 
 
@@ -252,3 +258,21 @@ def test_start_and_wait_tails_in_arrays_match_the_per_stage_code(seed: int) -> N
     for wt, pk, rk in zip(want, p.tolist(), r.tolist(), strict=True):
         assert (pk, rk) == pytest.approx((wt.p_wait, wt.rate), rel=1e-12)
     assert model.tails(reps) == [tailmodel.WaitTail(pk, rk) for pk, rk in zip(p, r, strict=True)]
+
+
+def test_plan_above_at_refuses_bad_loads() -> None:
+    stages = [StageLoad("a", 5.0, 0.02, 0.5), StageLoad("b", 5.0, 0.03, 0.5, max_replicas=4)]
+    ok_rates, ok_floors = np.array([6.0, 6.0]), np.array([1, 1])
+    assert plan_above_at(stages, 1.0, [1, 1], rates=ok_rates, floors=ok_floors) == plan_above(
+        [s.with_load(6.0, s.service_mean_s) for s in stages], 1.0, [1, 1]
+    )
+    with pytest.raises(ValueError, match="arrival rates"):
+        plan_above_at(stages, 1.0, [1, 1], rates=np.array([6.0, math.inf]), floors=ok_floors)
+    with pytest.raises(ValueError, match="arrival rates"):
+        plan_above_at(stages, 1.0, [1, 1], rates=np.array([-1.0, 6.0]), floors=ok_floors)
+    with pytest.raises(ValueError, match="min_replicas"):
+        plan_above_at(stages, 1.0, [1, 1], rates=ok_rates, floors=np.array([1, 5]))
+    with pytest.raises(ValueError, match="rates"):
+        plan_above_at(stages, 1.0, [1, 1], rates=np.array([6.0]), floors=ok_floors)
+    with pytest.raises(ValueError, match="base counts"):
+        plan_above_at(stages, 1.0, [1], rates=ok_rates, floors=ok_floors)

@@ -87,6 +87,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.corrector import feedback as fb
 from quartfaas.control.corrector.budget import assess_stage, queue_growing
@@ -111,7 +113,7 @@ from quartfaas.control.corrector.inputs import (
     read_tail,
     service_rate,
 )
-from quartfaas.control.corrector.planner import Plan, PlanOutcome, plan_above, plan_replicas
+from quartfaas.control.corrector.planner import Plan, PlanOutcome, plan_above_at, plan_replicas
 from quartfaas.control.corrector.servicememory import ServiceMemory, remember
 from quartfaas.control.corrector.stagetails import stage_quantiles
 from quartfaas.control.corrector.tailmodel import StageLoad, e2e_quantile
@@ -291,14 +293,16 @@ class ReplicaCorrector:
         self,
         snapshot: PipelineSnapshot,
         inp: PlanInputs,
+        loads: Sequence[StageLoad],
         plan: Plan | None,
         fb_state: fb.FeedbackState,
+        *,
         sign: int,
     ) -> tuple[int, ...] | None:
         """The replicas for the load moved by its noise band (``sign`` +1: up, the lower
         threshold of the Schmitt trigger, made when some stage's plan is below its count:
-        ``planner.plan_above`` the plan; -1: down, the upper threshold, made when some
-        stage's plan is above it: a plan of its own; step 5)."""
+        ``_above_band``, ``planner.plan_above_at`` the plan; -1: down, the upper
+        threshold, made when some stage's plan is above it: a plan of its own; step 5)."""
         frac = self.cfg.downscale_headroom_frac
         if plan is None or frac <= 0.0:
             return None
@@ -312,23 +316,22 @@ class ReplicaCorrector:
         if not needed:
             return None
         window = snapshot.window_s
+        if sign > 0:
+            return _above_band(inp.loads, loads, plan, window, frac=frac, cfg=self.cfg)
         factors = dict(fb_state.factors)  # fb.corrected, in the same pass
         moved = []
         for s in inp.loads:
-            # down: at least the configured headroom; up: the measurement noise alone
-            band = _band(
-                frac if sign > 0 else 0.0, s.arrival_rate * window, _DOWN_Z if sign > 0 else _UP_Z
-            )
-            scale = 1.0 + band if sign > 0 else 1.0 / (1.0 + band)
+            # the upper threshold: the measurement noise alone
+            band = _band(0.0, s.arrival_rate * window, _UP_Z)
+            scale = 1.0 / (1.0 + band)
             rate = s.arrival_rate * scale
-            load = s
-            if sign < 0:  # the variabilities come from as few samples as the load
-                load = replace(
-                    s,
-                    service_scv=s.service_scv * scale,
-                    arrival_scv=s.arrival_scv * scale,
-                    burst_factor=None if s.burst_factor is None else s.burst_factor * scale,
-                )
+            # the variabilities come from as few samples as the load
+            load = replace(
+                s,
+                service_scv=s.service_scv * scale,
+                arrival_scv=s.arrival_scv * scale,
+                burst_factor=None if s.burst_factor is None else s.burst_factor * scale,
+            )
             moved.append(
                 floor_at(
                     load.with_load(rate, s.service_mean_s * factors.get(s.name, 1.0)),
@@ -336,8 +339,6 @@ class ReplicaCorrector:
                     self.cfg.target_utilisation,
                 )
             )
-        if sign > 0:
-            return plan_above(moved, plan.slo_s, plan.replicas, self.cfg.percentile)
         banded, _ = self._plan(moved, plan.slo_s)
         return banded.replicas
 
@@ -464,6 +465,7 @@ class ReplicaCorrector:
         slo = snapshot.slo_p99_s
         q = self.cfg.percentile
         plan: Plan | None = None
+        loads: list[StageLoad] = []
         plan_note = head_all = ""
         if inp.planned:
             # The unplanned stages' measured tails come off the SLO. If they use all of it,
@@ -480,8 +482,8 @@ class ReplicaCorrector:
                 head_all += f" ({plan_note})"
             if inp.fixed:
                 head_all += f"; SLO less unplanned stages' tails {room:.3g}s"
-        down_plan = self._banded_plan(snapshot, inp, plan, fb_state, +1)
-        up_plan = self._banded_plan(snapshot, inp, plan, fb_state, -1)
+        down_plan = self._banded_plan(snapshot, inp, loads, plan, fb_state, sign=+1)
+        up_plan = self._banded_plan(snapshot, inp, loads, plan, fb_state, sign=-1)
         out: list[StageTarget] = []
         new: list[StageState] = []
         pos = {i: j for j, i in enumerate(inp.planned)}
@@ -589,6 +591,49 @@ def _forecast_above_noise(planned: StageLoad, measured: StageLoad, window_s: flo
 # 20 req/s. It costs nothing at high rates, where the configured headroom is wider.
 _UP_Z = 2.0
 _DOWN_Z = 3.0
+
+
+def _above_band(
+    measured: Sequence[StageLoad],
+    planned: Sequence[StageLoad],
+    plan: Plan,
+    window_s: float,
+    *,
+    frac: float,
+    cfg: ControllerConfig,
+) -> tuple[int, ...]:
+    """The down-scale threshold: ``plan_above`` the plan, every stage's load raised by its
+    band (at least the configured headroom ``frac``, else ``_DOWN_Z`` standard errors of
+    its arrivals in the window), its ``min_replicas`` floored at the target utilisation
+    of that load with the measured service time (``floor_at``), and its service time the
+    planned (feedback-corrected) one.
+
+    ``measured``: the tick's loads (``PlanInputs.loads``); ``planned``: the plan's
+    (``fb.corrected`` with ``capacity_floor``), whose services ``plan_above_at`` reads.
+    Elementwise, this is ``_band``, ``StageLoad.with_load`` and ``floor_at`` per stage
+    (``tests/unit/test_corrector.py`` compares with those)."""
+    n = len(measured)
+    lam = np.fromiter((s.arrival_rate for s in measured), np.float64, n)
+    mean = np.fromiter((s.service_mean_s for s in measured), np.float64, n)
+    ints = np.array(
+        [(s.servers_per_replica, s.min_replicas, s.max_replicas) for s in measured],
+        dtype=np.int64,
+    ).reshape(n, 3)
+    spr, lo, hi = ints.T
+    arrivals = lam * window_s
+    with np.errstate(divide="ignore"):
+        noise = np.minimum(1.0, _DOWN_Z * np.sqrt(2.0 / arrivals))
+    band = np.maximum(frac, np.where(arrivals < 8.0, 1.0, noise))
+    rate = lam * (1.0 + band)
+    util = cfg.target_utilisation
+    if util > 0:
+        need = np.ceil(rate * mean / (spr * util) - 1e-9).astype(np.int64)
+    else:
+        need = np.zeros(n, dtype=np.int64)
+    floors = np.minimum(np.maximum(need, lo), hi)
+    return plan_above_at(
+        planned, plan.slo_s, plan.replicas, cfg.percentile, rates=rate, floors=floors
+    )
 
 
 def _band(frac: float, arrivals: float, z: float = _UP_Z) -> float:

@@ -196,6 +196,16 @@ class _Cols:
         self.spr, self.lo, self.hi = ints.T.copy()
         self.load = self.lam * self.mean  # ``offered_load``
 
+    def with_load(self, lam: npt.NDArray[np.float64], lo: npt.NDArray[np.int64]) -> _Cols:
+        """These columns with other arrival rates and ``min_replicas`` (the arrays of
+        ``StageLoad.with_load`` and ``with_min_replicas`` copies of the stages)."""
+        out = _Cols.__new__(_Cols)
+        out.mean, out.scv, out.eff_scv, out.cost = self.mean, self.scv, self.eff_scv, self.cost
+        out.spr, out.hi = self.spr, self.hi
+        out.lam, out.lo = lam, lo
+        out.load = lam * self.mean
+        return out
+
     def start(self, max_util: float) -> npt.NDArray[np.int64]:
         """``_start``: each stage's ``min_replicas`` raised to the fewest replicas with
         utilisation ``<= max_util`` and below 1."""
@@ -207,7 +217,11 @@ class _Cols:
 
 
 class _Model:
-    """The planner's grid: fixed service spectra, wait spectra per replica count."""
+    """The planner's grid: fixed service spectra, wait spectra per replica count.
+
+    ``stages`` give the services (the spectrum, the deterministic shift) and the stage
+    count; the loads and bounds are ``cols``'s (``_Cols(stages)`` unless given: for
+    ``plan_above_at``, the stages under other loads)."""
 
     def __init__(
         self, stages: Sequence[StageLoad], slo_s: float, grid: int, cols: _Cols | None = None
@@ -238,13 +252,6 @@ class _Model:
         tilt, kernel, coef = _grid_constants(grid)
         svc = _service_spectrum(stages, self.delta, grid, tilt)
         self.weights = svc * kernel * coef / self.length
-
-    def wait_tail(self, k: int, c: int) -> WaitTail:
-        """``tailmodel.wait_tail`` with this stage's Erlang-B values kept across calls."""
-        s = self.stages[k]
-        m = c * s.servers_per_replica
-        self._grow(m)
-        return wait_tail(s, c, erlang_b=float(self._erlang_b[k, m]))
 
     def _grow(self, m_max: int) -> None:
         """Extend the Erlang-B table (rows: servers 0..M, columns: stages) to ``m_max``,
@@ -517,11 +524,55 @@ def plan_above(
     a scale-down back). Where the SLO cannot be met within the bounds, the greedy's best
     vector is returned, as ``plan_replicas`` does.
     """
+    _check_above(slo_s, base, q, grid, len(stages))
+    return _above(stages, _Cols(stages), slo_s, base, q=q, grid=grid)
+
+
+def plan_above_at(
+    stages: Sequence[StageLoad],
+    slo_s: float,
+    base: Sequence[int],
+    q: float = 0.99,
+    *,
+    rates: npt.NDArray[np.float64],
+    floors: npt.NDArray[np.int64],
+    grid: int = PLAN_GRID,
+) -> tuple[int, ...]:
+    """``plan_above`` of ``stages`` with each arrival rate replaced by ``rates`` and each
+    ``min_replicas`` by ``floors`` (``floors`` within the stages' bounds; ``rates``
+    finite, not negative): the same vector as ``plan_above`` of the ``with_load`` /
+    ``with_min_replicas`` copies, without making them (the corrector's down-scale
+    threshold moves every stage's load; ``tests/unit/test_corrector.py`` compares)."""
+    _check_above(slo_s, base, q, grid, len(stages))
+    if rates.shape != (len(stages),) or floors.shape != (len(stages),):
+        raise ValueError(f"{rates.shape} rates, {floors.shape} floors for {len(stages)} stages")
+    if not (np.isfinite(rates).all() and (rates >= 0).all()):
+        raise ValueError(f"bad arrival rates: {rates.tolist()}")
+    cols = _Cols(stages)
+    if ((floors < 0) | (floors > cols.hi)).any():
+        raise ValueError(f"min_replicas {floors.tolist()} outside 0..{cols.hi.tolist()}")
+    # The service spectrum and the deterministic shift are the stages' (their services
+    # are unchanged); the loads are the columns'.
+    return _above(stages, cols.with_load(rates, floors), slo_s, base, q=q, grid=grid)
+
+
+def _check_above(slo_s: float, base: Sequence[int], q: float, grid: int, n: int) -> None:
     if not 0 < q < 1 or not slo_s > 0 or grid < 8:
         raise ValueError(f"bad planner input: q={q}, slo_s={slo_s}")
-    if len(base) != len(stages) or not stages:
-        raise ValueError(f"{len(base)} base counts for {len(stages)} stages")
-    cols = _Cols(stages)
+    if len(base) != n or not n:
+        raise ValueError(f"{len(base)} base counts for {n} stages")
+
+
+def _above(
+    stages: Sequence[StageLoad],
+    cols: _Cols,
+    slo_s: float,
+    base: Sequence[int],
+    *,
+    q: float,
+    grid: int,
+) -> tuple[int, ...]:
+    """``plan_above``'s search on ``cols`` (``stages``: their services)."""
     hi = cols.hi
     reps = np.minimum(np.array(base, dtype=np.int64), hi)
     if not (cols.lam != 0).any():
