@@ -44,7 +44,7 @@ Per tick (issue 12):
    for fewer for ``downscale_delay_s`` (and then to the highest count asked for meanwhile);
    replicas already starting count. "Fewer" is judged against a second plan for
    ``1 + downscale_headroom_frac`` times the load (made only on ticks where some stage's
-   plan is below its count; ``planner.plan_above``: the search resumed from this tick's
+   plan is below its count; ``planner.plan_above_at``: the search resumed from this tick's
    plan on the planner's grid, so never below it, without a second reference check, which
    took a third of the tick): a Schmitt trigger in the load domain, so measurement noise at
    a boundary does not flip a count back and forth. The band is at least three standard

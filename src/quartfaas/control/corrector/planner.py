@@ -36,7 +36,8 @@ services and grid: a tick's down-scale plan), and the final check reuses the wai
 None of this changes a number: ``tests/unit/test_tick_fast_paths.py`` runs whole ticks
 on the straightforward code and compares plans bit for bit. The kept transforms are rows
 of one array (a batch is one gather). The tick's down-scale threshold is ``plan_above``:
-the search resumed from the tick's plan, with no second check. Figures (``benchmarks/
+the search resumed from the tick's plan, with no second check (``plan_above_at``: the
+same with the moved loads given as arrays, read from the plan's own stages). Figures (``benchmarks/
 planner_time.py``, ``benchmarks/controller_tick.py``) are in the README's benchmark
 table.
 
