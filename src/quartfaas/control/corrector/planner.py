@@ -37,9 +37,9 @@ None of this changes a number: ``tests/unit/test_tick_fast_paths.py`` runs whole
 on the straightforward code and compares plans bit for bit. The kept transforms are rows
 of one array (a batch is one gather). The tick's down-scale threshold is ``plan_above``:
 the search resumed from the tick's plan, with no second check (``plan_above_at``: the
-same with the moved loads given as arrays, read from the plan's own stages). Figures (``benchmarks/
-planner_time.py``, ``benchmarks/controller_tick.py``) are in the README's benchmark
-table.
+same with the moved loads given as arrays, read from the plan's own stages). Figures
+(``benchmarks/planner_time.py``, ``benchmarks/controller_tick.py``) are in the README's
+benchmark table.
 
 Over 400 lines: the search (start, greedy, trim, check) shares the ``_Model`` grid state;
 a split would pass that state across modules.
