@@ -414,7 +414,62 @@ def test_the_down_scale_threshold_in_arrays_is_plan_above_of_the_moved_stages() 
                 )
             )
         want = plan_above(moved, plan.slo_s, plan.replicas, cfg.percentile)
-        got = _above_band(measured, planned, plan, window, frac=frac, cfg=cfg)
+        got = _above_band(measured, planned, plan, [window] * n, frac=frac, cfg=cfg)
         assert got == want, trial
         checked += any(w > p for w, p in zip(want, plan.replicas, strict=True))
     assert checked >= 5  # the threshold held some stage above its plan on several trials
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "low"),
+    [
+        # a full 10 s window of 20/s: the band is 3·sqrt(2/200) = 30%, a plan for 1.3x
+        # the load fits 2 replicas, so the plan's 2 < 3 starts a low period
+        (200, True),
+        # 1 s into a young window (rates over the time seen so far): 20 arrivals, a band
+        # of 95%, whose plan needs the 3 replicas the stage has: no low period
+        (20, False),
+        # a collector that does not count arrivals: rate x window, the full window's
+        (0, True),
+    ],
+)
+def test_the_down_scale_band_counts_the_arrivals_of_the_time_the_rate_covers(
+    arrivals: int, low: bool
+) -> None:
+    pol = ReplicaCorrector(CFG)
+    s = snap(arrivals=arrivals)
+    t, _ = pol.targets(s, pol.initial_state(s))
+    target = t.stages[0]
+    assert target.model == 2, target.reason
+    assert target.target == 3
+    assert ("low since now" in target.reason) is low, target.reason
+    assert ("plan met" in target.reason) is not low, target.reason
+
+
+def test_the_observed_span_is_the_count_over_the_rate_within_the_window() -> None:
+    from quartfaas.control.corrector.inputs import observed_s
+
+    assert observed_s(stage(arrivals=37), 20.0, 10.0) == 37.0 / 20.0  # a young window
+    assert observed_s(stage(arrivals=0), 20.0, 10.0) == 10.0  # no count: the window
+    assert observed_s(stage(arrivals=5), 0.0, 10.0) == 10.0  # no rate: the window
+    # a full window's count over its rate is the window to rounding: the window itself
+    rate = 203 / 10.0
+    assert observed_s(stage(arrivals=203), rate, 10.0) == 10.0
+    assert observed_s(stage(arrivals=203), 203 / (10.0 * (1 + 3e-16)), 10.0) == 10.0
+
+
+def test_a_rise_within_a_young_windows_noise_waits_for_confirmation() -> None:
+    # 40/s on 2 replicas of 50 ms: load 2, the plan (0.8 target) asks for 3. Less a full
+    # window's noise (400 arrivals: 2·sqrt(2/400) = 14%) the load still needs 3: a clear
+    # rise, made at once. Less the noise of 40 arrivals (1 s of a young window: 45%) it
+    # needs 2: within the noise, so with upscale_confirm_s the stage waits.
+    pol = ReplicaCorrector(CFG.model_copy(update={"upscale_confirm_s": 20.0}))
+    outcomes = {}
+    for arrivals in (400, 40):
+        s = snap(arrivals=arrivals, arrival_rate=40.0, ready_replicas=2)
+        t, _ = pol.targets(s, pol.initial_state(s))
+        outcomes[arrivals] = t.stages[0]
+    assert outcomes[400].model == outcomes[40].model == 3
+    assert outcomes[400].target == 3, outcomes[400].reason
+    assert outcomes[40].target == 2, outcomes[40].reason
+    assert "within the noise band" in outcomes[40].reason

@@ -49,7 +49,9 @@ Per tick (issue 12):
    took a third of the tick): a Schmitt trigger in the load domain, so measurement noise at
    a boundary does not flip a count back and forth. The band is at least three standard
    errors of the measured load ``λ·E[S]`` over the window (``3·sqrt(2/N)`` for ``N``
-   arrivals, rate and mean each contributing ``1/sqrt(N)``): 10 s of 20 req/s move it by
+   arrivals, rate and mean each contributing ``1/sqrt(N)``; ``N = λ·T``, ``T`` the time
+   the measured rate covers, ``inputs.observed_s``: the window ``W``, or less while it is
+   younger than ``W``, after a gateway or a simulation starts): 10 s of 20 req/s move it by
    ~10% a standard error, of 5 req/s by ~20% (``_DOWN_Z``: with two, the defaults moved a
    stage twice in 10 minutes at constant load). (A band in the SLO instead was too narrow
    near saturation, where the tail is steep in the load.) The upper threshold mirrors
@@ -315,14 +317,13 @@ class ReplicaCorrector:
             )
         if not needed:
             return None
-        window = snapshot.window_s
         if sign > 0:
-            return _above_band(inp.loads, loads, plan, window, frac=frac, cfg=self.cfg)
+            return _above_band(inp.loads, loads, plan, inp.spans, frac=frac, cfg=self.cfg)
         factors = dict(fb_state.factors)  # fb.corrected, in the same pass
         moved = []
-        for s in inp.loads:
+        for s, span in zip(inp.loads, inp.spans, strict=True):
             # the upper threshold: the measurement noise alone
-            band = _band(0.0, s.arrival_rate * window, _UP_Z)
+            band = _band(0.0, s.arrival_rate * span, _UP_Z)
             scale = 1.0 / (1.0 + band)
             rate = s.arrival_rate * scale
             # the variabilities come from as few samples as the load
@@ -497,7 +498,7 @@ class ReplicaCorrector:
             for k, at in enumerate(inp.planned):
                 have = snapshot.stages[at].replicas
                 if plan.replicas[k] > have and (
-                    _forecast_above_noise(inp.loads[k], inp.measured[k], snapshot.window_s)
+                    _forecast_above_noise(inp.loads[k], inp.measured[k], inp.spans[k])
                     or up_plan[k] > have
                 ):
                     clear_from = at
@@ -568,14 +569,14 @@ class ReplicaCorrector:
 BURST_SCV = 2.0
 
 
-def _forecast_above_noise(planned: StageLoad, measured: StageLoad, window_s: float) -> bool:
+def _forecast_above_noise(planned: StageLoad, measured: StageLoad, span_s: float) -> bool:
     """True when the smoother's forecast raised the stage's arrival rate, or its burst
     factor, by more than the noise band of the measured one (a burst on its way, not a
     noisy window). A raised burst factor counts only above ``BURST_SCV`` (arrivals at
     least that much burstier than Poisson): below it, the forecast SCV is as noisy as the
     measured SCVs it comes from (at 5 req/s a QNA forecast of 1.4 against a measured
     0.85 flapped a stage)."""
-    band = 1.0 + _band(0.0, measured.arrival_rate * window_s)
+    band = 1.0 + _band(0.0, measured.arrival_rate * span_s)
     if planned.arrival_rate > measured.arrival_rate * band:
         return True
     scv = planned.effective_arrival_scv
@@ -597,16 +598,17 @@ def _above_band(
     measured: Sequence[StageLoad],
     planned: Sequence[StageLoad],
     plan: Plan,
-    window_s: float,
+    spans: Sequence[float],
     *,
     frac: float,
     cfg: ControllerConfig,
 ) -> tuple[int, ...]:
     """The down-scale threshold: ``plan_above`` the plan, every stage's load raised by its
     band (at least the configured headroom ``frac``, else ``_DOWN_Z`` standard errors of
-    its arrivals in the window), its ``min_replicas`` floored at the target utilisation
-    of that load with the measured service time (``floor_at``), and its service time the
-    planned (feedback-corrected) one.
+    its arrivals over ``spans``, the time each measured rate covers), its
+    ``min_replicas`` floored at the target utilisation of that load with the measured
+    service time (``floor_at``), and its service time the planned (feedback-corrected)
+    one.
 
     ``measured``: the tick's loads (``PlanInputs.loads``); ``planned``: the plan's
     (``fb.corrected`` with ``capacity_floor``), whose services ``plan_above_at`` reads.
@@ -620,7 +622,7 @@ def _above_band(
         dtype=np.int64,
     ).reshape(n, 3)
     spr, lo, hi = ints.T
-    arrivals = lam * window_s
+    arrivals = lam * np.fromiter(spans, np.float64, n)
     with np.errstate(divide="ignore"):
         noise = np.minimum(1.0, _DOWN_Z * np.sqrt(2.0 / arrivals))
     band = np.maximum(frac, np.where(arrivals < 8.0, 1.0, noise))

@@ -130,6 +130,7 @@ class PlanInputs:
         self.planned: list[int] = []  # snapshot indices of planned stages
         self.loads: list[StageLoad] = []  # with the forecast
         self.rates: list[float] = []  # the measured arrival rates of ``loads``
+        self.spans: list[float] = []  # the time each measured rate covers (``observed_s``)
         self.texts: list[str] = []
         self.fixed: dict[int, tuple[int, str]] = {}  # index -> (count, why)
         self.fixed_tail_s = 0.0  # the fixed stages' measured tails, off the SLO
@@ -152,6 +153,20 @@ class PlanInputs:
     @measured.setter
     def measured(self, loads: list[StageLoad]) -> None:
         self._measured = loads
+
+
+def observed_s(s: StageSnapshot, rate: float, window_s: float) -> float:
+    """The time a stage's measured ``rate`` covers: ``window_s``, or less while the window
+    is younger than that (a gateway or a simulation that started less than a window ago
+    measures its rates over the time seen so far), read as ``arrivals / rate`` where the
+    collector counts the arrivals. The noise bands shrink with the arrivals the planned
+    rate stands for, ``rate × observed_s``: at 1 s of a 10 s window, a tenth of
+    ``rate × window_s``. Within 1e-6 of the window (the count over the rate differs from
+    it by rounding) it is the window itself."""
+    if s.arrivals <= 0 or not rate > 0:
+        return window_s
+    span = s.arrivals / rate
+    return window_s if span >= window_s * (1.0 - 1e-6) else span
 
 
 def read_inputs(
@@ -177,6 +192,7 @@ def read_inputs(
             out.planned.append(i)
             out.loads.append(load)
             out.rates.append(lam)
+            out.spans.append(observed_s(s, lam, snapshot.window_s))
             out.texts.append(text)
             continue
         tail, _ = read_tail(s.latency, q)
@@ -191,6 +207,7 @@ __all__ = [
     "PlanInputs",
     "finite",
     "floor_at",
+    "observed_s",
     "read_inputs",
     "read_tail",
     "service_rate",
