@@ -40,9 +40,9 @@ from quartfaas.control import registry
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.policy import Decision, Policy, hold_all
 from quartfaas.control.snapshot import PipelineSnapshot
+from quartfaas.jit import COMPILED
 from quartfaas.sim.cluster import cluster_preset
 from quartfaas.sim.engine import Engine
-from quartfaas.sim.kernel import COMPILED
 from quartfaas.sim.pipelines import pipeline_preset
 from quartfaas.sim.run import sample_work, simulate
 

@@ -276,3 +276,62 @@ def test_plan_above_at_refuses_bad_loads() -> None:
         plan_above_at(stages, 1.0, [1, 1], rates=np.array([6.0]), floors=ok_floors)
     with pytest.raises(ValueError, match="base counts"):
         plan_above_at(stages, 1.0, [1], rates=ok_rates, floors=ok_floors)
+
+
+def _params_in_arrays(
+    model: planner._Model, idx: np.ndarray, replicas: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_Model.params`` as numpy array formulas (its form before the kernel)."""
+    m = replicas * model.spr[idx]
+    model._grow(int(m.max()))
+    b = model._erlang_b[m, idx]
+    lam, a, g, mu = model.lam[idx], model.load[idx], model.g[idx], model.mu[idx]
+    mf = m.astype(np.float64)
+    cap = mf * mu
+    stable = (m > 0) & (lam < cap)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c_wait = np.where(a >= mf, 1.0, b / (1.0 - (a / mf) * (1.0 - b)))
+        rate = (cap - lam) / g
+    none = (model.lam == 0)[idx] | (model.g <= 0)[idx]
+    p = np.where(none, 0.0, np.where(stable, c_wait, 1.0))
+    r = np.where(none, 1e300, np.where(stable, rate, 0.0))
+    return p, r
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_wait_parameters_kernel_is_the_array_formulas_bit_for_bit(seed: int) -> None:
+    # Idle stages, deterministic arrivals and service (no wait), several servers a
+    # replica, counts from 0 (unstable) through saturation (a >= m) to far above, in
+    # batches that need the Erlang-B table grown (several times) and ones that do not.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    stages = [
+        StageLoad(
+            f"s{i}",
+            float(rng.choice([0.0, rng.uniform(0.1, 400.0)])),
+            float(rng.uniform(0.002, 0.2)),
+            service_scv=float(rng.choice([0.0, rng.uniform(0.01, 3.0)])),
+            arrival_scv=float(rng.choice([0.0, rng.uniform(0.2, 4.0)])),
+            servers_per_replica=int(rng.choice([1, 2, 4])),
+            max_replicas=512,
+        )
+        for i in range(n)
+    ]
+    model = planner._Model(stages, 2.0, planner.PLAN_GRID)
+    reference = planner._Model(stages, 2.0, planner.PLAN_GRID)
+    seen_unstable = 0
+    for top in (3, 40, 200, 600):
+        idx = rng.integers(0, n, size=int(rng.integers(1, 3 * n + 1)))
+        reps = rng.integers(0, top, size=idx.size)
+        p, r = model.params(idx, reps)
+        want_p, want_r = _params_in_arrays(reference, idx, reps)
+        assert np.array_equal(p, want_p) and np.array_equal(r, want_r)
+        seen_unstable += int((r == 0.0).sum())
+    assert seen_unstable > 0
+    # and the per-stage reference: tailmodel.wait_tail (closely; its Erlang C is its own)
+    reps = np.array([max(1, s.min_stable()) + 1 for s in stages], dtype=np.int64)
+    p, r = model.params(np.arange(n), reps)
+    for s, c, pk, rk in zip(stages, reps.tolist(), p.tolist(), r.tolist(), strict=True):
+        wt = tailmodel.wait_tail(s, c)
+        assert pk == pytest.approx(wt.p_wait, rel=1e-9, abs=1e-300)
+        assert rk == pytest.approx(wt.rate, rel=1e-12) or (rk >= 1e300 and wt.rate == math.inf)

@@ -14,7 +14,7 @@ visit. For each stage in pipeline order:
 3. visits started here or still in flight from earlier intervals that finish before ``t1``
    are delivered, in (finish time, start order), to the next stage (or to completion).
 
-The same source runs compiled by numba when it is installed (``HAVE_NUMBA``) and as plain
+The same source runs compiled by numba when it is installed (``quartfaas.jit``) and as plain
 Python otherwise; both give bit-identical results (IEEE max/add/mul only, stable sorts).
 Neighbours: ``sim/engine.py`` owns the arrays and calls ``advance``; ``sim/windowstats.py``
 compiles its reductions with the same ``_jit``.
@@ -22,27 +22,9 @@ compiles its reductions with the same ``_jit``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 
-try:  # numba is optional: the engine is ~100x faster with it, correct without it
-    from numba import config as _numba_config
-    from numba import njit as _njit
-
-    HAVE_NUMBA = True
-    # NUMBA_DISABLE_JIT=1 runs the same source as Python (used to test the fallback).
-    COMPILED = not getattr(_numba_config, "DISABLE_JIT", False)
-except ImportError:  # pragma: no cover - exercised only where numba is absent
-    HAVE_NUMBA = False
-    COMPILED = False
-
-
-def _jit(fn: Callable[..., Any]) -> Callable[..., Any]:
-    if HAVE_NUMBA:
-        return _njit(cache=True, nogil=True)(fn)
-    return fn
+from quartfaas.jit import jit as _jit
 
 
 @_jit

@@ -3,7 +3,7 @@
 A snapshot needs, per stage, a dozen small reductions (counts, CVs, means, percentiles)
 over the requests of the last ``window_s``; done with numpy calls they cost microseconds
 of dispatch each and dominated whole runs. This module computes them in one call, compiled
-by numba when available (``kernel.HAVE_NUMBA``), plain Python otherwise.
+by numba when available (``quartfaas.jit.HAVE_NUMBA``), plain Python otherwise.
 
 Output row per stage (``STAGE_FIELDS``) and for end to end (``E2E_FIELDS``); NaN marks a
 value that could not be measured (``None`` in the snapshot). Percentiles interpolate

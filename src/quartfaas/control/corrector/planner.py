@@ -66,6 +66,7 @@ from quartfaas.control.corrector.tailmodel import (
     wait_quantiles,
     wait_tail,
 )
+from quartfaas.jit import jit
 
 ComplexArray = npt.NDArray[np.complex128]
 PLAN_GRID = 128
@@ -234,8 +235,8 @@ class _Model:
         self.load = cols.load
         self.mu = 1.0 / cols.mean
         self.g = 0.5 * (cols.eff_scv + np.minimum(cols.scv, MAX_SCV))
-        # (lam, load, g, mu) by stage: one gather per ``params`` call
-        self._cols = np.stack([self.lam, self.load, self.g, self.mu])
+        # rows (lam, load, g, mu) by stage, as ``_wait_params`` reads them
+        self._cols = np.ascontiguousarray(np.stack([self.lam, self.load, self.g, self.mu]))
         self._none = (self.lam == 0) | (self.g <= 0)  # no wait whatever the count
         self._erlang_b = np.ones((1, len(stages)))
         # Wait transforms by (stage, replicas): the greedy computes each once, and the
@@ -255,39 +256,29 @@ class _Model:
         self.weights = svc * kernel * coef / self.length
 
     def _grow(self, m_max: int) -> None:
-        """Extend the Erlang-B table (rows: servers 0..M, columns: stages) to ``m_max``,
-        running the recursion ``B(m) = a·B(m-1)/(m + a·B(m-1))`` for all stages at once."""
+        """Extend the Erlang-B table (rows: servers 0..M, columns: stages) to ``m_max``
+        (``_erlang_b_rows``: the recursion for all stages at once)."""
         have = self._erlang_b.shape[0]
         if m_max < have:
             return
         top = max(m_max + 1, 2 * have)
         table = np.empty((top, self.load.size))
         table[:have] = self._erlang_b
-        b = table[have - 1]
-        for m in range(have, top):
-            ab = self.load * b
-            b = ab / (m + ab)
-            table[m] = b
+        _erlang_b_rows(table, self.load, have)
         self._erlang_b = table
 
     def params(
         self, idx: npt.NDArray[np.int64], replicas: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """``(p_wait, rate)`` of stages ``idx`` at ``replicas``: the arithmetic of
-        ``tailmodel.wait_tail`` vectorised over stages (rate 0: unstable; 1e300: no wait)."""
-        m = replicas * self.spr[idx]
-        self._grow(int(m.max()) if m.size else 0)
-        b = self._erlang_b[m, idx]
-        lam, a, g, mu = self._cols[:, idx]
-        mf = m.astype(np.float64)
-        cap = mf * mu
-        stable = (m > 0) & (lam < cap)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            c_wait = np.where(a >= mf, 1.0, b / (1.0 - (a / mf) * (1.0 - b)))
-            rate = (cap - lam) / g
-        none = self._none[idx]
-        p = np.where(none, 0.0, np.where(stable, c_wait, 1.0))
-        r = np.where(none, 1e300, np.where(stable, rate, 0.0))
+        ``tailmodel.wait_tail`` for each (``_wait_params``; rate 0: unstable; 1e300: no
+        wait)."""
+        p, r, need = _wait_params(self._erlang_b, self.spr, self._cols, self._none, idx, replicas)
+        if need >= self._erlang_b.shape[0]:  # more servers than the table has rows
+            self._grow(need)
+            p, r, _ = _wait_params(
+                self._erlang_b, self.spr, self._cols, self._none, idx, replicas
+            )
         return p, r
 
     def tails(self, replicas: npt.NDArray[np.int64]) -> list[WaitTail]:
@@ -330,6 +321,66 @@ class _Model:
             if len(todo) == len(keys):  # all new and distinct: the rows are the answer
                 return rows
         return self._store[[row_of[key] for key in keys]]
+
+
+@jit
+def _erlang_b_rows(
+    table: npt.NDArray[np.float64], load: npt.NDArray[np.float64], have: int
+) -> None:
+    """Fill rows ``have..`` of an Erlang-B table (rows: servers, columns: stages) by the
+    recursion ``B(m) = a·B(m-1)/(m + a·B(m-1))`` from row ``have - 1``."""
+    for m in range(have, table.shape[0]):
+        for s in range(load.size):
+            ab = load[s] * table[m - 1, s]
+            table[m, s] = ab / (m + ab)
+
+
+@jit
+def _wait_params(  # noqa: PLR0917 - a numba kernel takes its arrays positionally
+    table: npt.NDArray[np.float64],
+    spr: npt.NDArray[np.int64],
+    cols: npt.NDArray[np.float64],
+    none: npt.NDArray[np.bool_],
+    idx: npt.NDArray[np.int64],
+    replicas: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], int]:
+    """``(p_wait, rate, servers)`` of stages ``idx`` at ``replicas``: for ``m`` servers
+    (replicas x ``spr``) and offered load ``a`` (``cols``: rows λ, a, g, μ; g is only
+    read where positive), P(wait) is Erlang C from the table's Erlang B,
+    ``B / (1 - (a/m)(1 - B))`` (1 where ``a >= m``), and the rate ``(mμ - λ)/g``; an
+    unstable stage (``m = 0`` or ``λ >= mμ``) gets ``(1, 0)``, one with no wait (``none``)
+    ``(0, 1e300)``. ``servers`` is the most servers asked for: where it is beyond the
+    table's rows, the answers are not read (the caller grows the table and asks again).
+    IEEE arithmetic only, as ``tailmodel.wait_tail``'s, so compiled or not the same
+    numbers (``tests/unit/test_planner.py`` compares with the array formulas)."""
+    k = idx.size
+    p = np.empty(k)
+    r = np.empty(k)
+    most = 0
+    rows = table.shape[0]
+    for j in range(k):
+        s = idx[j]
+        m = replicas[j] * spr[s]
+        most = max(most, m)
+        if none[s]:
+            p[j] = 0.0
+            r[j] = 1e300
+            continue
+        lam = cols[0, s]
+        mf = float(m)
+        cap = mf * cols[3, s]
+        if m > 0 and lam < cap and m < rows:
+            a = cols[1, s]
+            if a >= mf:
+                p[j] = 1.0
+            else:
+                b = table[m, s]
+                p[j] = b / (1.0 - (a / mf) * (1.0 - b))
+            r[j] = (cap - lam) / cols[2, s]
+        else:
+            p[j] = 1.0
+            r[j] = 0.0
+    return p, r, most
 
 
 _SVC_CACHE: dict[tuple[object, ...], ComplexArray] = {}

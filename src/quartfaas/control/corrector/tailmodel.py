@@ -72,6 +72,7 @@ from quartfaas.control.corrector.queueing import (
     erlang_c_from_b,
     service_percentiles,
 )
+from quartfaas.jit import jit
 
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
@@ -425,44 +426,53 @@ def _gamma_pmf_rows(k: FloatArray, theta: FloatArray, delta: float, n: int) -> F
     each row is computed on its window (the table's span, two points of margin either
     side), and the rest of the row is 0. The values are those of the whole row, bit for
     bit (``tests/unit/test_tailmodel.py``)."""
-    n_fine = _GAMMA_POINTS
     out = np.zeros((k.size, n))
     if k.size == 0 or n == 0:
         return out
     bins, lo, step = _stacked_tables(k, theta)
-    cum = _UNIT.cdf.reshape(-1)  # a view: gathered in place, not copied row by row
-    top = lo + (n_fine - 1) * step
-    # np.minimum(np.maximum(...)) is np.clip (the same values) at a third of its call cost
-    first = np.minimum(np.maximum(np.floor(lo / delta - 0.5) - 2.0, 0), n).astype(np.int64)
-    last = np.minimum(np.maximum(np.ceil(top / delta - 0.5) + 2.0, -1), n - 1).astype(np.int64)
-    width = int((last - first).max()) + 1
-    if width <= 0:  # every service beyond the grid's end
-        return out
-    idx = first[:, None] + np.arange(width)[None, :]
-    t = (idx.astype(np.float64) + 0.5) * delta  # the grid's edges, as service_rows's
-    pos = (t - lo[:, None]) / step[:, None]
-    # Truncation equals floor here: a negative ``pos`` is clipped to 0 either way.
-    j = pos.astype(np.int64)
-    np.maximum(j, 0, out=j)
-    np.minimum(j, n_fine - 2, out=j)
-    frac = pos - j
-    np.maximum(frac, 0.0, out=frac)
-    np.minimum(frac, 1.0, out=frac)
-    j += (bins * n_fine)[:, None]  # flat positions in the table: one gather per array
-    f0 = cum.take(j)
-    j += 1
-    f1 = cum.take(j)
-    f1 -= f0
-    f1 *= frac
-    f1 += f0
-    # The point before a window (if any) is below the table: its CDF is exactly 0. The
-    # differences in place: ``np.diff(f1, axis=1, prepend=0.0)``, without its copies.
-    masses = f1.copy()
-    masses[:, 1:] -= f1[:, :-1]
-    inside = idx < n
-    rows = np.broadcast_to(np.arange(k.size)[:, None], idx.shape)
-    out[rows[inside], idx[inside]] = masses[inside]
+    _gamma_window_masses(out, _UNIT.cdf.reshape(-1), bins, lo, step, delta, _GAMMA_POINTS)
     return out
+
+
+@jit
+def _gamma_window_masses(  # noqa: PLR0917 - a numba kernel takes its arrays positionally
+    out: FloatArray,
+    cum: FloatArray,
+    bins: npt.NDArray[np.int64],
+    lo: FloatArray,
+    step: FloatArray,
+    delta: float,
+    n_fine: int,
+) -> None:
+    """``_gamma_pmf_rows``'s masses into ``out`` (zeros, rows by stage): each row on its
+    window of grid points (the table's span, two points of margin either side; all rows
+    as wide as the widest, as the array form had them), the CDF at ``(i + 1/2)·delta``
+    interpolated in the row's table (``cum``: the tables flat, ``bins``: each stage's
+    row), its differences the masses. IEEE arithmetic, floor and truncation only: the
+    same numbers compiled or not, and as ``_gamma_cdf``'s interpolation."""
+    rows, n = out.shape
+    first = np.empty(rows, dtype=np.int64)
+    width = 0
+    for r in range(rows):
+        top = lo[r] + (n_fine - 1) * step[r]
+        f = min(max(np.floor(lo[r] / delta - 0.5) - 2.0, 0.0), float(n))
+        last = min(max(np.ceil(top / delta - 0.5) + 2.0, -1.0), float(n - 1))
+        first[r] = int(f)
+        width = max(width, int(last) - int(f) + 1)
+    for r in range(rows):
+        base = bins[r] * n_fine
+        prev = 0.0  # the point before a window (if any) is below the table: CDF 0
+        for w in range(width):
+            i = first[r] + w
+            pos = ((float(i) + 0.5) * delta - lo[r]) / step[r]
+            j = int(pos)  # truncation is floor here: a negative place is clipped to 0
+            j = min(max(j, 0), n_fine - 2)
+            frac = min(max(pos - j, 0.0), 1.0)
+            f0 = cum[base + j]
+            value = (cum[base + j + 1] - f0) * frac + f0
+            if i < n:
+                out[r, i] = value - prev if w > 0 else value
+            prev = value
 
 
 def _stacked_tables(
