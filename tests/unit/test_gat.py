@@ -150,3 +150,17 @@ def test_numpy_forward_equals_the_torch_module(gat, n):
         assert fast == pytest.approx(ref, abs=1e-5)
     rows = features(_snapshot(n, cv0=3.0), gat._qna.predict(_snapshot(n, cv0=3.0)))
     assert gat.predict_log_cv(rows) == pytest.approx(gat.predict_log_cv_torch(rows), abs=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 21, 64])
+def test_the_compiled_attention_equals_the_numpy_forward(gat, n):
+    """``NumpyGat.__call__`` (linear maps in numpy, attention in ``_attend``) gives
+    ``forward_arrays``'s numbers up to the order of the sums, at the path's ends too."""
+    import numpy as np
+
+    gat.load()
+    model = gat._numpy
+    rng = np.random.default_rng(100 + n)
+    for _ in range(5):
+        x = rng.normal(0.0, 2.0, (n, len(FEATURE_NAMES)))
+        assert np.allclose(model(x), model.forward_arrays(x), rtol=0.0, atol=1e-12)
