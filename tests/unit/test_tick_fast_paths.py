@@ -210,6 +210,13 @@ def _trim_plain(
     return reps
 
 
+def _qna_and_features_array_plain(
+    snapshot: PipelineSnapshot,
+) -> tuple[tuple[CvPrediction, ...], np.ndarray]:
+    preds, rows = _qna_and_features_plain(snapshot)
+    return preds, np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+
+
 @pytest.fixture
 def use_plain(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     """Call it to run the rest of the test on the straightforward code (undone after)."""
@@ -221,7 +228,7 @@ def use_plain(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
         monkeypatch.setattr(tailmodel, "_gamma_pmf_rows", _gamma_pmf_rows_plain)
         monkeypatch.setattr(corrector_mod, "stage_quantiles", _stage_quantiles_plain)
         monkeypatch.setattr(corrector_mod, "read_inputs", _read_inputs_plain)
-        monkeypatch.setattr(gat_mod, "qna_and_features", _qna_and_features_plain)
+        monkeypatch.setattr(gat_mod, "_qna_and_features_array", _qna_and_features_array_plain)
         monkeypatch.setattr(StageDecision, "with_cpu", _with_cpu_plain)
         monkeypatch.setattr(PipelineSmoother, "smooth", _smooth_plain)
         planner._SVC_CACHE.clear()  # nothing the fast run computed is read back

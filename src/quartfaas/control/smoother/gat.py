@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from quartfaas.control.smoother.propagation import (
     CV_MAX,
@@ -50,7 +51,7 @@ from quartfaas.control.smoother.propagation import (
     QNA_FEATURE,
     CvPrediction,
     QnaPredictor,
-    qna_and_features,
+    _qna_and_features_array,
 )
 from quartfaas.control.snapshot import PipelineSnapshot
 from quartfaas.errors import WeightsError
@@ -386,12 +387,17 @@ class GatPredictor:
         """The model's ln CV per stage for ready-made feature rows (clipped to the CV range)."""
         import numpy as np
 
+        if not len(rows):
+            return []
+        return self._log_cv(np.asarray(rows, dtype=np.float64))
+
+    def _log_cv(self, x: npt.NDArray[np.float64]) -> list[float]:
+        """``predict_log_cv`` of the rows of ``x``."""
         self.load()
-        if not rows:
+        if not x.shape[0]:
             return []
         assert self._numpy is not None
-        y = self._numpy(np.asarray(rows, dtype=np.float64))
-        return [min(max(float(v), _LOG_MIN), _LOG_MAX) for v in y.tolist()]
+        return [min(max(v, _LOG_MIN), _LOG_MAX) for v in self._numpy(x).tolist()]
 
     def predict_log_cv_torch(self, rows: list[list[float]]) -> list[float]:
         """``predict_log_cv`` through the torch module (the reference the numpy one matches)."""
@@ -419,8 +425,8 @@ class GatPredictor:
     def predict(self, snapshot: PipelineSnapshot) -> tuple[CvPrediction, ...]:
         if not snapshot.stages:
             return ()
-        qna, rows = qna_and_features(snapshot)  # only the QNA CVs and rates are read
-        logs = self.predict_log_cv(rows)
+        qna, rows = _qna_and_features_array(snapshot)  # only the QNA CVs and rates are read
+        logs = self._log_cv(rows)
         over = f"over the next {self.config.horizon_s:g}s"
         out = []
         for q, v in zip(qna, logs, strict=True):

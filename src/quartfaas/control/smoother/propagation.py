@@ -68,7 +68,11 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
+
 from quartfaas.control.snapshot import PipelineSnapshot, StageSnapshot
+from quartfaas.jit import jit
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_rate",
@@ -289,67 +293,110 @@ def qna_and_features(
 def _qna_and_features_fused(
     snapshot: PipelineSnapshot,
 ) -> tuple[tuple[CvPrediction, ...], list[list[float]]]:
-    """``qna_and_features(snapshot)`` in one pass over the stages: ``_measured``, the QNA
-    hop (``_hop`` without reasons) and ``_feature_row`` written out, with the upstream
-    stage's measurements carried from the previous step. Every value is the same
-    expression as in those helpers (``tests/unit/test_tick_fast_paths.py`` compares whole
-    ticks with the helpers' path); a GAT tick calls this for every stage."""
+    """``qna_and_features(snapshot)`` in one pass over the stages (``_qna_and_features_array``,
+    its rows as lists)."""
+    preds, rows = _qna_and_features_array(snapshot)
+    out: list[list[float]] = rows.tolist()
+    return preds, out
+
+
+def _qna_and_features_array(
+    snapshot: PipelineSnapshot,
+) -> tuple[tuple[CvPrediction, ...], npt.NDArray[np.float64]]:
+    """``qna_and_features(snapshot)`` with the rows as one array: each stage's fields read
+    once into a row of numbers (``None`` as NaN), the QNA hop and the feature rows in one
+    compiled pass (``_qna_rows``), then the predictions. Every value is the same
+    expression as in ``_measured``, ``_hop`` (without reasons) and ``_feature_row``, in
+    the same order, and numba's ``math`` functions are the C library's, as Python's: the
+    same numbers bit for bit (``tests/unit/test_tick_fast_paths.py`` compares whole ticks
+    with the helpers' path); a GAT tick calls this for every stage."""
     stages = snapshot.stages
     n = len(stages)
-    isfinite, log, log1p, sqrt = math.isfinite, math.log, math.log1p, math.sqrt
-    preds: list[CvPrediction] = []
-    rows: list[list[float]] = []
-    up_rate: float | None = None
-    up_rho: float | None = None
-    up_scv: float | None = None
-    up_cv: float | None = None
-    up_slots = 0
-    for k, s in enumerate(stages):
-        x = s.arrival_rate
-        rate = x if x is not None and isfinite(x) else None
-        x = s.service_mean_s
-        mean = x if x is not None and isfinite(x) else None
-        x = s.service_scv
-        scv_s = x if x is not None and isfinite(x) and x >= 0 else None
-        slots = (s.ready_replicas if s.ready_replicas > 0 else s.replicas) * max(
-            1, s.max_concurrency
-        )
-        rho = (
-            None
-            if rate is None or mean is None or rate < 0 or mean < 0 or slots == 0
-            else rate * mean / slots
-        )
-        x = s.arrival_cv
-        own = min(max(x, CV_MIN), CV_MAX) if x is not None and isfinite(x) and x >= 0 else None
-        if k == 0:
-            if own is None:
-                pred = CvPrediction(s.name, 1.0, rate, "assumed", "CV n/a: Poisson")
-            else:
-                why = f"first stage: measured CV {own:.2f} persists"
-                pred = CvPrediction(s.name, own, rate, "measured", why)
-        else:
-            ca = up_cv if up_cv is not None else preds[k - 1].cv
-            cd2 = qna_departure_scv(
-                ca * ca, 1.0 if up_scv is None else up_scv, up_rho or 0.0, max(1, up_slots)
+    fields = np.array(
+        [
+            (
+                s.arrival_rate,
+                s.service_mean_s,
+                s.service_scv,
+                s.arrival_cv,
+                s.ready_replicas,
+                s.replicas,
+                s.max_concurrency,
             )
-            cv = min(max(sqrt(cd2), CV_MIN), CV_MAX)
-            pred = CvPrediction(s.name, cv, up_rate if up_rate is not None else rate, "qna", "")
-        preds.append(pred)
-        upstream = up_cv if k > 0 else own
-        rows.append(
-            [
-                log1p(max(rate, 0.0)) / 5.0 if rate is not None else 0.0,
-                min(max(rho, 0.0), 2.0) if rho is not None else 0.0,
-                log1p(slots) / _LN_65,
-                0.0 if own is None else log(min(max(own, CV_MIN), CV_MAX)),
-                log1p(scv_s) if scv_s is not None else log(2.0),
-                0.0 if upstream is None else log(min(max(upstream, CV_MIN), CV_MAX)),
-                k / (n - 1) if n > 1 else 0.0,
-                log(min(max(pred.cv, CV_MIN), CV_MAX)),
-            ]
-        )
-        up_rate, up_rho, up_scv, up_cv, up_slots = rate, rho, scv_s, own, slots
+            for s in stages
+        ],
+        dtype=np.float64,
+    ).reshape(n, 7)
+    cv, rate, rows = _qna_rows(fields, CV_MIN, CV_MAX, _LN_65)
+    cvs, rates = cv.tolist(), rate.tolist()
+    preds: list[CvPrediction] = []
+    for k, s in enumerate(stages):
+        r = rates[k]
+        known = None if math.isnan(r) else r
+        if k > 0:
+            preds.append(CvPrediction(s.name, cvs[k], known, "qna", ""))
+        elif measured_cv(s) is None:
+            preds.append(CvPrediction(s.name, 1.0, known, "assumed", "CV n/a: Poisson"))
+        else:  # the first stage's measured CV (clipped) is its prediction
+            why = f"first stage: measured CV {cvs[0]:.2f} persists"
+            preds.append(CvPrediction(s.name, cvs[0], known, "measured", why))
     return tuple(preds), rows
+
+
+@jit
+def _qna_rows(
+    fields: npt.NDArray[np.float64], cv_min: float, cv_max: float, ln_65: float
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Per stage (rows of ``fields``: arrival rate, service mean, service SCV, arrival CV,
+    ready replicas, replicas, max concurrency; NaN: unknown) the predicted CV, the
+    predicted rate (NaN: unknown) and the feature row: ``_qna_and_features_array``."""
+    n = fields.shape[0]
+    cv = np.empty(n)
+    prate = np.empty(n)
+    rows = np.empty((n, 8))
+    up_rate = up_rho = up_scv = up_cv = np.nan
+    up_slots = 0.0
+    for k in range(n):
+        x = fields[k, 0]
+        rate = x if math.isfinite(x) else np.nan
+        x = fields[k, 1]
+        mean = x if math.isfinite(x) else np.nan
+        x = fields[k, 2]
+        scv_s = x if math.isfinite(x) and x >= 0 else np.nan
+        ready = fields[k, 4]
+        slots = (ready if ready > 0 else fields[k, 5]) * max(1.0, fields[k, 6])
+        if math.isnan(rate) or math.isnan(mean) or rate < 0 or mean < 0 or slots == 0:
+            rho = np.nan
+        else:
+            rho = rate * mean / slots
+        x = fields[k, 3]
+        own = min(max(x, cv_min), cv_max) if math.isfinite(x) and x >= 0 else np.nan
+        if k == 0:
+            cv[k] = 1.0 if math.isnan(own) else own
+            prate[k] = rate
+        else:
+            ca = cv[k - 1] if math.isnan(up_cv) else up_cv
+            # qna_departure_scv(ca², cs² (1 unknown), ρ (0 unknown), servers >= 1)
+            r = min(max(0.0 if math.isnan(up_rho) else up_rho, 0.0), 1.0)
+            ca2 = max(ca * ca, 0.0)
+            cs2 = max(1.0 if math.isnan(up_scv) else up_scv, 0.0)
+            r2 = r * r
+            c = max(1.0, up_slots)
+            cd2 = max(0.0, 1.0 + (1.0 - r2) * (ca2 - 1.0) + r2 * (cs2 - 1.0) / math.sqrt(c))
+            cv[k] = min(max(math.sqrt(cd2), cv_min), cv_max)
+            prate[k] = rate if math.isnan(up_rate) else up_rate
+        upstream = up_cv if k > 0 else own
+        rows[k, 0] = 0.0 if math.isnan(rate) else math.log1p(max(rate, 0.0)) / 5.0
+        rows[k, 1] = 0.0 if math.isnan(rho) else min(max(rho, 0.0), 2.0)
+        rows[k, 2] = math.log1p(slots) / ln_65
+        rows[k, 3] = 0.0 if math.isnan(own) else math.log(min(max(own, cv_min), cv_max))
+        rows[k, 4] = math.log(2.0) if math.isnan(scv_s) else math.log1p(scv_s)
+        up = upstream
+        rows[k, 5] = 0.0 if math.isnan(up) else math.log(min(max(up, cv_min), cv_max))
+        rows[k, 6] = k / (n - 1) if n > 1 else 0.0
+        rows[k, 7] = math.log(min(max(cv[k], cv_min), cv_max))
+        up_rate, up_rho, up_scv, up_cv, up_slots = rate, rho, scv_s, own, slots
+    return cv, prate, rows
 
 
 class PersistencePredictor:
