@@ -335,3 +335,21 @@ def test_the_wait_parameters_kernel_is_the_array_formulas_bit_for_bit(seed: int)
         wt = tailmodel.wait_tail(s, c)
         assert pk == pytest.approx(wt.p_wait, rel=1e-9, abs=1e-300)
         assert rk == pytest.approx(wt.rate, rel=1e-12) or (rk >= 1e300 and wt.rate == math.inf)
+
+
+def test_kept_wait_transforms_are_the_transforms_of_each_pair() -> None:
+    # Repeated pairs within a batch, pairs kept from earlier batches, and counts beyond
+    # the kept table's first width (it widens): every row is the transform of its pair.
+    stages = _pipeline(3, n=6)
+    model = planner._Model(stages, 0.5, planner.PLAN_GRID)
+    fresh = planner._Model(stages, 0.5, planner.PLAN_GRID)
+    rng = np.random.default_rng(0)
+    for top in (4, 4, 12, 40, 40):
+        idx = rng.integers(0, 6, size=20)
+        reps = rng.integers(0, top, size=20)
+        idx[5], reps[5] = idx[0], reps[0]  # a repeat within the batch
+        got = model.waits_at(idx, reps)
+        p, r = fresh.params(idx, reps)
+        want = planner._wait_spectra(p, r, fresh.delta, fresh.n, fresh.length)
+        assert np.array_equal(got, want)
+    assert model._have < 100  # each pair transformed once: fewer rows than asked for

@@ -85,7 +85,6 @@ CHECK_GRID = 256  # the grid of the final e2e_quantile check
 _WRAP = 1
 _TILT = 20.0
 _MAX_STEPS = 100_000
-_KEY_BASE = 1 << 32  # a kept wait transform's key: stage * _KEY_BASE + replicas
 
 
 class PlanOutcome(StrEnum):
@@ -242,10 +241,11 @@ class _Model:
         # Wait transforms by (stage, replicas): the greedy computes each once, and the
         # trim (which walks back over counts the greedy passed) and the final check's
         # extra greedy steps read them here instead of transforming again.
-        # Rows of ``_store`` by key ``stage·2^32 + replicas`` (one array, so a batch is
-        # one gather rather than a stack of rows).
-        self._row_of: dict[int, int] = {}
+        # ``_slot[stage, replicas]``: the row of ``_store`` that holds it (-1: not made);
+        # one array of rows, so a batch is one gather rather than a stack of rows.
+        self._slot = np.full((len(stages), 16), -1, dtype=np.int64)
         self._store = np.empty((0, _WRAP * grid // 2 + 1), dtype=np.complex128)
+        self._have = 0  # rows of ``_store`` in use
         self.shift = sum(s.service_mean_s for s in stages if s.deterministic)
         span = slo_s - self.shift
         self.n = grid
@@ -302,25 +302,34 @@ class _Model:
         """Wait transforms of stages ``idx`` at ``replicas`` (rows in that order, a new
         array). Each (stage, count) is transformed once per model and kept: a row does not
         depend on the batch it was computed in (elementwise masses, one FFT per row)."""
-        keys = (idx * _KEY_BASE + replicas).tolist()
-        row_of = self._row_of
-        todo = [key for key in dict.fromkeys(keys) if key not in row_of]
-        if todo:
-            ti, tc = np.divmod(np.array(todo, dtype=np.int64), _KEY_BASE)
-            p, r = self.params(ti, tc)
-            rows = _wait_spectra(p, r, self.delta, self.n, self.length)
-            have = len(row_of)
-            size = self._store.shape[0]
-            if have + len(todo) > size:
-                size = max(2 * size, have + len(todo), 4 * len(self.stages))
-                grown = np.empty((size, rows.shape[1]), dtype=np.complex128)
-                grown[:have] = self._store[:have]
-                self._store = grown
-            self._store[have : have + len(todo)] = rows
-            row_of.update(zip(todo, range(have, have + len(todo)), strict=True))
-            if len(todo) == len(keys):  # all new and distinct: the rows are the answer
-                return rows
-        return self._store[[row_of[key] for key in keys]]
+        k = idx.size
+        rows = np.empty(k, dtype=np.int64)
+        todo_s = np.empty(k, dtype=np.int64)
+        todo_c = np.empty(k, dtype=np.int64)
+        m = _find_rows(self._slot, idx, replicas, rows, todo_s, todo_c)
+        if m < 0:  # a count beyond the table: widen it (to twice, or what is asked)
+            old = self._slot
+            wide = max(2 * old.shape[1], int(replicas.max()) + 1)
+            self._slot = np.full((old.shape[0], wide), -1, dtype=np.int64)
+            self._slot[:, : old.shape[1]] = old
+            m = _find_rows(self._slot, idx, replicas, rows, todo_s, todo_c)
+        if m == 0:
+            return self._store[rows]
+        p, r = self.params(todo_s[:m], todo_c[:m])
+        made = _wait_spectra(p, r, self.delta, self.n, self.length)
+        have = self._have
+        size = self._store.shape[0]
+        if have + m > size:
+            size = max(2 * size, have + m, 4 * len(self.stages))
+            grown = np.empty((size, made.shape[1]), dtype=np.complex128)
+            grown[:have] = self._store[:have]
+            self._store = grown
+        self._store[have : have + m] = made
+        self._have = have + m
+        _keep_rows(self._slot, rows, todo_s, todo_c, m, have)
+        if m == k:  # all new and distinct: the rows made are the answer, in order
+            return made
+        return self._store[rows]
 
 
 @jit
@@ -381,6 +390,56 @@ def _wait_params(  # noqa: PLR0917 - a numba kernel takes its arrays positionall
             p[j] = 1.0
             r[j] = 0.0
     return p, r, most
+
+
+@jit
+def _find_rows(  # noqa: PLR0917 - a numba kernel takes its arrays positionally
+    slot: npt.NDArray[np.int64],
+    idx: npt.NDArray[np.int64],
+    replicas: npt.NDArray[np.int64],
+    rows: npt.NDArray[np.int64],
+    todo_s: npt.NDArray[np.int64],
+    todo_c: npt.NDArray[np.int64],
+) -> int:
+    """The kept rows of (``idx``, ``replicas``) into ``rows``, and the pairs not kept yet
+    (each once, in order of first appearance) into ``todo_s``/``todo_c``: their count, or
+    -1 (nothing written) if a count is beyond the table. A pair not kept is marked in
+    ``slot`` (``-2 - its place``) until ``_keep_rows`` gives it its row."""
+    cap = slot.shape[1]
+    for j in range(idx.size):
+        if replicas[j] >= cap:
+            return -1
+    m = 0
+    for j in range(idx.size):
+        s = idx[j]
+        c = replicas[j]
+        v = slot[s, c]
+        if v == -1:
+            v = -2 - m
+            slot[s, c] = v
+            todo_s[m] = s
+            todo_c[m] = c
+            m += 1
+        rows[j] = v
+    return m
+
+
+@jit
+def _keep_rows(  # noqa: PLR0917 - a numba kernel takes its arrays positionally
+    slot: npt.NDArray[np.int64],
+    rows: npt.NDArray[np.int64],
+    todo_s: npt.NDArray[np.int64],
+    todo_c: npt.NDArray[np.int64],
+    m: int,
+    have: int,
+) -> None:
+    """``_find_rows``'s new pairs kept at rows ``have..have + m`` of the store, and the
+    marks in ``rows`` replaced by those rows."""
+    for i in range(m):
+        slot[todo_s[i], todo_c[i]] = have + i
+    for j in range(rows.size):
+        if rows[j] < 0:
+            rows[j] = have + (-2 - rows[j])
 
 
 _SVC_CACHE: dict[tuple[object, ...], ComplexArray] = {}
