@@ -41,12 +41,20 @@ def live_controller(
     """The loop, and the coroutine that runs it (the caller schedules it as a task)."""
     from quartfaas.control.registry import make_policy
     from quartfaas.control.sinks import DecisionMetrics, HoldLogger, JsonlDecisionLog
+    from quartfaas.control.warm import warm_up
     from quartfaas.metrics.collector import InProcessCollector
 
     sinks: list[Any] = [DecisionMetrics(gateway.metrics.registry), HoldLogger()]
     if decision_log is not None:
         sinks.append(JsonlDecisionLog(decision_log))
-    loop = ControlLoop(make_policy(cfg.policy, cfg), backend, sinks)
+    policy = make_policy(cfg.policy, cfg)
+    # The first tick compiles (or loads) the controller's kernels: here, while the
+    # runtime starts, not on the event loop's first tick under load (control/warm.py).
+    spent = warm_up(policy)
+    loop = ControlLoop(policy, backend, sinks)
     collector = InProcessCollector(gateway, cpu_utilisation=cpu_utilisation)
-    log.info("controller: policy %s every %.1f s%s", cfg.policy, cfg.interval_s, label)
+    log.info(
+        "controller: policy %s every %.1f s%s (warmed up in %.2f s)",
+        cfg.policy, cfg.interval_s, label, spent,
+    )  # fmt: skip
     return loop, run_live(loop, collector.collect, clock, cfg.interval_s, stop)

@@ -1,0 +1,48 @@
+"""control/warm.py: a policy's first tick on a made-up pipeline, before a runtime serves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from quartfaas.control.config import ControllerConfig
+from quartfaas.control.policy import Action
+from quartfaas.control.registry import make_policy, policy_names
+from quartfaas.control.warm import warm_pipeline, warm_up
+from quartfaas.jit import COMPILED
+
+
+@pytest.mark.parametrize("name", policy_names())
+def test_every_policy_warms_up(name: str) -> None:
+    policy = make_policy(name, ControllerConfig())
+    assert warm_up(policy) > 0.0
+    # the made-up pipeline is a real one to the policy: it decides every stage
+    snap = warm_pipeline()
+    decision, _ = policy.decide(snap, policy.initial_state(snap))
+    assert [d.stage for d in decision.stages] == [s.name for s in snap.stages]
+    assert all(d.action in Action for d in decision.stages)
+
+
+@pytest.mark.skipif(not COMPILED, reason="numba is absent or disabled: nothing to compile")
+def test_warming_quart_compiles_every_kernel_of_its_tick() -> None:
+    # In a fresh interpreter (this one may have compiled them in other tests): before the
+    # warm-up no kernel has a compiled signature, after it every one of a Quart tick has.
+    code = """
+from quartfaas.control.config import ControllerConfig
+from quartfaas.control.corrector import planner, tailmodel
+from quartfaas.control.registry import make_policy
+from quartfaas.control.smoother import gat, propagation
+from quartfaas.control.warm import warm_up
+kernels = (planner._wait_params, planner._erlang_b_rows, planner._find_rows,
+           planner._keep_rows, tailmodel._gamma_window_masses, propagation._qna_rows,
+           gat._attend)
+policy = make_policy("quart", ControllerConfig())
+print(sum(1 for k in kernels if k.signatures), end=" ")
+warm_up(policy)
+print(sum(1 for k in kernels if k.signatures), len(kernels))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after, total = (int(v) for v in out.stdout.split())
+    assert before == 0 and after == total
