@@ -33,6 +33,9 @@ a replica (a start from ``_wait_floor`` is often feasible already), and the trim
 walks back over counts the greedy passed, and the check's extra greedy steps transform
 nothing new. Service spectra are fixed per plan (and kept for the next plan with the same
 services and grid: a tick's down-scale plan), and the final check reuses the wait tails.
+The Erlang-B recursion, the wait parameters and the index of kept transforms are small
+numba kernels (``quartfaas/jit.py``: IEEE arithmetic only, the same numbers compiled or
+not), where numpy spent more time dispatching its calls than computing.
 None of this changes a number: ``tests/unit/test_tick_fast_paths.py`` runs whole ticks
 on the straightforward code and compares plans bit for bit. The kept transforms are rows
 of one array (a batch is one gather). The tick's down-scale threshold is ``plan_above``:
