@@ -399,7 +399,7 @@ def test_gamma_masses_on_their_windows_equal_whole_rows(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_fused_qna_features_equal_the_helpers(seed: int) -> None:
-    """``qna_and_features(snapshot)`` (one pass, ``_qna_and_features_fused``) gives the
+    """``qna_and_features(snapshot)`` (one compiled pass, ``_qna_and_features_array``) gives the
     predictions and rows of the helpers' path (``qna=`` given: ``_measured`` and
     ``_feature_row`` per stage), value for value, with unknown rates, service times and
     CVs among the stages."""

@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from quartfaas.control.config import ControllerConfig
-from quartfaas.control.policy import Action
 from quartfaas.control.registry import make_policy, policy_names
 from quartfaas.control.warm import warm_pipeline, warm_up
 from quartfaas.jit import COMPILED
@@ -17,12 +16,13 @@ from quartfaas.jit import COMPILED
 @pytest.mark.parametrize("name", policy_names())
 def test_every_policy_warms_up(name: str) -> None:
     policy = make_policy(name, ControllerConfig())
-    assert warm_up(policy) > 0.0
+    warm_up(policy)  # raises nothing for any policy
     # the made-up pipeline is a real one to the policy: it decides every stage
     snap = warm_pipeline()
     decision, _ = policy.decide(snap, policy.initial_state(snap))
     assert [d.stage for d in decision.stages] == [s.name for s in snap.stages]
-    assert all(d.action in Action for d in decision.stages)
+    if name.startswith("quart"):  # Quart plans it (no hold): the tick's kernels all run
+        assert not decision.hold and "plan feasible" in decision.reason, decision.reason
 
 
 @pytest.mark.skipif(not COMPILED, reason="numba is absent or disabled: nothing to compile")

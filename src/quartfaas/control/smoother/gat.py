@@ -181,8 +181,6 @@ def edge_index_tensor(n: int) -> Any:
 
 
 def _elu(x: Any) -> Any:
-    import numpy as np
-
     return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
 
 
@@ -198,8 +196,6 @@ class NumpyGat:
     """
 
     def __init__(self, state: dict[str, Any], cfg: GatConfig) -> None:
-        import numpy as np
-
         self.cfg = cfg
         self.w = {k: np.asarray(v, dtype=np.float64) for k, v in state.items()}
         self._masks: dict[int, Any] = {}  # n -> _edges(n)
@@ -209,8 +205,6 @@ class NumpyGat:
         """``(nb, missing)``: each stage's incoming neighbours on the path graph of
         ``path_edges`` (itself, the stage before, the stage after: ``[n, 3]``, a missing
         one points at the stage itself and is masked out by ``missing``)."""
-        import numpy as np
-
         e = self._masks.get(n)
         if e is None:
             i = np.arange(n)
@@ -225,8 +219,6 @@ class NumpyGat:
         """One GATv2 layer (``torch_geometric.nn.GATv2Conv``'s arithmetic) on the path
         graph: every stage has at most three incoming edges, so the softmax over them and
         the weighted sum are dense ``[stage, neighbour, head]`` operations (no scatter)."""
-        import numpy as np
-
         w = self.w
         n = h.shape[0]
         nb, missing = edges
@@ -266,8 +258,6 @@ class NumpyGat:
     def forward_arrays(self, x: Any) -> Any:
         """``__call__`` as numpy array operations (the reference the kernel is tested
         against: the same numbers up to the order of the sums)."""
-        import numpy as np
-
         w = self.w
         edges = self._edges(x.shape[0])
         h = _elu(x @ w["inp.weight"].T + w["inp.bias"])
@@ -291,12 +281,13 @@ def _attend(xl: Any, xr: Any, att: Any, bias: Any, concat: bool) -> Any:
     width = heads * ch if concat else ch
     out = np.zeros((n, width))
     weight = np.empty(3)
+    nb = (0, -1, 1)  # incoming edges: the stage itself, the one before, the one after
     for i in range(n):
         for hd in range(heads):
             base = hd * ch
             top = -np.inf
             for e in range(3):
-                j = i if e == 0 else i - 1 if e == 1 else i + 1
+                j = i + nb[e]
                 if j < 0 or j >= n:  # the first stage has no stage before it, the last none after
                     weight[e] = -np.inf
                     continue
@@ -314,7 +305,7 @@ def _attend(xl: Any, xr: Any, att: Any, bias: Any, concat: bool) -> Any:
             for e in range(3):
                 if weight[e] == 0.0:
                     continue
-                j = i if e == 0 else i - 1 if e == 1 else i + 1
+                j = i + nb[e]
                 a = weight[e] / total if concat else weight[e] / total / heads
                 for c in range(ch):
                     out[i, at + c] += a * xl[j, base + c]
@@ -385,8 +376,6 @@ class GatPredictor:
 
     def predict_log_cv(self, rows: list[list[float]]) -> list[float]:
         """The model's ln CV per stage for ready-made feature rows (clipped to the CV range)."""
-        import numpy as np
-
         if not len(rows):
             return []
         return self._log_cv(np.asarray(rows, dtype=np.float64))

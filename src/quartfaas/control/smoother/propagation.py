@@ -278,26 +278,18 @@ def qna_and_features(
 ) -> tuple[tuple[CvPrediction, ...], list[list[float]]]:
     """``QnaPredictor().predict(snapshot, reasons=False)`` (or ``qna`` when given) and
     ``features(snapshot, qna)``, each stage's measurements read once for both."""
-    if qna is None:
-        return _qna_and_features_fused(snapshot)
+    if qna is None:  # one compiled pass (``_qna_and_features_array``), rows as lists
+        preds, x = _qna_and_features_array(snapshot)
+        rows: list[list[float]] = x.tolist()
+        return preds, rows
     ms = [_measured(s) for s in snapshot.stages]
-    preds = QnaPredictor()._predict(snapshot, ms, False) if qna is None else tuple(qna)
+    preds = tuple(qna)
     n = len(ms)
     rows = [
         _feature_row(m, k, n, ms[k - 1].cv if k > 0 else None, preds[k].cv)
         for k, m in enumerate(ms)
     ]
     return preds, rows
-
-
-def _qna_and_features_fused(
-    snapshot: PipelineSnapshot,
-) -> tuple[tuple[CvPrediction, ...], list[list[float]]]:
-    """``qna_and_features(snapshot)`` in one pass over the stages (``_qna_and_features_array``,
-    its rows as lists)."""
-    preds, rows = _qna_and_features_array(snapshot)
-    out: list[list[float]] = rows.tolist()
-    return preds, out
 
 
 def _qna_and_features_array(
