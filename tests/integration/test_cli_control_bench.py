@@ -113,6 +113,8 @@ def test_control_scales_a_remote_gateway_from_prometheus(
                 text = out.decode(errors="replace")
                 assert proc.returncode == 0, text[-3000:]
                 assert f"controlling {name} at {rt.url}" in text
+                # the policy ran once before the first real tick (control/warm.py)
+                assert "(policy hpa, warmed up in " in " ".join(text.split()), text[-2000:]
                 assert scaled > 1, f"control never scaled {name}-s0 up: {text[-2000:]}"
         ticks = [json.loads(line) for line in decisions.read_text().splitlines()]
         assert ticks and all(t["policy"] == "hpa" for t in ticks)

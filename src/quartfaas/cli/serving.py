@@ -174,6 +174,7 @@ def control(
         from quartfaas.control.loop import ControlLoop, run_live
         from quartfaas.control.registry import make_policy
         from quartfaas.control.sinks import HoldLogger, JsonlDecisionLog
+        from quartfaas.control.warm import warm_up
         from quartfaas.metrics.prometheus import PrometheusCollector
 
         cfg = pipeline.controller
@@ -181,7 +182,11 @@ def control(
         sinks: list[Any] = [HoldLogger(), ScalingLog()]
         if decision_log is not None:
             sinks.append(JsonlDecisionLog(decision_log))
-        loop = ControlLoop(make_policy(cfg.policy, cfg), backend, sinks)
+        policy = make_policy(cfg.policy, cfg)
+        # Compile (or load) the policy's kernels now, so the first real tick is on time
+        # (control/warm.py).
+        spent = warm_up(policy)
+        loop = ControlLoop(policy, backend, sinks)
         collector = PrometheusCollector(prometheus, pipeline)
 
         async def controller() -> None:
@@ -189,7 +194,10 @@ def control(
             ev = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 ev.add_signal_handler(sig, stop.set)
-            console.print(f"controlling {pipeline.name} at {gateway} from {prometheus}")
+            console.print(
+                f"controlling {pipeline.name} at {gateway} from {prometheus} "
+                f"(policy {cfg.policy}, warmed up in {spent:.2f} s)"
+            )
             try:
                 await run_live(loop, collector.collect, MonotonicClock(), cfg.interval_s, stop)
             finally:
