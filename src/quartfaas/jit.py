@@ -7,8 +7,10 @@ either way as long as it uses IEEE add, multiply, divide and compare only (numba
 numpy's exponentials and logarithms may differ in the last bit). Compiled kernels are
 cached on disk (``cache=True``): a process compiles each once per source change.
 Users: the simulator's engine (``sim/kernel.py``, ``sim/windowstats.py``,
-``sim/windowbuckets.py``) and the planner's queueing arithmetic
-(``control/corrector/planner.py``).
+``sim/windowbuckets.py``) and the controller tick's small loops (the planner's queueing
+arithmetic and wait masses, ``control/corrector/planner.py``; the tail model's service
+masses and wait rows, ``tailmodel.py``; the smoother's QNA pass and GAT attention,
+``control/smoother/``).
 """
 
 from __future__ import annotations

@@ -353,3 +353,27 @@ def test_kept_wait_transforms_are_the_transforms_of_each_pair() -> None:
         want = planner._wait_spectra(p, r, fresh.delta, fresh.n, fresh.length)
         assert np.array_equal(got, want)
     assert model._have < 100  # each pair transformed once: fewer rows than asked for
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_wait_masses_kernels_give_the_array_expression_bit_for_bit(seed: int) -> None:
+    # The masses the wait transforms are made of: the numpy expression that
+    # ``_decay_exponents`` and ``_scale_rows`` replaced, against them, with unstable rows
+    # (rate 0), no-wait rows (p 0), exponents past the 700 cap, and grids of 8-256 points.
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        k = int(rng.integers(1, 70))
+        n = int(rng.choice([8, 16, 128, 256]))
+        p = rng.uniform(0.0, 1.0, k) * (rng.uniform(size=k) < 0.9)
+        rate = np.exp(rng.uniform(-3.0, 12.0, k))
+        rate[rng.uniform(size=k) < 0.1] = 0.0
+        delta = float(10 ** rng.uniform(-5.0, 0.0))
+        r = np.where(rate > 0, rate, 1.0)
+        i = np.arange(n)
+        rd = np.minimum(r * delta, 700.0)[:, None]
+        decay = np.exp(-np.minimum(rd * i[None, :] + (planner._TILT / n) * i[None, :], 700.0))
+        masses = (2.0 * p[:, None] * np.sinh(0.5 * rd)) * decay
+        masses[:, 0] = 1.0 - p * np.exp(-0.5 * rd[:, 0])
+        want = np.fft.rfft(masses, n, axis=1)
+        want[rate <= 0] = 0.0
+        assert np.array_equal(planner._wait_spectra(p, rate, delta, n, n), want)

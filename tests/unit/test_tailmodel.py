@@ -13,6 +13,7 @@ from quartfaas.control.corrector.tailmodel import (
     CORR_SCALE,
     StageLoad,
     _comonotone_pmf,
+    _wait_rows,
     _Waits,
     correlation_weight,
     e2e_quantile,
@@ -326,3 +327,20 @@ def test_wait_units_without_deterministic_stages_are_the_waiting_stages(seed: in
     assert walked.single_r.tolist() == got.single_r.tolist()
     unstable = [*tails[:-1], tm.WaitTail(1.0, 0.0)]
     assert tm._wait_units(stages, reps, unstable) is None
+
+
+def test_the_wait_rows_kernels_give_the_array_expression_bit_for_bit() -> None:
+    # ``_exponents`` and ``_tail_differences`` against the numpy expression they replaced:
+    # no-wait rows (p 0, rate inf), exponents past the 700 cap, an empty batch.
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        k = int(rng.integers(0, 70))
+        n = int(rng.choice([8, 16, 256, 1024]))
+        p = rng.uniform(0.0, 1.0, k) * (rng.uniform(size=k) < 0.9)
+        r = np.exp(rng.uniform(-3.0, 12.0, k))
+        r[rng.uniform(size=k) < 0.05] = math.inf
+        delta = float(10 ** rng.uniform(-5.0, 0.0))
+        edges = (np.arange(n) + 0.5) * delta
+        cdf = 1.0 - p[:, None] * np.exp(-np.minimum(r[:, None] * edges[None, :], 700.0))
+        want = np.diff(cdf, axis=1, prepend=0.0)
+        assert np.array_equal(_wait_rows(p, r, delta, n), want)

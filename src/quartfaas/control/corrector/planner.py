@@ -33,9 +33,10 @@ a replica (a start from ``_wait_floor`` is often feasible already), and the trim
 walks back over counts the greedy passed, and the check's extra greedy steps transform
 nothing new. Service spectra are fixed per plan (and kept for the next plan with the same
 services and grid: a tick's down-scale plan), and the final check reuses the wait tails.
-The Erlang-B recursion, the wait parameters and the index of kept transforms are small
-numba kernels (``quartfaas/jit.py``: IEEE arithmetic only, the same numbers compiled or
-not), where numpy spent more time dispatching its calls than computing.
+The Erlang-B recursion, the wait parameters, the wait masses' exponents and scaling
+(around numpy's ``exp``) and the index of kept transforms are small numba kernels
+(``quartfaas/jit.py``: IEEE arithmetic only, the same numbers compiled or not), where
+numpy spent more time dispatching its calls and making temporaries than computing.
 None of this changes a number: ``tests/unit/test_tick_fast_paths.py`` runs whole ticks
 on the straightforward code and compares plans bit for bit. The kept transforms are rows
 of one array (a batch is one gather). The tick's down-scale threshold is ``plan_above``:
@@ -161,14 +162,39 @@ def _wait_spectra(
     """
     stable = rate > 0
     r = np.where(stable, rate, 1.0)
-    i = np.arange(n)
-    rd = np.minimum(r * delta, 700.0)[:, None]
-    decay = np.exp(-np.minimum(rd * i[None, :] + (_TILT / length) * i[None, :], 700.0))
-    masses = (2.0 * p_wait[:, None] * np.sinh(0.5 * rd)) * decay
-    masses[:, 0] = 1.0 - p_wait * np.exp(-0.5 * rd[:, 0])
+    rd = np.minimum(r * delta, 700.0)
+    # The exponent of each mass's decay, -min(rΔ·i + α·i, 700), in one pass (numpy built
+    # it from five temporaries); numpy's exp stays (``jit``'s module docstring).
+    masses = np.empty((rd.size, n))
+    _decay_exponents(masses, rd, _TILT / length)
+    np.exp(masses, out=masses)
+    _scale_rows(masses, 2.0 * p_wait * np.sinh(0.5 * rd), 1.0 - p_wait * np.exp(-0.5 * rd))
     spec = np.fft.rfft(masses, length, axis=1)
     spec[~stable] = 0.0
     return spec
+
+
+@jit
+def _decay_exponents(
+    out: npt.NDArray[np.float64], rd: npt.NDArray[np.float64], alpha: float
+) -> None:
+    """``out[k, i] = -min(rd[k]·i + alpha·i, 700)``: elementwise the numpy expression it
+    replaced (IEEE multiply, add and compare: the same numbers compiled or not)."""
+    for k in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            x = rd[k] * float(i) + alpha * float(i)
+            out[k, i] = -(x if x <= 700.0 else 700.0)
+
+
+@jit
+def _scale_rows(
+    masses: npt.NDArray[np.float64], scale: npt.NDArray[np.float64], head: npt.NDArray[np.float64]
+) -> None:
+    """Each row times its ``scale``, then its first point set to ``head``."""
+    for k in range(masses.shape[0]):
+        for i in range(1, masses.shape[1]):
+            masses[k, i] = scale[k] * masses[k, i]
+        masses[k, 0] = head[k]
 
 
 class _Cols:

@@ -630,9 +630,34 @@ def _wait_rows(p: FloatArray, r: FloatArray, delta: float, n: int) -> FloatArray
     """Masses of the waits ``P(W > t) = p·exp(-r·t)`` rounded to ``n`` grid points and cut
     (rows: stages), the same as ``wait_pmf`` for all stages in one array operation."""
     edges = (np.arange(n) + 0.5) * delta
-    cdf = 1.0 - p[:, None] * np.exp(-np.minimum(r[:, None] * edges[None, :], 700.0))
-    out: FloatArray = np.diff(cdf, axis=1, prepend=0.0)
+    # -min(r·t, 700) and the differences of 1 - p·e in one pass each (the numpy
+    # expressions' numbers: IEEE arithmetic; numpy's exp stays, ``jit``'s docstring)
+    out: FloatArray = np.empty((p.size, n))
+    _exponents(out, r, edges)
+    np.exp(out, out=out)
+    _tail_differences(out, p)
     return out
+
+
+@jit
+def _exponents(out: FloatArray, r: FloatArray, edges: FloatArray) -> None:
+    """``out[k, i] = -min(r[k]·edges[i], 700)``."""
+    for k in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            x = r[k] * edges[i]
+            out[k, i] = -(x if x <= 700.0 else 700.0)
+
+
+@jit
+def _tail_differences(e: FloatArray, p: FloatArray) -> None:
+    """In place: each row ``e`` (``exp`` of the exponents) becomes the differences of the
+    CDF ``1 - p·e`` along it, its first point the CDF itself (``np.diff`` with 0 before)."""
+    for k in range(e.shape[0]):
+        prev = 0.0
+        for i in range(e.shape[1]):
+            cdf = 1.0 - p[k] * e[k, i]
+            e[k, i] = cdf - prev
+            prev = cdf
 
 
 _COMON_X = np.linspace(0.0, 60.0, 4097)
