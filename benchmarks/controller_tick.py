@@ -24,6 +24,10 @@ The p99 includes the ticks on which the feedback updates (every ``feedback.min_d
 one modelled quantile per steady stage) and those that make a second, down-scale plan.
 
     python benchmarks/controller_tick.py [--stages 64] [--repeats 600] [--warmup 60] [--parts]
+        [--rows N] [--json]
+
+It prints the interpreter first (path, version, libpython shared or static): the same
+code ticks 15-21% faster on an optimised CPython build (``interpreter``'s docstring).
 
 ``--parts`` then runs the full Quart tick once more with timers around its parts
 (predictor, corrector: inputs, plan and its reference check, down-scale threshold,
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import random
 import statistics
@@ -122,6 +127,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="after the timed rows, where the full Quart tick's time goes (a separate run)",
     )
+    ap.add_argument(
+        "--rows",
+        type=int,
+        default=0,
+        help="time only the first N rows (0: all; 1: the full Quart tick alone)",
+    )
+    ap.add_argument(
+        "--json",
+        action="store_true",
+        help="end with one JSON line of the rows' figures and the interpreter "
+        "(benchmarks/tick_interpreters.py reads it)",
+    )
     args = ap.parse_args(argv)
 
     snaps = build_snapshots(args.stages, 240)
@@ -133,11 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         ("quart-corrector", ReplicaCorrector(cfg)),
         ("quart, closed loop", QuartPolicy(cfg, host_cores=16)),
     ]
+    if args.rows > 0:
+        policies = policies[: args.rows]
     print(f"{args.stages} stages, {args.repeats} ticks after {args.warmup} warm-up; "
           f"load average before {_loadavg()}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"interpreter: {interpreter()}")
     print(f"{'policy':<22}{'median ms':>10} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'cpu median ms':>14} {'cpu p99 ms':>11} {'actions/tick':>13}")  # fmt: skip
     failed = False
+    figures: dict[str, dict[str, float]] = {}
     for name, policy in policies:
         closed = name == "quart, closed loop"
         times_ms, cpu_ms, actions = _time(policy, snaps, args.warmup, args.repeats, closed)
@@ -150,12 +171,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<22}{median:10.3f} {q(0.90):8.3f} {q(0.99):8.3f} {times_ms[-1]:8.3f} "
               f"{statistics.median(cpu_ms):14.3f} {q(0.99, cpu_sorted):11.3f} "
               f"{actions / args.repeats:13.1f}")  # fmt: skip
+        figures[name] = {
+            "median_ms": median,
+            "p90_ms": q(0.90),
+            "p99_ms": q(0.99),
+            "cpu_median_ms": statistics.median(cpu_ms),
+        }
         if name == policies[0][0] and median > args.limit_ms:
             print(f"FAIL: median {median:.3f} ms > {args.limit_ms} ms", file=sys.stderr)
             failed = True
     print(f"load average after {_loadavg()}")
     if args.parts:
         _parts(snaps, cfg, args.warmup, args.repeats)
+    if args.json:
+        print(json.dumps({"interpreter": interpreter(), "rows": figures}))
     return 1 if failed else 0
 
 
@@ -219,6 +248,25 @@ def _parts(snaps: list[PipelineSnapshot], cfg: ControllerConfig, warmup: int, n:
     print(f"where the full Quart tick's time goes ({n} ticks, timers on; ms per tick, inclusive)")
     for label, _, _ in _PARTS:
         print(f"{label:<28}{spent.get(label, 0.0) / n * 1e3:8.3f}")
+
+
+def interpreter() -> str:
+    """This interpreter: path, version, and whether libpython is a shared library.
+
+    The tick is mostly CPython executing small functions, so the interpreter's build
+    matters: this host's pyenv build (``--enable-shared``, no PGO or LTO) ran it 15-21%
+    slower than Debian's ``/usr/bin/python3.11`` (static, PGO and LTO) in the same minutes
+    (README, ``benchmarks/tick_interpreters.py``). Whether a build used PGO cannot be read
+    back reliably (Debian's ``sysconfig`` describes its shared build), so the path is
+    printed with the linkage."""
+    shared = "unknown"
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            shared = "shared" if "libpython" in maps.read() else "static"
+    except OSError:  # not Linux
+        pass
+    version = sys.version.split()[0]
+    return f"{sys.executable} (Python {version}, libpython {shared})"
 
 
 def _loadavg() -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 
 from helpers import benchmark_script
@@ -24,3 +27,32 @@ def test_parts_time_each_part_and_restore_the_code(capsys: pytest.CaptureFixture
     assert rows["decide (the whole tick)"] >= rows["corrector"] >= rows["plan"]
     assert rows["plan"] >= rows["reference check"]
     assert QuartPolicy.decide is decide and corrector_mod.ReplicaCorrector._plan is plan
+
+
+def test_rows_and_json_give_the_full_tick_alone_with_the_interpreter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mod = benchmark_script("controller_tick")
+    args = ["--stages", "6", "--repeats", "5", "--warmup", "1", "--rows", "1", "--json"]
+    assert mod.main([*args, "--limit-ms", "1e9"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    got = json.loads(out[-1])
+    assert list(got["rows"]) == [out[3].split("  ")[0].strip()]  # the first row only
+    assert got["rows"][next(iter(got["rows"]))]["median_ms"] > 0
+    assert got["interpreter"].startswith(sys.executable)
+    assert any(line == f"interpreter: {got['interpreter']}" for line in out)
+
+
+def test_tick_interpreters_interleaves_the_interpreters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # this interpreter against itself: two rounds, the order alternating, a ratio a round
+    mod = benchmark_script("tick_interpreters")
+    args = ["--python", sys.executable, "--rounds", "2", "--repeats", "3", "--warmup", "1"]
+    assert mod.main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    rounds = [line for line in out if line.startswith("round ")]
+    assert len(rounds) == 2 and all("[1]/[0]" in line for line in rounds)
+    assert sum(line.startswith("ratio [1]/[0] per round") for line in out) == 1
+    with pytest.raises(SystemExit):
+        mod.main(["--python", "/no/such/python"])
