@@ -27,7 +27,7 @@ one modelled quantile per steady stage) and those that make a second, down-scale
         [--rows N] [--json]
 
 It prints the interpreter first (path, version, libpython shared or static): the same
-code ticks 15-21% faster on an optimised CPython build (``interpreter``'s docstring).
+code ticks faster on an optimised CPython build (``interpreter``'s docstring).
 
 ``--parts`` then runs the full Quart tick once more with timers around its parts
 (predictor, corrector: inputs, plan and its reference check, down-scale threshold,
@@ -254,9 +254,9 @@ def interpreter() -> str:
     """This interpreter: path, version, and whether libpython is a shared library.
 
     The tick is mostly CPython executing small functions, so the interpreter's build
-    matters: this host's pyenv build (``--enable-shared``, no PGO or LTO) ran it 15-21%
-    slower than Debian's ``/usr/bin/python3.11`` (static, PGO and LTO) in the same minutes
-    (README, ``benchmarks/tick_interpreters.py``). Whether a build used PGO cannot be read
+    matters: this host's pyenv build (``--enable-shared``, no PGO or LTO) took 1.13-1.26x
+    as long as Debian's ``/usr/bin/python3.11`` (static, PGO and LTO) in the same minutes
+    (the median per-round ratios of three ``benchmarks/tick_interpreters.py`` runs; README). Whether a build used PGO cannot be read
     back reliably (Debian's ``sysconfig`` describes its shared build), so the path is
     printed with the linkage."""
     shared = "unknown"
