@@ -254,9 +254,9 @@ def interpreter() -> str:
     """This interpreter: path, version, and whether libpython is a shared library.
 
     The tick is mostly CPython executing small functions, so the interpreter's build
-    matters: this host's pyenv build (``--enable-shared``, no PGO or LTO) took 1.13-1.26x
+    matters: this host's pyenv build (``--enable-shared``, no PGO or LTO) took 1.12-1.26x
     as long as Debian's ``/usr/bin/python3.11`` (static, PGO and LTO) in the same minutes
-    (the median per-round ratios of three ``benchmarks/tick_interpreters.py`` runs; README). Whether a build used PGO cannot be read
+    (the median per-round ratios of four ``benchmarks/tick_interpreters.py`` runs; README). Whether a build used PGO cannot be read
     back reliably (Debian's ``sysconfig`` describes its shared build), so the path is
     printed with the linkage."""
     shared = "unknown"
