@@ -256,9 +256,9 @@ def interpreter() -> str:
     The tick is mostly CPython executing small functions, so the interpreter's build
     matters: this host's pyenv build (``--enable-shared``, no PGO or LTO) took 1.12-1.26x
     as long as Debian's ``/usr/bin/python3.11`` (static, PGO and LTO) in the same minutes
-    (the median per-round ratios of four ``benchmarks/tick_interpreters.py`` runs; README). Whether a build used PGO cannot be read
-    back reliably (Debian's ``sysconfig`` describes its shared build), so the path is
-    printed with the linkage."""
+    (the median per-round ratios of four ``benchmarks/tick_interpreters.py`` runs;
+    README). Whether a build used PGO cannot be read back reliably (Debian's
+    ``sysconfig`` describes its shared build), so the path is printed with the linkage."""
     shared = "unknown"
     try:
         with open("/proc/self/maps", encoding="utf-8") as maps:
