@@ -29,6 +29,7 @@ TINY = ROOT / "src" / "quartfaas" / "examples" / "tiny.yaml"
 SHM = Path("/dev/shm/quartfaas")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
+
 def quartfaas_cmd() -> list[str]:
     """The console script next to this interpreter, as a user runs it."""
     script = Path(sys.executable).parent / "quartfaas"

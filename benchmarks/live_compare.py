@@ -39,7 +39,9 @@ def _cli() -> list[str]:
     return [exe] if Path(exe).exists() else [sys.executable, "-m", "quartfaas.cli"]
 
 
-def run_one(spec: str, policy: str, workload: str, duration: float | None, out: Path) -> dict[str, Any]:
+def run_one(
+    spec: str, policy: str, workload: str, duration: float | None, out: Path
+) -> dict[str, Any]:
     cmd = [*_cli(), "run", spec, "--policy", "none" if policy == "static" else policy,
            "--workload", workload, "--out", str(out), "--no-progress"]  # fmt: skip
     if duration is not None:

@@ -342,8 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
-    drive_args = argparse.Namespace(requests=args.requests, repeats=args.pipeline_repeats,
-                                    concurrency=args.concurrency, seconds=args.seconds)
+    drive_args = argparse.Namespace(
+        requests=args.requests,
+        repeats=args.pipeline_repeats,
+        concurrency=args.concurrency,
+        seconds=args.seconds,
+    )
 
     import ray
 
@@ -360,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.part in ("all", "tiers"):
             rows = asyncio.run(quartfaas_tiers(spec, args.repeats))
             rows += serve_new_replica(spec, args.repeats)
-        pipe = pipeline_rows(cluster.address, drive_args) if args.part in ("all", "pipeline") else []
+        pipe = (
+            pipeline_rows(cluster.address, drive_args) if args.part in ("all", "pipeline") else []
+        )
         act = (asyncio.run(activation_rows(args.activation_mib, args.activation_calls))
                if args.part in ("all", "activations") else [])  # fmt: skip
     finally:

@@ -53,7 +53,9 @@ def test_burst_scales_the_bottleneck_up_then_down(
             records = await run_open_loop(
                 f"{rt.url}/function/burst", _arrivals(), fixed_input=[[1, 2, 3]], timeout_s=20
             )
-            assert sum(r.ok for r in records) == len(records), [(r.status, r.error) for r in records if not r.ok]
+            assert sum(r.ok for r in records) == len(records), [
+                (r.status, r.error) for r in records if not r.ok
+            ]
             await asyncio.sleep(2.0)  # a few more ticks after the calm phase
 
     asyncio.run(main())

@@ -182,13 +182,18 @@ def check(res: dict[str, Any]) -> None:
     # Every measured 200 fell inside the 20 s window: rate * 20 s ~ N_OK (Prometheus
     # extrapolates to the window's edges, hence the tolerance).
     r200 = rate.get((fn, "200"), 0.0)
-    expect(r200 * 20.0 == pytest.approx(N_OK, rel=0.4), f"rate*20s of {fn} = {r200 * 20:.1f}, sent {N_OK}")
+    expect(
+        r200 * 20.0 == pytest.approx(N_OK, rel=0.4),
+        f"rate*20s of {fn} = {r200 * 20:.1f}, sent {N_OK}",
+    )
 
     # faas-netes' alert rule and the docs' single-function query see the same rate.
     alert = _by(res["alert"], "function_name")
     expect(set(alert) == {fn}, f"alert rule series {sorted(alert)}, want [{fn!r}]")
     a200 = alert.get(fn, 0.0)  # a 10 s window: rate * 10 s ~ N_OK as well
-    expect(a200 * 10.0 == pytest.approx(N_OK, rel=0.4), f"alert rate*10s {a200 * 10:.1f}, sent {N_OK}")
+    expect(
+        a200 * 10.0 == pytest.approx(N_OK, rel=0.4), f"alert rate*10s {a200 * 10:.1f}, sent {N_OK}"
+    )
     single = _by(res["single"], "function_name", "code")
     expect(set(single) == {(fn, "200"), (fn, "400")}, f"single-function query {sorted(single)}")
 
@@ -208,7 +213,10 @@ def check(res: dict[str, Any]) -> None:
     expect(mixin.get(fn) == ok + bad, f"invocationCount query {mixin}, want {fn}: {ok + bad}")
     count = res["listed"]["gq"]["invocationCount"]
     expect(count == ok + bad, f"/system/functions invocationCount {count}, want {ok + bad}")
-    expect(mixin.get(unknown) == missing, f"unknown function count {mixin.get(unknown)}, want {missing}")
+    expect(
+        mixin.get(unknown) == missing,
+        f"unknown function count {mixin.get(unknown)}, want {missing}",
+    )
 
     # The started counter is typed as a counter, as client_golang exports it.
     types = [m["type"] for m in res["meta"].get("gateway_function_invocation_started", [])]

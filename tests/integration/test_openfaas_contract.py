@@ -114,9 +114,7 @@ def samples(g: LiveGateway) -> dict[tuple[str, frozenset[tuple[str, str]]], floa
     return out
 
 
-def delta(
-    before: dict[Any, float], after: dict[Any, float], name: str, **labels: str
-) -> float:
+def delta(before: dict[Any, float], after: dict[Any, float], name: str, **labels: str) -> float:
     key = (name, frozenset(labels.items()))
     return after.get(key, 0.0) - before.get(key, 0.0)
 
@@ -323,7 +321,9 @@ def test_gateway_series_count_external_calls_once_with_namespaced_names(gw: Live
     # Stage hops inside the pipeline are not calls of the stage functions.
     assert delta(before, after, total, function_name=stage, code="200") == 0
     assert delta(before, after, "gateway_function_invocation_started", function_name=fn) == 5
-    assert delta(before, after, "gateway_functions_seconds_count", function_name=fn, code="200") == 4
+    assert (
+        delta(before, after, "gateway_functions_seconds_count", function_name=fn, code="200") == 4
+    )
     unknown = f"nope.{ns}" if ns else "nope"
     assert delta(before, after, total, function_name=unknown, code="404") == 1
     listed = {f["name"]: f for f in gw.client.get("/system/functions").json()}

@@ -207,7 +207,9 @@ def test_corrupt_weights_fail_with_the_file_named(tmp_path: Any, kill_leftovers:
     asyncio.run(main())
 
 
-def test_stage_larger_than_the_cache_is_refused(tiny_weights: Any, kill_leftovers: list[str]) -> None:
+def test_stage_larger_than_the_cache_is_refused(
+    tiny_weights: Any, kill_leftovers: list[str]
+) -> None:
     from quartfaas.control.placement.keys_manager import KeysManager
 
     spec = tiny_weights

@@ -88,8 +88,6 @@ def test_pool_of_depth_k_hands_over_k_children_at_once(
             )
             # Shrinking retires the surplus idle children.
             set_pool(backend, stage, 1)
-            await until(
-                lambda: (s := backend.pool_status(stage)) is not None and s.idle == 1, 30
-            )
+            await until(lambda: (s := backend.pool_status(stage)) is not None and s.idle == 1, 30)
 
     asyncio.run(main())

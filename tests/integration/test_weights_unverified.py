@@ -40,7 +40,9 @@ def test_weights_without_a_manifest_are_refused(
     asyncio.run(main())
 
 
-def test_unverified_nan_weights_answer_a_json_502(tmp_path: Path, kill_leftovers: list[str]) -> None:
+def test_unverified_nan_weights_answer_a_json_502(
+    tmp_path: Path, kill_leftovers: list[str]
+) -> None:
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -71,8 +73,12 @@ def test_unverified_nan_weights_answer_a_json_502(tmp_path: Path, kill_leftovers
             err = r.json()["error"]
             assert "nanw-s1" in err and "non-finite" in err and "weights" in err
             reg = rt.gateway.metrics.registry
-            assert reg.get_sample_value(
-                "gateway_function_invocation_total", {"function_name": "nanw.openfaas-fn", "code": "502"}
-            ) == 1
+            assert (
+                reg.get_sample_value(
+                    "gateway_function_invocation_total",
+                    {"function_name": "nanw.openfaas-fn", "code": "502"},
+                )
+                == 1
+            )
 
     asyncio.run(main())

@@ -25,12 +25,17 @@ from quartfaas.metrics.openfaas_series import (
 )
 
 
-def make(desired: dict[str, int] | None = None, **kw: object) -> tuple[InvocationSeries, CollectorRegistry]:
+def make(
+    desired: dict[str, int] | None = None, **kw: object
+) -> tuple[InvocationSeries, CollectorRegistry]:
     reg = CollectorRegistry()
     ns = Namespaces("openfaas-fn", aliases=())
     s = InvocationSeries(
-        ns.label, lambda: ["p", "p-s0"], lambda: desired or {"p": 1, "p-s0": 2},
-        registry=reg, **kw,  # type: ignore[arg-type]
+        ns.label,
+        lambda: ["p", "p-s0"],
+        lambda: desired or {"p": 1, "p-s0": 2},
+        registry=reg,
+        **kw,  # type: ignore[arg-type]
     )
     return s, reg
 
@@ -46,9 +51,18 @@ def test_counts_with_namespaced_labels_and_status_codes() -> None:
     s.finished("nope", 404, 0.0002)
     v = reg.get_sample_value
     assert v("gateway_function_invocation_started", {"function_name": "p.openfaas-fn"}) == 4
-    assert v("gateway_function_invocation_total", {"function_name": "p.openfaas-fn", "code": "200"}) == 3
-    assert v("gateway_function_invocation_total", {"function_name": "p.openfaas-fn", "code": "429"}) == 1
-    assert v("gateway_function_invocation_total", {"function_name": "nope.openfaas-fn", "code": "404"}) == 1
+    assert (
+        v("gateway_function_invocation_total", {"function_name": "p.openfaas-fn", "code": "200"})
+        == 3
+    )
+    assert (
+        v("gateway_function_invocation_total", {"function_name": "p.openfaas-fn", "code": "429"})
+        == 1
+    )
+    assert (
+        v("gateway_function_invocation_total", {"function_name": "nope.openfaas-fn", "code": "404"})
+        == 1
+    )
     lab = {"function_name": "p.openfaas-fn", "code": "200"}
     assert v("gateway_functions_seconds_count", lab) == 3
     assert v("gateway_functions_seconds_sum", lab) == pytest.approx(0.012)
@@ -82,9 +96,21 @@ def test_unknown_names_are_bounded() -> None:
         s.started(name)
         s.finished(name, 404, 0.001)
     v = reg.get_sample_value
-    assert v("gateway_function_invocation_total", {"function_name": "a.openfaas-fn", "code": "404"}) == 2
-    assert v("gateway_function_invocation_total", {"function_name": "b.openfaas-fn", "code": "404"}) == 1
-    assert v("gateway_function_invocation_total", {"function_name": f"{OTHER_UNKNOWN}.openfaas-fn", "code": "404"}) == 2
+    assert (
+        v("gateway_function_invocation_total", {"function_name": "a.openfaas-fn", "code": "404"})
+        == 2
+    )
+    assert (
+        v("gateway_function_invocation_total", {"function_name": "b.openfaas-fn", "code": "404"})
+        == 1
+    )
+    assert (
+        v(
+            "gateway_function_invocation_total",
+            {"function_name": f"{OTHER_UNKNOWN}.openfaas-fn", "code": "404"},
+        )
+        == 2
+    )
 
 
 def test_callback_url_and_headers() -> None:
@@ -132,7 +158,10 @@ def test_async_calls_run_post_back_and_are_bounded() -> None:
         assert calls.delivered == 1 and calls.failed_deliveries == 1
         url, body, headers = posted[0]
         assert (url, body, headers["X-Call-Id"], headers["X-Function-Status"]) == (
-            "http://cb/ok", b"ONE", "c1", "200",
+            "http://cb/ok",
+            b"ONE",
+            "c1",
+            "200",
         )
 
     asyncio.run(main())
@@ -174,7 +203,10 @@ def test_stage_hops_are_counted_apart_from_external_calls() -> None:
     assert v("quartfaas_stage_requests_total", {"stage": "p-s0", "code": "200"}) == 3
     assert v("quartfaas_stage_requests_total", {"stage": "p-s1", "code": "504"}) == 1
     assert v("quartfaas_stage_latency_seconds_count", {"stage": "p-s1", "code": "200"}) == 3
-    assert v("quartfaas_stage_latency_seconds_bucket", {"stage": "p-s1", "code": "504", "le": "2.5"}) == 1
+    assert (
+        v("quartfaas_stage_latency_seconds_bucket", {"stage": "p-s1", "code": "504", "le": "2.5"})
+        == 1
+    )
     assert s.invocation_count("p") == 3
     text = render(reg).decode()
     assert "# TYPE quartfaas_stage_arrivals_total counter" in text

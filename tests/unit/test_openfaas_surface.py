@@ -46,7 +46,9 @@ def test_namespace_checks_labels_and_listing() -> None:
     ns.check("")
     ns.check("quartfaas")
     ns.check(DEFAULT_CLIENT_NAMESPACE)
-    with pytest.raises(BadRequest, match=r"'dev' does not exist here; namespaces: \['quartfaas', 'openfaas-fn'\]"):
+    with pytest.raises(
+        BadRequest, match=r"'dev' does not exist here; namespaces: \['quartfaas', 'openfaas-fn'\]"
+    ):
         ns.check("dev")
     assert ns.listed() == ["quartfaas"]
     assert ns.label("tiny") == "tiny.quartfaas"
@@ -99,7 +101,9 @@ def test_call_context_makes_a_uuid_or_keeps_the_callers() -> None:
     assert not kept.generated and kept.call_id == "abc"
     assert "X-Duration-Seconds" not in kept.response_headers()
     real = CallContext.begin({}, 5)
-    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", real.call_id)
+    assert re.fullmatch(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", real.call_id
+    )
 
 
 def test_system_info_has_what_faas_cli_version_reads() -> None:
@@ -129,7 +133,10 @@ def test_scale_request_parsing() -> None:
     r = parse_scale_request({"serviceName": "s", "namespace": "openfaas-fn", "replicas": 0}, "s")
     assert (r.service, r.replicas, r.namespace) == ("s", 0, "openfaas-fn")
     assert parse_scale_request({"replicas": 2}, "s").service == "s"
-    assert parse_scale_request({"serviceName": "s.openfaas-fn", "replicas": 1}, "s").namespace == "openfaas-fn"
+    assert (
+        parse_scale_request({"serviceName": "s.openfaas-fn", "replicas": 1}, "s").namespace
+        == "openfaas-fn"
+    )
     for body, msg in [
         ([], "JSON object"),
         ({"serviceName": "x", "replicas": 1}, "does not match"),
@@ -146,7 +153,10 @@ def test_scale_request_parsing() -> None:
 def test_stage_target_honours_the_stage_bounds() -> None:
     zero_ok = StageBounds("a", 0, 4, 1)
     assert stage_target(zero_ok, 0) == 0
-    with pytest.raises(BadRequest, match=r"below the minimum of b \(1, com.openfaas.scale.min\); set min_replicas: 0"):
+    with pytest.raises(
+        BadRequest,
+        match=r"below the minimum of b \(1, com.openfaas.scale.min\); set min_replicas: 0",
+    ):
         stage_target(StageBounds("b", 1, 4, 1), 0)
     with pytest.raises(BadRequest, match=r"above the maximum of b \(4"):
         stage_target(StageBounds("b", 1, 4, 1), 5)

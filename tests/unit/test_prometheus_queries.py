@@ -180,9 +180,7 @@ def test_queries_are_vectorised_not_per_stage() -> None:
     assert snap.has_data and len(snap.stages) == 12
     assert len(fake.requests) == 4
     q = c.queries
-    assert (
-        'sum by (stage) (rate(quartfaas_stage_arrivals_total{stage=~"p-s0|p-s1|' in q["rates"]
-    )
+    assert 'sum by (stage) (rate(quartfaas_stage_arrivals_total{stage=~"p-s0|p-s1|' in q["rates"]
     assert (
         "histogram_quantile(0.99, sum by (le, stage) "
         '(rate(quartfaas_stage_latency_seconds_bucket{code="200",' in q["quantiles"]

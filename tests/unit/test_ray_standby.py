@@ -31,9 +31,7 @@ def test_the_pool_depth_sets_how_many_up_to_the_headroom():
     # the pool shrank (depth 0): its standby is retired
     shrunk = StandbyStage("s0", live=1, max_replicas=4, depth=0, holders=("A",),
                           waiting={"A": 1})  # fmt: skip
-    assert [(a.node_id, a.count) for a in plan_standbys([shrunk], {"A": 3}).actions] == [
-        ("A", -1)
-    ]
+    assert [(a.node_id, a.count) for a in plan_standbys([shrunk], {"A": 3}).actions] == [("A", -1)]
 
 
 def test_the_depth_comes_from_the_prefork_pool_decision():

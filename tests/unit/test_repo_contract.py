@@ -26,6 +26,11 @@ def test_ruff_clean() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_ruff_format_clean() -> None:
+    res = _run(str(BIN / "ruff"), "format", "--check", "src", "tests", "benchmarks")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 @pytest.mark.slow
 def test_mypy_clean() -> None:
     res = _run(str(BIN / "mypy"))

@@ -19,7 +19,9 @@ def test_finite_values_encode_as_plain_json() -> None:
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, float(np.float32("nan"))])
 def test_non_finite_values_are_refused_with_their_path(bad: float) -> None:
     obj = {"output": {"emb": {"norm": [1.0, bad], "head": [bad]}}}
-    with pytest.raises(NonFiniteValue, match=r"\$\.output\.emb\.norm\[1\], \$\.output\.emb\.head\[0\]"):
+    with pytest.raises(
+        NonFiniteValue, match=r"\$\.output\.emb\.norm\[1\], \$\.output\.emb\.head\[0\]"
+    ):
         dumps(obj)
     assert json.dumps(obj).count("NaN") + json.dumps(obj).count("Infinity") == 2  # the default
 

@@ -66,9 +66,7 @@ class StartBook:
     def started(self, stage: str) -> None:
         self._failures[stage] = 0
 
-    def failed(
-        self, info: ReplicaInfo, message: str, listener: StartFailedListener
-    ) -> ReplicaInfo:
+    def failed(self, info: ReplicaInfo, message: str, listener: StartFailedListener) -> ReplicaInfo:
         """Record a failed start: back off the stage, log, tell the listener; returns the
         replica's ``FAILED`` info (the caller drops the replica from its table)."""
         stage = info.stage

@@ -55,6 +55,8 @@ def _root(
     ] = False,
 ) -> None:
     """Serve large models as pipelines of serverless functions inside a latency SLO."""
+
+
 app.command()(serving.serve)
 app.command()(client.invoke)
 app.command()(client.functions)

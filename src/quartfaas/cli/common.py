@@ -90,9 +90,7 @@ SpecArg = Annotated[
         show_default=False,
     ),
 ]
-VerboseOpt = Annotated[
-    bool, typer.Option("--verbose", "-v", help="log debug detail to stderr")
-]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log debug detail to stderr")]
 ProgressOpt = Annotated[
     bool, typer.Option("--progress/--no-progress", help="show progress on stderr")
 ]

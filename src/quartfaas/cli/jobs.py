@@ -60,8 +60,10 @@ def run(
     verbose: VerboseOpt = False,
     backend: Annotated[
         str,
-        typer.Option(help="local (worker processes) or ray (a local Ray cluster, head + 2 "
-                     "nodes, started and stopped by the job)"),
+        typer.Option(
+            help="local (worker processes) or ray (a local Ray cluster, head + 2 "
+            "nodes, started and stopped by the job)"
+        ),
     ] = "local",
 ) -> None:
     """The main job: serve a pipeline with its controller, replay a workload, write a report."""

@@ -127,8 +127,12 @@ def serve(
 
 
 def serve_on_ray(
-    pipeline: Any, host: str | None, port: int | None, controller: bool | None,
-    address: str | None, decision_log: Path | None = None,
+    pipeline: Any,
+    host: str | None,
+    port: int | None,
+    controller: bool | None,
+    address: str | None,
+    decision_log: Path | None = None,
 ) -> None:
     """``serve --backend ray``: the same gateway and controller, replicas as Ray actors."""
     from quartfaas.backends.ray.runtime import RayRuntime, connect

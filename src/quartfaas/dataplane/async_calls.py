@@ -49,9 +49,7 @@ def parse_callback_url(value: str | None) -> str | None:
         return None
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise BadRequest(
-            f"{CALLBACK_URL} {value!r} is not an http(s) URL with a host"
-        )
+        raise BadRequest(f"{CALLBACK_URL} {value!r} is not an http(s) URL with a host")
     return value
 
 

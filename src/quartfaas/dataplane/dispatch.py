@@ -41,6 +41,7 @@ from quartfaas.errors import NoReplicas, QueueFull, StageTimeout
 
 log = logging.getLogger("quartfaas.dispatch")
 
+
 @dataclass(eq=False)
 class Endpoint:
     """One ready replica as the dispatcher sees it."""

@@ -492,11 +492,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lifeline-fd", type=int, default=None)
     ap.add_argument("--weights", type=Path, default=None, help="stage file to map (tmpfs copy)")
     ap.add_argument("--prefork", type=int, default=1)
-    ap.add_argument("--refill-max-load", type=float, default=0.0,
-                    help="load average per core at which a refill waits (<= 0: never)")
+    ap.add_argument(
+        "--refill-max-load",
+        type=float,
+        default=0.0,
+        help="load average per core at which a refill waits (<= 0: never)",
+    )
     ap.add_argument("--refill-max-wait", type=float, default=1.0)
-    ap.add_argument("--no-fork-warmup", action="store_true",
-                    help="a fresh fork says ready before its warm-up forward")
+    ap.add_argument(
+        "--no-fork-warmup",
+        action="store_true",
+        help="a fresh fork says ready before its warm-up forward",
+    )
     args = ap.parse_args(argv)
     control = socket.socket(fileno=args.control_fd)
     t0 = time.perf_counter()

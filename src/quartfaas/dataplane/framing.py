@@ -86,9 +86,7 @@ def parse_header(body: bytes, max_bytes: int | None = None) -> dict[str, Any]:
             raise FramingError(f"tensor {name!r}: shape {shape!r} must be a list of ints >= 0")
         count = _element_count(shape)
         if count is None or count * _DTYPE_SIZES[dtype] > _INT64_MAX:
-            raise FramingError(
-                f"tensor {name!r}: shape {_short(shape)} overflows a 64-bit size"
-            )
+            raise FramingError(f"tensor {name!r}: shape {_short(shape)} overflows a 64-bit size")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2

@@ -46,9 +46,7 @@ class StageBounds:
 def parse_scale_request(data: Any, path_name: str) -> ScaleRequest:
     """The JSON body of a scale request for the function named in the path."""
     if not isinstance(data, dict):
-        raise BadRequest(
-            'expected a JSON object {"serviceName": "<name>", "replicas": <int >= 0>}'
-        )
+        raise BadRequest('expected a JSON object {"serviceName": "<name>", "replicas": <int >= 0>}')
     service = data.get("serviceName") or path_name
     if not isinstance(service, str):
         raise BadRequest(f'"serviceName" must be a string, got {service!r}')
@@ -75,11 +73,7 @@ def parse_scale_request(data: Any, path_name: str) -> ScaleRequest:
 def stage_target(stage: StageBounds, n: int) -> int:
     """``n`` if the stage's bounds allow it, else a ``BadRequest`` naming the bound."""
     if n < stage.min_replicas:
-        hint = (
-            "; set min_replicas: 0 in the spec to let it scale to zero"
-            if n == 0
-            else ""
-        )
+        hint = "; set min_replicas: 0 in the spec to let it scale to zero" if n == 0 else ""
         raise BadRequest(
             f"replicas {n} is below the minimum of {stage.name} "
             f"({stage.min_replicas}, com.openfaas.scale.min){hint}"

@@ -55,6 +55,5 @@ def dumps(obj: Any) -> str:
         if not paths:
             raise
         raise NonFiniteValue(
-            f"non-finite value (NaN or Infinity) at {', '.join(paths)}: "
-            "JSON cannot carry it"
+            f"non-finite value (NaN or Infinity) at {', '.join(paths)}: JSON cannot carry it"
         ) from None

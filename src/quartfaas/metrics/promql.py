@@ -78,10 +78,8 @@ def build_queries(
         "rates": tagged(
             {
                 "arr": f"sum by (stage) (rate(quartfaas_stage_arrivals_total{{{st}}}[{w}]))",
-                "fin": f"sum by (stage, code) "
-                f"(rate(quartfaas_stage_requests_total{{{st}}}[{w}]))",
-                "ssum": f"sum by (stage) "
-                f"(rate(quartfaas_stage_service_seconds_sum{{{st}}}[{w}]))",
+                "fin": f"sum by (stage, code) (rate(quartfaas_stage_requests_total{{{st}}}[{w}]))",
+                "ssum": f"sum by (stage) (rate(quartfaas_stage_service_seconds_sum{{{st}}}[{w}]))",
                 "scnt": f"sum by (stage) "
                 f"(rate(quartfaas_stage_service_seconds_count{{{st}}}[{w}]))",
                 "lsum": f"sum by (stage) "

@@ -134,7 +134,6 @@ class SimCollector:
             source="sim",
         )
 
-
     def _window(self, begin: float) -> None:
         e = self.engine
         stats = np.zeros((e.n_stages + 1, N_FIELDS))

@@ -165,9 +165,7 @@ def live_host(start_delay_s: float) -> ClusterSpec:
     CPUs; replica ... asked for 1.25 more"), and such a server would refuse starts too.
     """
     server = ServerSpec("live-host", GPU_TYPES["V100"], 8, 64.0, 100_000)
-    return ClusterSpec(
-        "live-host", (server,), delays=MeasuredStartDelays(measured_s=start_delay_s)
-    )
+    return ClusterSpec("live-host", (server,), delays=MeasuredStartDelays(measured_s=start_delay_s))
 
 
 def simulate_controlled(

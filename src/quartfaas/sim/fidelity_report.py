@@ -176,7 +176,6 @@ class ControlledReport:
         return "\n".join(lines) + "\n"
 
 
-
 def compare_controlled(
     spec: PipelineSpec,
     calib: Calibration,
@@ -191,6 +190,7 @@ def compare_controlled(
     slo_s = spec.slo.p99_ms / 1000.0
     cfg = spec.controller
     ms = 1000.0
+
     def works(profile: Sequence[StageProfile]) -> str:
         return ", ".join(
             f"{p.stage} {p.work_mean_s * ms:.1f} ms (svc {p.service_mean_s * ms:.1f} + hop "

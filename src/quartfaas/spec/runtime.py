@@ -113,8 +113,11 @@ class CacheSpec(Frozen):
         0.85, gt=0, le=1, description="cached stages may use at most this share of host memory"
     )
     prefork: StrictInt = Field(
-        1, ge=0, le=64, description="warmed children each template keeps forked in advance "
-        "(the least; the controller raises it from the forecast up to prefork_max)"
+        1,
+        ge=0,
+        le=64,
+        description="warmed children each template keeps forked in advance "
+        "(the least; the controller raises it from the forecast up to prefork_max)",
     )
     prefork_refill_delay_s: StrictFloat = Field(
         1.0,

@@ -46,6 +46,7 @@ def _window_rate(tr: Trace, duration_s: float | None) -> float:
         raise SpecError(f"trace {tr.name} needs >= 2 arrivals over a positive span")
     return len(tr) / tr.duration_s
 
+
 ParamValue = float | str
 
 

@@ -150,9 +150,9 @@ def test_placement_tiers_pipeline_and_drain(cluster, spec):
             assert [r.replica_id.rsplit("-", 1)[0] for r in results] == [s0, s1, s2]
             from quartfaas.models import build_pipeline, run_pipeline
 
-            local = run_pipeline(
-                build_pipeline(spec), framing.decode_torch(example_frame(spec))
-            )["embedding"]
+            local = run_pipeline(build_pipeline(spec), framing.decode_torch(example_frame(spec)))[
+                "embedding"
+            ]
             np.testing.assert_allclose(emb, local.numpy(), rtol=1e-4, atol=1e-5)
 
             # the dispatcher's drop-in: post() on one replica, activations as refs

@@ -95,7 +95,9 @@ def test_activations_are_read_in_place_from_the_object_store(cluster):
         try:
             for st in spec.stages:
                 backend.start_replica(st.name)
-            await wait_for(lambda: len(ready(backend)) == 2, cluster.deadline(120), "2 ready replicas")
+            await wait_for(
+                lambda: len(ready(backend)) == 2, cluster.deadline(120), "2 ready replicas"
+            )
             assert {r.host for r in ready(backend)} == {worker.node_id}  # same node
             actors = [backend.actor(ready(backend, st.name)[0].replica_id) for st in spec.stages]
             base = [await a.watch_inputs.remote(True) for a in actors]
@@ -180,8 +182,9 @@ def test_control_scales_a_gateway_on_ray(cluster, tmp_path: Path, unit_s: float)
                     deadline = time.monotonic() + 120 * unit_s
                     while time.monotonic() < deadline and proc.returncode is None:
                         for _ in range(4):  # 40 req/s, open loop
-                            task = asyncio.create_task(c.post(f"/function/{name}",
-                                                              json={"inputs": [[1]]}))
+                            task = asyncio.create_task(
+                                c.post(f"/function/{name}", json={"inputs": [[1]]})
+                            )
                             pending.add(task)
                             task.add_done_callback(pending.discard)
                         await asyncio.sleep(0.1)

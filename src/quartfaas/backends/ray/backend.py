@@ -355,8 +355,9 @@ class RayBackend:
                 if pinned not in {n.node_id for n in nodes}:
                     raise BackendError(f"no alive node {pinned}")
                 used = {r.slot for r in self._live() if r.node_id == pinned}
-                node, rep.slot = pinned, next(
-                    f"slot{i}" for i in range(len(used) + 1) if f"slot{i}" not in used
+                node, rep.slot = (
+                    pinned,
+                    next(f"slot{i}" for i in range(len(used) + 1) if f"slot{i}" not in used),
                 )
                 self._set(rep, host=node, message="pinned to the node by the caller")
             elif (warm := self._any_standby(stage, {n.node_id for n in nodes})) is not None:

@@ -81,8 +81,11 @@ def step(  # noqa: PLR0917 - the documented positional order
                 HysteresisState(),
             )
         return (
-            Step(have, f"plan {planned} > {have} within the noise band for {high_for:.3g}s "
-                 f"< {upscale_confirm_s:g}s"),
+            Step(
+                have,
+                f"plan {planned} > {have} within the noise band for {high_for:.3g}s "
+                f"< {upscale_confirm_s:g}s",
+            ),
             HysteresisState(higher_since_s=since, higher_floor=floor),
         )
     if planned == have:

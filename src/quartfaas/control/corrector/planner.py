@@ -305,9 +305,7 @@ class _Model:
         p, r, need = _wait_params(self._erlang_b, self.spr, self._cols, self._none, idx, replicas)
         if need >= self._erlang_b.shape[0]:  # more servers than the table has rows
             self._grow(need)
-            p, r, _ = _wait_params(
-                self._erlang_b, self.spr, self._cols, self._none, idx, replicas
-            )
+            p, r, _ = _wait_params(self._erlang_b, self.spr, self._cols, self._none, idx, replicas)
         return p, r
 
     def tails(self, replicas: npt.NDArray[np.int64]) -> list[WaitTail]:

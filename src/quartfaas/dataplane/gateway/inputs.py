@@ -42,9 +42,7 @@ INLINE_BYTES = 64 * 1024  # parsed on the event loop below this: ~1 ms of work
 PARSE_PROCESSES = 1
 
 
-async def read_body(
-    request: web.Request, limit: int, timeout_s: float = _BODY_TIMEOUT_S
-) -> bytes:
+async def read_body(request: web.Request, limit: int, timeout_s: float = _BODY_TIMEOUT_S) -> bytes:
     """The request body; ``PayloadTooLarge`` if its declared length exceeds ``limit``,
     ``RequestTimeout`` (408) if it does not arrive within ``timeout_s``."""
     if request.content_length is not None and request.content_length > limit:
