@@ -40,6 +40,12 @@ def make(
     return s, reg
 
 
+def total(reg: CollectorRegistry, function_name: str, code: str) -> float | None:
+    """``gateway_function_invocation_total`` of one function and status code."""
+    labels = {"function_name": function_name, "code": code}
+    return reg.get_sample_value("gateway_function_invocation_total", labels)
+
+
 def test_counts_with_namespaced_labels_and_status_codes() -> None:
     s, reg = make()
     for _ in range(3):
@@ -51,18 +57,9 @@ def test_counts_with_namespaced_labels_and_status_codes() -> None:
     s.finished("nope", 404, 0.0002)
     v = reg.get_sample_value
     assert v("gateway_function_invocation_started", {"function_name": "p.openfaas-fn"}) == 4
-    assert (
-        v("gateway_function_invocation_total", {"function_name": "p.openfaas-fn", "code": "200"})
-        == 3
-    )
-    assert (
-        v("gateway_function_invocation_total", {"function_name": "p.openfaas-fn", "code": "429"})
-        == 1
-    )
-    assert (
-        v("gateway_function_invocation_total", {"function_name": "nope.openfaas-fn", "code": "404"})
-        == 1
-    )
+    assert total(reg, "p.openfaas-fn", "200") == 3
+    assert total(reg, "p.openfaas-fn", "429") == 1
+    assert total(reg, "nope.openfaas-fn", "404") == 1
     lab = {"function_name": "p.openfaas-fn", "code": "200"}
     assert v("gateway_functions_seconds_count", lab) == 3
     assert v("gateway_functions_seconds_sum", lab) == pytest.approx(0.012)
@@ -95,22 +92,9 @@ def test_unknown_names_are_bounded() -> None:
     for name in ["a", "b", "c", "d", "a"]:
         s.started(name)
         s.finished(name, 404, 0.001)
-    v = reg.get_sample_value
-    assert (
-        v("gateway_function_invocation_total", {"function_name": "a.openfaas-fn", "code": "404"})
-        == 2
-    )
-    assert (
-        v("gateway_function_invocation_total", {"function_name": "b.openfaas-fn", "code": "404"})
-        == 1
-    )
-    assert (
-        v(
-            "gateway_function_invocation_total",
-            {"function_name": f"{OTHER_UNKNOWN}.openfaas-fn", "code": "404"},
-        )
-        == 2
-    )
+    assert total(reg, "a.openfaas-fn", "404") == 2
+    assert total(reg, "b.openfaas-fn", "404") == 1
+    assert total(reg, f"{OTHER_UNKNOWN}.openfaas-fn", "404") == 2
 
 
 def test_callback_url_and_headers() -> None:
