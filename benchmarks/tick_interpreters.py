@@ -43,7 +43,7 @@ def one_run(python: str, repeats: int, warmup: int) -> tuple[str, float]:
         python,
         str(ROOT / "benchmarks" / "controller_tick.py"),
         "--rows", "1", "--repeats", str(repeats), "--warmup", str(warmup), "--json",
-        "--limit-ms", "1e9",
+        "--limit-ms", "1e9", "--rounds", "1",  # the rounds are this script's, alternating
     ]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from helpers import benchmark_script
+from quartfaas.control.config import ControllerConfig
 from quartfaas.control.corrector import corrector as corrector_mod
 from quartfaas.control.quart import QuartPolicy
 
@@ -16,6 +17,7 @@ def test_parts_time_each_part_and_restore_the_code(capsys: pytest.CaptureFixture
     mod = benchmark_script("controller_tick")
     decide, plan = QuartPolicy.decide, corrector_mod.ReplicaCorrector._plan
     args = ["--stages", "12", "--repeats", "20", "--warmup", "3", "--parts", "--limit-ms", "1e9"]
+    args += ["--round-gap-s", "0"]
     assert mod.main(args) == 0
     out = capsys.readouterr().out.splitlines()
     start = next(i for i, line in enumerate(out) if line.startswith("where the full Quart"))
@@ -34,6 +36,7 @@ def test_rows_and_json_give_the_full_tick_alone_with_the_interpreter(
 ) -> None:
     mod = benchmark_script("controller_tick")
     args = ["--stages", "6", "--repeats", "5", "--warmup", "1", "--rows", "1", "--json"]
+    args += ["--round-gap-s", "0"]
     assert mod.main([*args, "--limit-ms", "1e9"]) == 0
     out = capsys.readouterr().out.splitlines()
     got = json.loads(out[-1])
@@ -56,3 +59,42 @@ def test_tick_interpreters_interleaves_the_interpreters(
     assert sum(line.startswith("ratio [1]/[0] per round") for line in out) == 1
     with pytest.raises(SystemExit):
         mod.main(["--python", "/no/such/python"])
+
+
+def test_rounds_split_the_ticks_and_interleave_the_rows_without_changing_them() -> None:
+    mod = benchmark_script("controller_tick")
+    snaps = mod.build_snapshots(5, 12)
+    cfg = ControllerConfig.model_validate({})
+
+    def row(name: str, closed: bool = False) -> object:
+        return mod._Row(name, QuartPolicy(cfg, host_cores=16), snaps, closed=closed)
+
+    rows = [row("a"), row("b", closed=True)]
+    mod._rounds(rows, warmup=2, repeats=7, rounds=3, gap_s=0.0)
+    for r in rows:
+        assert len(r.times_ms) == 7 and len(r.cpu_ms) == 7 and r.i == 9
+        assert len(r.round_medians) == 3  # 3, 2 and 2 ticks
+    # In rounds or in one go, a row's ticks are the same ticks: the same decisions.
+    for closed in (False, True):
+        whole = row("w", closed)
+        whole.run(2, timed=False)
+        whole.run(7)
+        split = rows[int(closed)]
+        assert whole.counts == split.counts and whole.state == split.state
+        assert whole.actions == split.actions
+
+
+def test_the_verdict_is_on_the_median_of_every_round_s_ticks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mod = benchmark_script("controller_tick")
+    args = ["--stages", "4", "--repeats", "6", "--warmup", "1", "--rows", "2", "--json"]
+    assert mod.main([*args, "--rounds", "3", "--round-gap-s", "0", "--limit-ms", "1e9"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    got = json.loads(out[-1])
+    for figures in got["rows"].values():
+        assert len(figures["round_medians_ms"]) == 3
+    assert any(" rounds " in line and "(3 of 3 at most 1e+09 ms)" in line for line in out)
+    assert mod.main([*args, "--rounds", "3", "--round-gap-s", "0", "--limit-ms", "1e-9"]) == 1
+    with pytest.raises(SystemExit):
+        mod.main([*args, "--rounds", "7"])  # more rounds than ticks
