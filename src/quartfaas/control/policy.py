@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from quartfaas.control.snapshot import PipelineSnapshot
+from quartfaas.frozen import fast_init
 
 
 class Action(StrEnum):
@@ -26,6 +27,7 @@ class Action(StrEnum):
     DOWN = "scale-down"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StageDecision:
     """What to do with one stage, and why."""
@@ -61,6 +63,7 @@ class StageDecision:
         return Action.HOLD
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """One tick's decision for a whole pipeline."""

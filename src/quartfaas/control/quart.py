@@ -43,10 +43,12 @@ from quartfaas.control.smoother.gat import GatPredictor, gat_beats_qna, load_met
 from quartfaas.control.smoother.propagation import CvPredictor, QnaPredictor
 from quartfaas.control.snapshot import PipelineSnapshot
 from quartfaas.errors import SpecError, WeightsError
+from quartfaas.frozen import fast_init
 
 PredictorChoice = Literal["auto", "qna", "gat"]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class QuartState:
     """The composite state: the corrector's and the compensator's (None when it is off)."""

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from quartfaas.frozen import fast_init
 
+
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LatencyStats:
     """Latency over the measurement window, seconds. ``None`` where there were no samples."""
@@ -36,6 +39,7 @@ _NEW = object.__new__
 _SET = object.__setattr__  # as a frozen dataclass's own __init__ sets its fields
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StageSnapshot:
     """One stage at ``PipelineSnapshot.now``.
@@ -125,6 +129,7 @@ class StageSnapshot:
         return self.arrival_rate * self.service_mean_s / self.servers
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PipelineSnapshot:
     """A pipeline at time ``now`` (seconds on the collector's monotonic clock).

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from quartfaas.control.compensator.cpu_demand import DemandSample
+from quartfaas.frozen import fast_init
 
 
 class Phase(StrEnum):
@@ -20,6 +21,7 @@ class Phase(StrEnum):
     HOLDING = "holding"  # raising has ended; the allocation stays until load falls
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StageCpuState:
     """One stage's compensation episode. ``IDLE`` means the compensator owns nothing."""
@@ -47,6 +49,7 @@ class StageCpuState:
         return self.proposed_cpu if self.proposed_cpu is not None else self.cpu
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CompensatorState:
     stages: tuple[tuple[str, StageCpuState], ...] = ()

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from quartfaas.control.corrector.tailmodel import StageLoad
+from quartfaas.frozen import fast_init
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class FeedbackConfig:
         return 1.0 / (1.0 + self.max_rel), 1.0 + self.max_rel
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TailObservation:
     """Measured and modelled sojourn quantile of one stage (``None``: not measured)."""
@@ -59,6 +61,7 @@ class TailObservation:
     modelled_s: float | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FeedbackSnapshot:
     """What one update reads: per-stage tails, the end-to-end tails, and ``now``."""
@@ -69,6 +72,7 @@ class FeedbackSnapshot:
     e2e_modelled_s: float | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FeedbackState:
     """Learned factors by stage name, and the time of the last accepted update."""

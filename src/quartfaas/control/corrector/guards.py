@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from quartfaas.control.config import ControllerConfig
+from quartfaas.frozen import fast_init
 
 
 class GuardResult(NamedTuple):
@@ -66,6 +67,7 @@ class GuardLimits:
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class GuardMemory:
     """Timestamps the cooldowns and the downscale delay compare ``now`` against."""

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from quartfaas.frozen import fast_init
 
+
+@fast_init
 @dataclass(frozen=True, slots=True)
 class HysteresisState:
     """When the plan first asked for fewer than ``have``, and the most it asked since."""
@@ -35,6 +38,7 @@ class HysteresisState:
     higher_floor: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Step:
     """The count to ask for, and why."""

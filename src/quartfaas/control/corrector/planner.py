@@ -70,6 +70,7 @@ from quartfaas.control.corrector.tailmodel import (
     wait_quantiles,
     wait_tail,
 )
+from quartfaas.frozen import fast_init
 from quartfaas.jit import jit
 
 ComplexArray = npt.NDArray[np.complex128]
@@ -97,6 +98,7 @@ class PlanOutcome(StrEnum):
     IDLE = "idle"  # no stage has arrivals: every stage at its minimum
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Plan:
     """A planner's answer. ``replicas`` is the best vector found (the cheapest feasible

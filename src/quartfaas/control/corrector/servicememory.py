@@ -34,8 +34,10 @@ from dataclasses import dataclass
 
 from quartfaas.control.corrector.inputs import finite
 from quartfaas.control.snapshot import StageSnapshot
+from quartfaas.frozen import fast_init
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ServiceMemory:
     """The remembered moments of one stage's service time at ``at_s``."""

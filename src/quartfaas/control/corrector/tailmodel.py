@@ -72,6 +72,7 @@ from quartfaas.control.corrector.queueing import (
     erlang_c_from_b,
     service_percentiles,
 )
+from quartfaas.frozen import fast_init
 from quartfaas.jit import jit
 
 FloatArray = npt.NDArray[np.float64]
@@ -84,6 +85,7 @@ _TILT = 20.0  # the exponential tilt over a grid (module docstring; planner.py's
 CORR_SCALE = 0.15
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StageLoad:
     """What the tail model needs about one stage (rates per second, times in seconds).
@@ -210,6 +212,7 @@ def _derived(
     return o
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WaitTail:
     """``P(W > t) = p_wait·exp(-rate·t)``; ``rate == 0`` means unstable (infinite wait)."""
@@ -569,6 +572,7 @@ def _union_bound_pr(
     return min(total, cantelli)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class E2EDistribution:
     """The end-to-end latency's CDF: ``cdf[i] = P(T <= shift + i·delta)`` (cut at the end)."""

@@ -18,8 +18,10 @@ from quartfaas.control.corrector.guards import GuardMemory
 from quartfaas.control.corrector.hysteresis import HysteresisState
 from quartfaas.control.corrector.servicememory import ServiceMemory
 from quartfaas.control.policy import Decision, StageDecision
+from quartfaas.frozen import fast_init
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StageState:
     """What the corrector remembers about one stage."""
@@ -31,6 +33,7 @@ class StageState:
     service: ServiceMemory | None = None  # the remembered service time (servicememory.py)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CorrectorState:
     """The corrector's state: one ``StageState`` per stage, in snapshot stage order, and
@@ -62,6 +65,7 @@ class StageTarget(NamedTuple):
     score: float = 0.0
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CorrectorTargets:
     """All stages' targets at ``now``; ``hold`` when the snapshot had no usable data."""
