@@ -43,11 +43,9 @@ def test_each_class_builds_the_same_object_both_ways(cls: type) -> None:
     params = [p for n, p in inspect.signature(original).parameters.items() if n != "self"]
     # Required parameters get distinct stand-ins; the defaults are left to each __init__.
     args = {p.name: _stand_in(cls, p.name) for p in params if p.default is p.empty}
-    fast = _build(cls, cls.__init__, args)
-    slow = _build(cls, original, args)
-    if isinstance(slow, Exception):  # validation refused the stand-ins: the same way
-        assert type(fast) is type(slow) and str(fast) == str(slow)
-        return
+    fast = cls(**args)
+    slow = cls.__new__(cls)
+    original(slow, **args)
     for f in dataclasses.fields(cls):
         a, b = getattr(fast, f.name), getattr(slow, f.name)
         assert a is b or a == b, f.name
@@ -60,17 +58,9 @@ _VALID = {"StageLoad": {"name": "s", "arrival_rate": 2.0, "service_mean_s": 0.1}
 
 
 def _stand_in(cls: type, name: str) -> object:
-    """A valid value where validation needs one (``_VALID``), else a distinct string."""
+    """A valid value where validation needs one (``_VALID``), else a distinct string
+    (every other class takes any value: its fields are stored as given)."""
     return _VALID.get(cls.__name__, {}).get(name, f"{cls.__name__}.{name}")
-
-
-def _build(cls: type, init: object, args: dict[str, object]) -> object:
-    obj = cls.__new__(cls)
-    try:
-        init(obj, **args)  # type: ignore[operator]
-    except Exception as exc:  # compared with the other way's
-        return exc
-    return obj
 
 
 def test_stage_load_still_validates() -> None:
