@@ -133,8 +133,9 @@ class StageLoad:
     def with_load(self, arrival_rate: float, service_mean_s: float) -> StageLoad:
         """This stage with another arrival rate and service mean: ``dataclasses.replace``
         spelled out (a tick makes a few hundred of these copies: ``_derived`` sets the
-        slots and validates only the changed fields, three times as fast as ``replace``).
-        ``test_with_load_is_replace`` fails if a field is added and not copied."""
+        slots and validates only the changed fields: ~1.0 us against ~2.4 us for
+        ``replace``, 2026-12-04). ``test_with_load_is_replace`` fails if a field is added
+        and not copied."""
         if not 0 <= arrival_rate < math.inf:
             _bad(self.name, "arrival_rate", arrival_rate)
         if not 0 < service_mean_s < math.inf:
