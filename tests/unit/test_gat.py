@@ -76,10 +76,11 @@ def test_deterministic(gat):
     import torch
 
     snap = _snapshot(7, cv0=3.0)
-    threads = torch.get_num_threads()
     first = gat.predict(snap)
-    assert torch.get_num_threads() == threads  # inference runs on one thread, then restores
     assert all(gat.predict(snap) == first for _ in range(5))
+    threads = torch.get_num_threads()
+    gat.predict_log_cv_torch(features(snap))
+    assert torch.get_num_threads() == threads  # the torch forward runs on one thread, then restores
     other = GatPredictor()  # a fresh load gives the same answer
     assert other.predict(snap) == first
 
@@ -124,8 +125,62 @@ def test_missing_or_mismatched_weights(tmp_path):
     (tmp_path / MODEL_FILE).write_bytes((d / MODEL_FILE).read_bytes())
     cfg = GatConfig(hidden=8).to_json()
     (tmp_path / CONFIG_FILE).write_text(__import__("json").dumps(cfg))
-    with pytest.raises(WeightsError, match="does not fit"):
+    with pytest.raises(WeightsError, match=r"does not fit.*inp\.weight has shape \[16, 8\]"):
         GatPredictor(tmp_path).load()
+
+
+def test_weights_are_checked_as_the_torch_module_would(tmp_path):
+    """``load`` reads the weights without torch, so it checks what ``load_state_dict``
+    (strict) would: every tensor present, none extra, each of its shape; and finite."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    d = shipped_dir()
+    (tmp_path / CONFIG_FILE).write_bytes((d / CONFIG_FILE).read_bytes())
+    good = load_file(str(d / MODEL_FILE))
+
+    def fails(state, match):
+        save_file(state, str(tmp_path / MODEL_FILE))
+        with pytest.raises(WeightsError, match=match):
+            GatPredictor(tmp_path).load()
+
+    fails({k: v for k, v in good.items() if k != "conv2.att"}, r"missing tensors \['conv2\.att'\]")
+    fails({**good, "conv3.bias": good["conv2.bias"]}, r"unexpected tensors \['conv3\.bias'\]")
+    fails({**good, "head.bias": np.zeros(2, np.float32)}, r"head\.bias has shape \[2\]")
+    bad = good["conv1.att"].copy()
+    bad[0, 1, 2] = np.nan
+    fails({**good, "conv1.att": bad}, r"conv1\.att holds values that are not finite")
+    save_file(good, str(tmp_path / MODEL_FILE))
+    GatPredictor(tmp_path).load()  # the same tensors back: loads
+
+
+@pytest.mark.parametrize("cfg", [GatConfig(), GatConfig(hidden=8, heads=2), GatConfig(heads=1)])
+def test_state_shapes_are_the_torch_module_s(cfg):
+    from quartfaas.control.smoother.gat import build_model, state_shapes
+
+    sd = build_model(cfg).state_dict()
+    assert state_shapes(cfg) == {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def test_loading_and_predicting_import_neither_torch_nor_torch_geometric(tmp_path):
+    """The controller's first tick used to build the torch module (~3 s importing torch
+    and torch_geometric), and torch_geometric left two generated files in the temporary
+    directory per process; loading and predicting now need neither."""
+    code = (
+        "import sys\n"
+        "from quartfaas.control.smoother.gat import GatPredictor\n"
+        "from quartfaas.control.snapshot import make_snapshot, make_stage\n"
+        "stages = tuple(make_stage(f's{i}', i, arrival_rate=10.0, service_mean_s=0.05,"
+        " ready_replicas=1) for i in range(3))\n"
+        "p = GatPredictor().predict(make_snapshot(stages=stages, now=30.0))\n"
+        "print(len(p), 'torch' in sys.modules, 'torch_geometric' in sys.modules)\n"
+    )
+    env = {**__import__("os").environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["3", "False", "False"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_control_imports_without_torch():

@@ -11,8 +11,8 @@ builds it by name (``"quart"``); ``loop.py`` and the simulator run it. Pure: the
 reads only the snapshot, and the state is frozen.
 
 Switches, for ablations: ``smoother`` and ``compensator`` (default: ``ControllerConfig.
-smoother`` / ``.compensator``). Without the smoother no predictor is built (so no torch
-import) and the corrector plans on measured arrivals alone.
+smoother`` / ``.compensator``). Without the smoother no predictor is built and the
+corrector plans on measured arrivals alone (neither predictor imports torch: ``gat.py``).
 
 CPU cap: ``host_cores`` (argument, else ``ControllerConfig.host_cores``, else
 ``compensator_config.host_cores``) bounds ``max_cpu``; the live runtime passes the

@@ -21,9 +21,15 @@ the prototype added it to every attention logit of a row, which a softmax cancel
 ``metrics.json`` (held-out errors, dataset and training settings) under
 ``quartfaas/data/smoother/``; a few tens of KB. They are loaded on the first ``predict``.
 
-**Cost.** ``torch`` and ``torch_geometric`` are imported only when a model is built or
-loaded (importing torch_geometric takes seconds), so ``control/`` stays cheap to import
-when the GAT is not used. Inference (``predict_log_cv``) runs the same forward in numpy
+**Cost.** ``torch`` and ``torch_geometric`` are imported only to build the torch module
+(training, and the reference forward ``predict_log_cv_torch``), never to load or run the
+shipped model: ``load`` reads the weights with ``safetensors.numpy`` and checks their
+names and shapes against ``state_shapes`` (the torch module's state dict, tested equal).
+Building the module imported torch and torch_geometric (~3 s on a 2-vCPU host, a few
+hundred MB of memory) in the controller's first tick, and torch_geometric renders each
+``GATv2Conv``'s message passing into a new file in the temporary directory that it never
+removes (``torch_geometric/template.py``), two files per process that built the module.
+Inference (``predict_log_cv``) runs the same forward in numpy
 (``NumpyGat``, float64, attention over the path graph's edge list): a few dozen array
 operations instead of the torch modules' dispatch, which the simulator pays every tick.
 It equals the torch module's output (``predict_log_cv_torch``, eval mode, no dropout)
@@ -171,6 +177,42 @@ def _model_class() -> type:
 def build_model(cfg: GatConfig) -> Any:
     """A fresh (untrained) ``CvGat`` module; imports torch."""
     return _model_class()(cfg)
+
+
+def state_shapes(cfg: GatConfig) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of ``CvGat``'s state dict for ``cfg``, without torch
+    (``tests/unit/test_gat.py`` compares them with ``build_model(cfg).state_dict()``)."""
+    f, h, heads = cfg.n_features, cfg.hidden, cfg.heads
+    shapes: dict[str, tuple[int, ...]] = {"inp.weight": (h, f), "inp.bias": (h,)}
+    for name, width_in, n_heads, width_out in (
+        ("conv1", h, heads, h * heads),
+        ("conv2", h * heads, 1, h),
+    ):
+        for side in ("l", "r"):
+            shapes[f"{name}.lin_{side}.weight"] = (h * n_heads, width_in)
+            shapes[f"{name}.lin_{side}.bias"] = (h * n_heads,)
+        shapes[f"{name}.att"] = (1, n_heads, h)
+        shapes[f"{name}.bias"] = (width_out,)
+    shapes["head.weight"] = (1, h + f)
+    shapes["head.bias"] = (1,)
+    return shapes
+
+
+def _state_mismatch(state: dict[str, Any], cfg: GatConfig) -> str | None:
+    """Why ``state`` cannot be ``CvGat``'s for ``cfg`` (names, shapes, finite values), as
+    ``load_state_dict(strict=True)`` would refuse it; None when it fits."""
+    want = state_shapes(cfg)
+    missing = sorted(want.keys() - state.keys())
+    extra = sorted(state.keys() - want.keys())
+    if missing or extra:
+        return f"missing tensors {missing}, unexpected tensors {extra}"
+    for key, shape in want.items():
+        got = tuple(state[key].shape)
+        if got != shape:
+            return f"{key} has shape {list(got)}, {cfg} needs {list(shape)}"
+        if not np.isfinite(state[key]).all():
+            return f"{key} holds values that are not finite"
+    return None
 
 
 def edge_index_tensor(n: int) -> Any:
@@ -322,11 +364,12 @@ class GatPredictor:
 
     def __init__(self, directory: Path | str | None = None) -> None:
         self.directory = Path(directory) if directory is not None else shipped_dir()
-        self._model: Any = None
+        self._model: Any = None  # the torch module, built only for predict_log_cv_torch
         self._numpy: NumpyGat | None = None
         self._config: GatConfig | None = None
         self._edges: dict[int, Any] = {}
         self._qna = QnaPredictor()
+        self._state: dict[str, Any] = {}
 
     @property
     def config(self) -> GatConfig:
@@ -339,16 +382,17 @@ class GatPredictor:
         return load_metrics(self.directory)
 
     def load(self) -> None:
-        """Read config and weights (once); raises ``WeightsError`` if they are unusable."""
-        if self._model is not None:
+        """Read config and weights (once, no torch import); raises ``WeightsError`` if they
+        are unusable."""
+        if self._numpy is not None:
             return
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.numpy import load_file
 
         try:
             raw = json.loads((self.directory / CONFIG_FILE).read_text(encoding="utf-8"))
             cfg = GatConfig.from_json(raw)
-            state = load_file(str(self.directory / MODEL_FILE), device="cpu")
+            state = load_file(str(self.directory / MODEL_FILE))
         except (OSError, ValueError, TypeError, SafetensorError) as exc:
             raise WeightsError(
                 f"cannot load the smoother GAT from {self.directory}: {exc}; retrain with "
@@ -359,14 +403,25 @@ class GatPredictor:
                 f"{self.directory / CONFIG_FILE} was trained on features {cfg.feature_names}, "
                 f"this code builds {FEATURE_NAMES}; retrain the GAT"
             )
-        model = build_model(cfg)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise WeightsError(f"{self.directory / MODEL_FILE} does not fit {cfg}: {exc}") from exc
-        model.eval()
-        self._model, self._config = model, cfg
-        self._numpy = NumpyGat({k: v.numpy() for k, v in state.items()}, cfg)
+        why = _state_mismatch(state, cfg)
+        if why is not None:
+            raise WeightsError(f"{self.directory / MODEL_FILE} does not fit {cfg}: {why}")
+        self._config = cfg
+        self._numpy = NumpyGat(state, cfg)
+        self._state = state
+
+    def _torch_model(self) -> Any:
+        """The torch module with the loaded weights (built on first use; imports torch)."""
+        self.load()
+        if self._model is None:
+            import torch
+
+            assert self._config is not None
+            model = build_model(self._config)
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in self._state.items()})
+            model.eval()
+            self._model = model
+        return self._model
 
     def _edge_index(self, n: int) -> Any:
         ei = self._edges.get(n)
@@ -392,7 +447,7 @@ class GatPredictor:
         """``predict_log_cv`` through the torch module (the reference the numpy one matches)."""
         import torch
 
-        self.load()
+        model = self._torch_model()
         if not rows:
             return []
         x = torch.tensor(rows, dtype=torch.float32)
@@ -405,7 +460,7 @@ class GatPredictor:
             torch.set_num_threads(1)
         try:
             with torch.inference_mode():
-                y = self._model(x, self._edge_index(len(rows)))
+                y = model(x, self._edge_index(len(rows)))
         finally:
             if threads != 1:
                 torch.set_num_threads(threads)
@@ -438,4 +493,5 @@ __all__ = [
     "load_metrics",
     "path_edges",
     "shipped_dir",
+    "state_shapes",
 ]
