@@ -47,3 +47,21 @@ print(sum(1 for k in kernels if k.signatures), len(kernels))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, after, total = (int(v) for v in out.stdout.split())
     assert before == 0 and after == total and total >= 11, out.stdout
+
+
+def test_the_live_controller_s_process_never_imports_torch() -> None:
+    """The live controller runs in the gateway's process (``live_control.py``), which
+    never imports torch: warming Quart up (its GAT loaded and run) imports neither torch
+    nor torch_geometric (loading the GAT built its torch module until 2026-12-05: ~3 s
+    and ~290 MB in the gateway's process, ``benchmarks/controller_start.py``)."""
+    code = """
+import sys
+from quartfaas.control.config import ControllerConfig
+from quartfaas.control.registry import make_policy
+from quartfaas.control.warm import warm_up
+policy = make_policy("quart", ControllerConfig())
+warm_up(policy)
+print(policy.predictor_reason.split()[1], "torch" in sys.modules, "torch_geometric" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["gat", "False", "False"], out.stdout
