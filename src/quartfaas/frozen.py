@@ -20,26 +20,40 @@ every decorated class of the package both ways and compares.
 
 Refused (``TypeError``): a class that is not a frozen dataclass with ``__slots__``, and
 one with ``InitVar`` pseudo-fields (passed to ``__post_init__``; none of ours has one).
+
+``copier(cls, *changed)`` makes the other cheap constructor a tick needs: a copy of an
+instance with a few fields changed (``dataclasses.replace`` without its keyword handling,
+field introspection and ``__post_init__``), every field set through its slot, the list of
+fields read from the class, so a field added later is copied without editing the callers.
+The caller validates the changed values (the others were validated when the original was
+made). Unlike ``replace``, a field that is not an ``__init__`` parameter is copied as it
+is, not set to its default again (none of the classes copied this way has one).
+``StageLoad.with_load`` and ``StageSnapshot.with_service`` are built on it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["fast_init"]
+__all__ = ["copier", "fast_init"]
+
+
+def _check(cls: type) -> None:
+    params = getattr(cls, "__dataclass_params__", None)
+    if params is None or not params.frozen or "__slots__" not in cls.__dict__:
+        raise TypeError(f"{cls.__name__}: fast_init needs @dataclass(frozen=True, slots=True)")
 
 
 def fast_init(cls: type[T]) -> type[T]:
     """Replace ``cls``'s generated ``__init__`` (module docstring). Use it above
     ``@dataclass(frozen=True, slots=True)``; the original stays as
     ``cls.__dataclass_init__``."""
-    params = getattr(cls, "__dataclass_params__", None)
-    if params is None or not params.frozen or "__slots__" not in cls.__dict__:
-        raise TypeError(f"{cls.__name__}: fast_init needs @dataclass(frozen=True, slots=True)")
+    _check(cls)
     original = cls.__dict__["__init__"]
     sig = inspect.signature(original)
     args = [p for name, p in sig.parameters.items() if name != "self"]
@@ -87,3 +101,26 @@ def fast_init(cls: type[T]) -> type[T]:
     cls.__dataclass_init__ = original  # type: ignore[attr-defined]
     cls.__init__ = init  # type: ignore[method-assign]
     return cls
+
+
+def copier(cls: type[T], *changed: str) -> Callable[..., T]:
+    """``copy(src, *values)``: a copy of ``src`` (a ``cls``) with the fields ``changed``
+    set to ``values`` in that order and every other field copied, set through the slots'
+    member descriptors; no ``__post_init__`` (module docstring)."""
+    _check(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = [c for c in changed if c not in names]
+    if unknown or len(set(changed)) != len(changed) or not changed:
+        raise TypeError(f"{cls.__name__}: cannot copy with the fields {list(changed)}")
+    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    body = ["    o = _new(_cls)"]
+    for name in names:
+        ns[f"_s_{name}"] = cls.__dict__[name].__set__
+        value = f"v{changed.index(name)}" if name in changed else f"src.{name}"
+        body.append(f"    _s_{name}(o, {value})")
+    values = ", ".join(f"v{k}" for k in range(len(changed)))
+    src = f"def copy(src, {values}):\n" + "\n".join([*body, "    return o"])
+    exec(src, ns)  # the source is built above from the class's own fields
+    copy: Callable[..., T] = ns["copy"]
+    copy.__qualname__ = f"copier({cls.__qualname__}, {', '.join(changed)})"
+    return copy

@@ -1,4 +1,5 @@
-"""quartfaas.frozen.fast_init: the same objects as the dataclass's own __init__, cheaper."""
+"""quartfaas.frozen: fast_init builds the same objects as the dataclass's own __init__,
+copier the same copies as dataclasses.replace; both cheaper."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import FrozenInstanceError, InitVar, dataclass, field
 import pytest
 
 import quartfaas
-from quartfaas.frozen import fast_init
+from quartfaas.frozen import copier, fast_init
 
 
 def _decorated() -> list[type]:
@@ -122,3 +123,33 @@ def test_what_it_cannot_do_is_refused() -> None:
     for cls in (Mutable, NoSlots, WithInitVar):
         with pytest.raises(TypeError):
             fast_init(cls)
+
+
+def test_a_copier_s_copy_is_replace_s_without_post_init() -> None:
+    z = _Every(2, "z", [9], f=1.5, g=3)
+    copy_bf = copier(_Every, "b", "f")
+    got = copy_bf(z, "new", 2.5)
+    assert z.seen == ["post 2"]  # __post_init__ did not run for the copy
+    assert got == dataclasses.replace(z, b="new", f=2.5)
+    # every field copied (compare=False ones too, and by reference, as replace passes them)
+    assert all(getattr(got, f.name) is getattr(z, f.name) for f in dataclasses.fields(_Every)
+               if f.name not in ("b", "f"))  # fmt: skip
+    assert copier(_Every, "f", "b")(z, 2.5, "new") == got  # values in the order named
+    with pytest.raises(FrozenInstanceError):
+        got.a = 3  # type: ignore[misc]
+    # A field that is not an __init__ parameter is copied as it is (replace would set it
+    # to its default again): a copy, not a new object from the same arguments.
+    object.__setattr__(z, "d", 7)
+    assert copy_bf(z, "b", 0.5).d == 7 and dataclasses.replace(z, b="b").d == 4
+
+
+def test_a_copier_refuses_what_it_cannot_copy() -> None:
+    @dataclass(frozen=True)
+    class NoSlots:
+        a: int
+
+    with pytest.raises(TypeError):
+        copier(NoSlots, "a")
+    for bad in ((), ("nope",), ("a", "a")):
+        with pytest.raises(TypeError, match="cannot copy"):
+            copier(_Every, *bad)
