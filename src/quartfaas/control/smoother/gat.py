@@ -19,22 +19,24 @@ the prototype added it to every attention logit of a row, which a softmax cancel
 
 **Weights.** ``model.safetensors`` (state dict), ``config.json`` (``GatConfig``) and
 ``metrics.json`` (held-out errors, dataset and training settings) under
-``quartfaas/data/smoother/``; a few tens of KB. They are loaded on the first ``predict``.
+``quartfaas/data/smoother/``; a few tens of KB. They are loaded on the first ``predict`` or
+``load`` (a Quart controller loads them when it is built, to fail early).
 
 **Cost.** ``torch`` and ``torch_geometric`` are imported only to build the torch module
 (training, and the reference forward ``predict_log_cv_torch``), never to load or run the
 shipped model: ``load`` reads the weights with ``safetensors.numpy`` and checks their
 names and shapes against ``state_shapes`` (the torch module's state dict, tested equal).
-Building the module imported torch and torch_geometric (~3 s on a 2-vCPU host, a few
-hundred MB of memory) in the controller's first tick, and torch_geometric renders each
-``GATv2Conv``'s message passing into a new file in the temporary directory that it never
-removes (``torch_geometric/template.py``), two files per process that built the module.
-Inference (``predict_log_cv``) runs the same forward in numpy
-(``NumpyGat``, float64, attention over the path graph's edge list): a few dozen array
-operations instead of the torch modules' dispatch, which the simulator pays every tick.
-It equals the torch module's output (``predict_log_cv_torch``, eval mode, no dropout)
-within 1e-5 (tests/unit/test_gat.py); the
-same snapshot gives the same prediction.
+Loading used to build the module, so every Quart controller (``quart.choose_predictor``
+loads the weights) imported torch and torch_geometric: ~3 s on a 2-vCPU host and ~290 MB
+more memory in the gateway's process (``benchmarks/controller_start.py``), and
+torch_geometric rendered each ``GATv2Conv``'s message passing into a new file in the
+temporary directory and never removed it (``torch_geometric/template.py``: two files per
+process, beside torch's empty ``torchinductor_<user>`` directory). Inference
+(``predict_log_cv``) runs the same forward in numpy (``NumpyGat``, float64, attention over
+the path graph's edge list): a few dozen array operations instead of the torch modules'
+dispatch, which the simulator pays every tick. It equals the torch module's output
+(``predict_log_cv_torch``, eval mode, no dropout) within 1e-5 (tests/unit/test_gat.py);
+the same snapshot gives the same prediction.
 """
 
 from __future__ import annotations
