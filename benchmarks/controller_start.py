@@ -46,7 +46,10 @@ _, state = pol.decide(snaps[2], state)
 t3 = time.perf_counter()
 predictor = pol.predictor_reason
 if {torch_module}:
-    pol.predictor._torch_model()
+    build = getattr(pol.predictor, "_torch_model", None)
+    if build is None:
+        raise SystemExit("the predictor is not the GAT: no torch module to build")
+    build()
 t4 = time.perf_counter()
 print(json.dumps({{
     "predictor": predictor,
