@@ -43,17 +43,17 @@ T = TypeVar("T")
 __all__ = ["copier", "fast_init"]
 
 
-def _check(cls: type) -> None:
+def _check(cls: type, what: str) -> None:
     params = getattr(cls, "__dataclass_params__", None)
     if params is None or not params.frozen or "__slots__" not in cls.__dict__:
-        raise TypeError(f"{cls.__name__}: fast_init needs @dataclass(frozen=True, slots=True)")
+        raise TypeError(f"{cls.__name__}: {what} needs @dataclass(frozen=True, slots=True)")
 
 
 def fast_init(cls: type[T]) -> type[T]:
     """Replace ``cls``'s generated ``__init__`` (module docstring). Use it above
     ``@dataclass(frozen=True, slots=True)``; the original stays as
     ``cls.__dataclass_init__``."""
-    _check(cls)
+    _check(cls, "fast_init")
     original = cls.__dict__["__init__"]
     sig = inspect.signature(original)
     args = [p for name, p in sig.parameters.items() if name != "self"]
@@ -107,7 +107,7 @@ def copier(cls: type[T], *changed: str) -> Callable[..., T]:
     """``copy(src, *values)``: a copy of ``src`` (a ``cls``) with the fields ``changed``
     set to ``values`` in that order and every other field copied, set through the slots'
     member descriptors; no ``__post_init__`` (module docstring)."""
-    _check(cls)
+    _check(cls, "copier")
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = [c for c in changed if c not in names]
     if unknown or len(set(changed)) != len(changed) or not changed:

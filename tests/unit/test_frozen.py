@@ -148,7 +148,7 @@ def test_a_copier_refuses_what_it_cannot_copy() -> None:
     class NoSlots:
         a: int
 
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="NoSlots: copier needs"):
         copier(NoSlots, "a")
     for bad in ((), ("nope",), ("a", "a")):
         with pytest.raises(TypeError, match="cannot copy"):
