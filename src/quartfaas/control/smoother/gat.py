@@ -371,7 +371,6 @@ class GatPredictor:
         self._config: GatConfig | None = None
         self._edges: dict[int, Any] = {}
         self._qna = QnaPredictor()
-        self._state: dict[str, Any] = {}
 
     @property
     def config(self) -> GatConfig:
@@ -410,7 +409,6 @@ class GatPredictor:
             raise WeightsError(f"{self.directory / MODEL_FILE} does not fit {cfg}: {why}")
         self._config = cfg
         self._numpy = NumpyGat(state, cfg)
-        self._state = state
 
     def _torch_model(self) -> Any:
         """The torch module with the loaded weights (built on first use; imports torch)."""
@@ -418,9 +416,11 @@ class GatPredictor:
         if self._model is None:
             import torch
 
-            assert self._config is not None
+            assert self._config is not None and self._numpy is not None
             model = build_model(self._config)
-            model.load_state_dict({k: torch.from_numpy(v) for k, v in self._state.items()})
+            # NumpyGat's float64 copies of the float32 weights: narrowing them back is exact
+            state = {k: torch.from_numpy(v.astype(np.float32)) for k, v in self._numpy.w.items()}
+            model.load_state_dict(state)
             model.eval()
             self._model = model
         return self._model
