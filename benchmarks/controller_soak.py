@@ -51,20 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.ticks < 1 or args.stages < 1 or args.seeds < 1 or args.every < 1:
         ap.error("--ticks, --stages, --seeds and --every must be at least 1")
-    if not 0 <= args.warmup < args.ticks:
-        ap.error("--warmup must be at least 0 and below --ticks")
+    if not 1 <= args.warmup < args.ticks:
+        ap.error("--warmup must be at least 1 (the first tick loads the kernels) and below --ticks")
     snaps = [s for seed in range(args.seeds) for s in build_snapshots(args.stages, 240, seed)]
     policy = QuartPolicy(ControllerConfig(), host_cores=16)
     state = policy.initial_state(snaps[0])
     print(f"{args.ticks} ticks, {args.stages} stages, snapshots of {args.seeds} seeds "
           f"({len(snaps)}), predictor: {policy.predictor_reason}")  # fmt: skip
     base_rss = 0.0
-    base = None
+    base: tracemalloc.Snapshot | None = None
     t0 = time.perf_counter()
     for k in range(args.ticks):
         snap = dataclasses.replace(snaps[k % len(snaps)], now=1000.0 + k)
         _, state = policy.decide(snap, state)
-        if k + 1 == args.warmup or (args.warmup == 0 and k == 0):
+        if k + 1 == args.warmup:
             gc.collect()
             base_rss = rss_mb()
             tracemalloc.start()
@@ -75,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
     gc.collect()
     end_rss = rss_mb()
-    if base is not None:
-        grown = tracemalloc.take_snapshot().compare_to(base, "lineno")
-        tracemalloc.stop()
-        print("allocated after the warm-up and still held at the end (top 5 sites):")
-        for stat in grown[:5]:
-            print(f"  {stat}")
+    assert base is not None  # taken at the end of the warm-up, which is before the last tick
+    grown = tracemalloc.take_snapshot().compare_to(base, "lineno")
+    tracemalloc.stop()
+    print("allocated after the warm-up and still held at the end (top 5 sites):")
+    for stat in grown[:5]:
+        print(f"  {stat}")
     growth = end_rss - base_rss
     verdict = "PASS" if growth <= args.max_growth_mb else "FAIL"
     print(f"RSS after the warm-up {base_rss:.1f} MB, at the end {end_rss:.1f} MB: "

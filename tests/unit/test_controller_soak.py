@@ -24,7 +24,9 @@ def test_it_reports_memory_over_the_ticks_and_its_verdict_can_fail(
     assert capsys.readouterr().out.splitlines()[-1].endswith("FAIL")
 
 
-@pytest.mark.parametrize("bad", [["--ticks", "0"], ["--ticks", "10", "--warmup", "10"]])
+@pytest.mark.parametrize(
+    "bad", [["--ticks", "0"], ["--ticks", "10", "--warmup", "10"], ["--warmup", "0"]]
+)
 def test_bad_arguments_are_refused(bad: list[str]) -> None:
     with pytest.raises(SystemExit):
         benchmark_script("controller_soak").main(bad)
