@@ -14,7 +14,9 @@ pure speed-up).
     python benchmarks/tick_ab.py --against da3a225 [--stages 64] [--ticks 600]
         [--warmup 60] [--predictor auto|gat|qna]
 
-Exits 1 if the revision cannot be extracted (not a git checkout, unknown revision).
+Exits 1 if the revision cannot be extracted (not a git checkout, unknown revision). A
+``SIGTERM`` (``timeout``, a CI runner's cancel) stops it like Ctrl-C, removing the
+extracted tree.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import dataclasses
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -63,6 +66,10 @@ def extract(revision: str, into: Path) -> None:
         path.write_text(_NAME.sub(_ALIAS, text), encoding="utf-8")
 
 
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _summary(d: Any) -> tuple[object, ...]:
     return d.reason, [(s.stage, s.replicas, s.cpu_per_replica, s.reason) for s in d.stages]
 
@@ -75,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--predictor", default="auto")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)  # unwinds, so the tree below is removed
     with tempfile.TemporaryDirectory(prefix="tick-ab-") as tmp:
         try:
             extract(args.against, Path(tmp))
