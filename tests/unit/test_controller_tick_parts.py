@@ -98,3 +98,41 @@ def test_the_verdict_is_on_the_median_of_every_round_s_ticks(
     assert mod.main([*args, "--rounds", "3", "--round-gap-s", "0", "--limit-ms", "1e-9"]) == 1
     with pytest.raises(SystemExit):
         mod.main([*args, "--rounds", "7"])  # more rounds than ticks
+
+
+def test_rounds_on_a_slow_host_are_left_out_of_the_verdict(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = benchmark_script("controller_tick")
+    assert mod.full_speed_rounds([2.0, 2.2, 4.0, 2.31], 0.15) == [0, 1]
+    # The host reference, twice a round (before, after): round 1 slow after its ticks,
+    # round 2 slow throughout.
+    host = iter([2.0, 2.1, 2.0, 4.0, 3.9, 4.1, 2.0, 2.0, 2.1, 2.0])
+    monkeypatch.setattr(mod, "_host_ms", lambda: next(host))
+    args = ["--stages", "4", "--repeats", "10", "--warmup", "1", "--rows", "1", "--json"]
+    assert mod.main([*args, "--rounds", "5", "--round-gap-s", "0", "--limit-ms", "1e9"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    (got,) = json.loads(out[-1])["rows"].values()
+    assert got["host_reference_ms"] == [2.1, 4.0, 4.1, 2.0, 2.1]
+    assert got["full_speed_rounds"] == [0, 3, 4]
+    assert any(line.startswith("PASS: median") for line in out)
+    # the figure is the median of those rounds' ticks
+    row = mod._Row("r", QuartPolicy(ControllerConfig.model_validate({}), host_cores=16),
+                   mod.build_snapshots(2, 2))  # fmt: skip
+    row.round_times = [[1.0, 2.0], [10.0, 10.0], [10.0, 11.0], [3.0, 4.0], [5.0, 6.0]]
+    assert mod.full_speed_median(row, [0, 3, 4]) == 3.5
+
+
+def test_too_few_full_speed_rounds_give_no_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    mod = benchmark_script("controller_tick")
+    # 3 of 10 rounds at full speed, fast there: a pass, although the median of all is over
+    assert mod._verdict(6.3, 3.9, 3, 10, 5.0) is False
+    assert "PASS: median 3.900 ms" in capsys.readouterr().out
+    # 2 of 10: no verdict on the code, a failure
+    assert mod._verdict(6.3, 3.9, 2, 10, 5.0) is True
+    assert "no verdict on the tick" in capsys.readouterr().err
+    # slow at full speed: a failure
+    assert mod._verdict(5.6, 5.5, 8, 10, 5.0) is True
+    assert "> 5.0 ms at the host's full speed" in capsys.readouterr().err
+    # a run of fewer rounds needs them all
+    assert mod._verdict(1.0, 1.0, 2, 2, 5.0) is False
