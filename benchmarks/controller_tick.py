@@ -13,10 +13,10 @@ and the median and p99 of this thread's CPU time, which shows how much of a slow
 figure is the machine being busy with other work), the full Quart tick's median in each
 round, and the load average.
 
-The verdict (``--limit-ms``, 5 ms, issue 12) tells a slow tick from a slow host: after
-each round the same fixed work that uses none of quartfaas's code (``host_reference``)
-is timed, and a round counts as at the host's full speed when that took at most
-``1 + --host-tolerance`` (15%) times its fastest round of the run. The full Quart tick
+The verdict (``--limit-ms``, 5 ms, issue 12) tells a slow tick from a slow host: between
+each round's ticks (every 10) the same fixed work that uses none of quartfaas's code
+(``host_reference``) is timed, and a round counts as at the host's full speed when its
+median took at most ``1 + --host-tolerance`` (15%) times the fastest round's of the run. The full Quart tick
 passes if its median over all its ticks is within the limit, or else if its median over
 the ticks of the full-speed rounds is (at least 3 such rounds; fewer: no verdict, run
 again); otherwise the run exits 1. Why: in slow phases of this 2-vCPU host the reference
@@ -414,13 +414,18 @@ class _Row:
         self.round_times: list[list[float]] = []
         self.actions = 0
 
-    def run(self, n: int, *, timed: bool = True) -> None:
-        """``n`` more ticks (``timed``: recorded, their median one round's)."""
+    def run(self, n: int, *, timed: bool = True, host: list[float] | None = None) -> None:
+        """``n`` more ticks (``timed``: recorded, their median one round's; ``host``: a
+        ``host_reference`` time, ms, appended after every ``HOST_EVERY``-th tick)."""
         # Wall time is the figure that counts; the CPU time of this thread shows how much
         # of a slow wall figure is the machine being busy with other work (preemption).
         clock, cpu = time.perf_counter, time.thread_time
         got: list[float] = []
-        for _ in range(n):
+        for j in range(n):
+            if host is not None and j and j % HOST_EVERY == 0:
+                h0 = clock()
+                host_reference()
+                host.append((clock() - h0) * 1e3)
             i = self.i
             self.i += 1
             snap = dataclasses.replace(self.snaps[i % len(self.snaps)], now=1e3 + i)
@@ -446,9 +451,12 @@ def _rounds(rows: list[_Row], warmup: int, repeats: int, rounds: int, gap_s: flo
     as they divide), the rows' order rotating from round to round and ``gap_s`` of sleep
     between rounds: the host's speed drifts over seconds to minutes, so a run samples it
     over the whole run rather than over one row's few seconds. Returns each round's host
-    reference time (``host_reference``, timed right after the round's ticks), ms: not
-    before them, where it would time the host waking from the gap's sleep (here the
-    same work ran 1.6-1.9x slower for the first 20-40 ms after a 3 s sleep)."""
+    reference time, ms: the median of ``host_reference`` timed between the round's ticks
+    (every ``HOST_EVERY`` ticks; once after them in a round of fewer), so it covers the
+    seconds the round's ticks took. Not timed just after the gap's sleep: there it times
+    the host waking (the same work ran 1.6-1.9x slower for the first 20-40 ms after a 3 s
+    sleep here), and a sample after the round's ticks alone missed phases that ended
+    within a round."""
     for row in rows:
         row.run(warmup, timed=False)
     host_reference()  # its first call pays for numpy's FFT plan
@@ -457,10 +465,14 @@ def _rounds(rows: list[_Row], warmup: int, repeats: int, rounds: int, gap_s: flo
         if r and gap_s > 0:
             time.sleep(gap_s)
         n = repeats // rounds + (1 if r < repeats % rounds else 0)
+        samples: list[float] = []
         for k in range(len(rows)):
-            rows[(r + k) % len(rows)].run(n)
-        host.append(_host_ms())
+            rows[(r + k) % len(rows)].run(n, host=samples)
+        host.append(statistics.median(samples) if samples else _host_ms())
     return host
+
+
+HOST_EVERY = 10  # ticks between two host_reference samples in a round
 
 
 def host_reference() -> float:
@@ -468,9 +480,9 @@ def host_reference() -> float:
     tell a slow host from a slow tick: interpreted Python of the tick's kind (a loop, a
     dict, float maths and formatting) and small numpy calls (256-point transforms). Its
     time moves with the host's speed alone, so it is never to be changed: a change would
-    make runs before and after it incomparable. On this 2-vCPU host it took 2.3 ms; in a
-    slow phase of the host it took 1.9x that while the tick took 1.7x its time (README,
-    the controller tick's row)."""
+    make runs before and after it incomparable. On this 2-vCPU host it takes ~2.3 ms, and
+    up to ~2x that in the host's slow phases, as the tick does (README, the controller
+    tick's row)."""
     acc = 0.0
     seen: dict[int, tuple[float, str]] = {}
     for i in range(3000):

@@ -154,3 +154,21 @@ def test_after_idle_times_ticks_made_after_a_sleep(capsys: pytest.CaptureFixture
     assert any(line.startswith("full Quart tick after 0.01 s idle each: median") for line in out)
     with pytest.raises(SystemExit):
         mod.main([*args[:-4], "--after-idle", "-1"])
+
+
+def test_the_host_is_timed_between_a_round_s_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = benchmark_script("controller_tick")
+    calls: list[int] = []
+    real = mod.host_reference
+    monkeypatch.setattr(mod, "host_reference", lambda: calls.append(1) or real())
+
+    def after(*_: object) -> float:
+        raise AssertionError("a round of 25 ticks is timed between its ticks")
+
+    monkeypatch.setattr(mod, "_host_ms", after)
+    row = mod._Row("r", QuartPolicy(ControllerConfig.model_validate({}), host_cores=16),
+                   mod.build_snapshots(3, 8))  # fmt: skip
+    host = mod._rounds([row], warmup=1, repeats=50, rounds=2, gap_s=0.0)
+    assert len(host) == 2 and all(h > 0 for h in host)
+    assert len(calls) == 1 + 2 * 2  # the FFT plan's first call, then ticks 10 and 20 of each
+    assert len(row.times_ms) == 50  # the samples are not ticks
