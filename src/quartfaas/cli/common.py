@@ -25,13 +25,15 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
 from quartfaas.errors import QuartfaasError, SpecError
-from quartfaas.spec import PipelineSpec, load_spec
+
+if TYPE_CHECKING:  # loaded by the commands that read a spec (not by --help or invoke)
+    from quartfaas.spec import PipelineSpec
 
 ENV: dict[str, str] = dict(os.environ)
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
@@ -148,6 +150,8 @@ def spec_path(name: str) -> Path:
 
 
 def load_pipeline(spec: str | Path) -> PipelineSpec:
+    from quartfaas.spec import load_spec
+
     return load_spec(spec_path(str(spec)))
 
 

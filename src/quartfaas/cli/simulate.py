@@ -16,22 +16,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from quartfaas.cli.common import positive
 from quartfaas.errors import QuartfaasError, SpecError
-from quartfaas.sim import experiments as ex
-from quartfaas.sim import sweep as sweep_mod
-from quartfaas.sim.cluster import cluster_preset
-from quartfaas.sim.experiments.replicate import plot_attainment_vs_gpu, replicate_policies
-from quartfaas.sim.pipelines import pipeline_preset
-from quartfaas.sim.report import plot_latency_cdf, plot_replicas
+from quartfaas.sim.choices import INFRAS, MAX_VISITS, policy_names
+
+if TYPE_CHECKING:  # the simulator is imported by the commands that run it, not by --help
+    from quartfaas.sim import experiments as ex
 
 sim_app = typer.Typer(
     help="Simulated experiments: compare scaling policies and placers, sweep CV and load.",
@@ -94,6 +91,8 @@ def _progress(show: bool) -> Iterator[ex.ProgressFn | None]:
     if not show:
         yield None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn())  # fmt: skip
     with Progress(*cols, console=err, transient=True) as bar:
@@ -114,6 +113,8 @@ def _progress(show: bool) -> Iterator[ex.ProgressFn | None]:
 
 
 def _write(table: ex.Comparison, out: Path, plots: bool = True) -> None:
+    from quartfaas.sim.report import plot_latency_cdf, plot_replicas
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.txt").write_text(table.text(), encoding="utf-8")
     (out / "table.csv").write_text(table.csv(), encoding="utf-8")
@@ -146,8 +147,8 @@ def simulate_cmd(
         str | None,
         typer.Option(
             "--policies",
-            help=f"comma list of {', '.join(ex.policy_names())}; each may take "
-            f"+{'|+'.join(ex.INFRAS)} (infrastructure: e.g. hpa+cache, quart+k8s)",
+            help=f"comma list of {', '.join(policy_names())}; each may take "
+            f"+{'|+'.join(INFRAS)} (infrastructure: e.g. hpa+cache, quart+k8s)",
         ),
     ] = None,
     placement: Annotated[
@@ -170,7 +171,7 @@ def simulate_cmd(
     slo_ms: SloOpt = None,
     out: OutOpt = None,
     progress: ProgressOpt = True,
-    max_visits: MaxVisitsOpt = ex.MAX_VISITS,
+    max_visits: MaxVisitsOpt = MAX_VISITS,
 ) -> None:
     """Run policies (or placers) on one workload and print the comparison table.
 
@@ -178,6 +179,11 @@ def simulate_cmd(
     workload (seeds derived from ``--seed``) and the table gives the mean and a 95%
     interval; ``--out`` then also writes ``attainment_vs_gpu.png`` (one point per run).
     """
+    from quartfaas.sim import experiments as ex
+    from quartfaas.sim.cluster import cluster_preset
+    from quartfaas.sim.experiments.replicate import plot_attainment_vs_gpu, replicate_policies
+    from quartfaas.sim.pipelines import pipeline_preset
+
     positive(duration, "--duration")  # errors name the option, not duration_s (#16)
     positive(rate, "--rate")
     with _friendly():
@@ -254,9 +260,13 @@ def sweep_cmd(
         "sweep-out"
     ),
     progress: ProgressOpt = True,
-    max_visits: MaxVisitsOpt = ex.MAX_VISITS,
+    max_visits: MaxVisitsOpt = MAX_VISITS,
 ) -> None:
     """SLO attainment and GPU-seconds against CV and load, one line per policy."""
+    from quartfaas.sim import sweep as sweep_mod
+    from quartfaas.sim.cluster import cluster_preset
+    from quartfaas.sim.pipelines import pipeline_preset
+
     with _friendly():
         pipe = pipeline_preset(pipeline)
         cl = cluster_preset(cluster)

@@ -42,6 +42,7 @@ placer, the fit check), ``tables`` (rows and their text/CSV/JSON), ``compare`` (
 This package re-exports their public names; ``sim/sweep.py`` builds on the same pieces.
 """
 
+from quartfaas.sim.choices import ABLATIONS, INFRAS, MAX_VISITS, POLICIES, Infra, policy_names
 from quartfaas.sim.experiments.compare import (
     ProgressEvent,
     ProgressFn,
@@ -51,12 +52,8 @@ from quartfaas.sim.experiments.compare import (
     run_one,
 )
 from quartfaas.sim.experiments.setups import (
-    ABLATIONS,
-    INFRAS,
-    POLICIES,
     SIM_PLACERS,
     STATIC_TARGET_UTILISATION,
-    Infra,
     NoForkDelays,
     PolicySetup,
     check_fits,
@@ -65,7 +62,6 @@ from quartfaas.sim.experiments.setups import (
     parse_list,
     parse_policies,
     placement_names,
-    policy_names,
     policy_setup,
     static_counts,
 )
@@ -77,7 +73,6 @@ from quartfaas.sim.experiments.tables import (
     policy_values,
 )
 from quartfaas.sim.experiments.workloads import (
-    MAX_VISITS,
     MEASURED_SPEED,
     STATIC_PEAK_WINDOW_S,
     Estimate,

@@ -15,6 +15,7 @@ import numpy as np
 from quartfaas.control.config import ControllerConfig
 from quartfaas.control.placement.cache_plan import CachePlanConfig
 from quartfaas.errors import SpecError
+from quartfaas.sim.choices import MAX_VISITS
 from quartfaas.sim.cluster import ClusterSpec
 from quartfaas.sim.experiments.setups import (
     PolicySetup,
@@ -34,7 +35,6 @@ from quartfaas.sim.experiments.tables import (
     policy_values,
 )
 from quartfaas.sim.experiments.workloads import (
-    MAX_VISITS,
     Estimate,
     arrivals_for,
     expected_requests,

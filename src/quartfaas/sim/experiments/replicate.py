@@ -24,11 +24,12 @@ import numpy as np
 
 from quartfaas.control.config import ControllerConfig
 from quartfaas.errors import SpecError
+from quartfaas.sim.choices import MAX_VISITS
 from quartfaas.sim.cluster import ClusterSpec
 from quartfaas.sim.experiments.compare import ProgressEvent, ProgressFn, compare_policies
 from quartfaas.sim.experiments.setups import parse_policies
 from quartfaas.sim.experiments.tables import Comparison, Row
-from quartfaas.sim.experiments.workloads import MAX_VISITS, make_workload
+from quartfaas.sim.experiments.workloads import make_workload
 from quartfaas.sim.pipelines import SimPipeline
 
 # Two-sided 95% quantiles of Student's t, degrees of freedom 1..30 (any statistics table,

@@ -15,6 +15,7 @@ from quartfaas.control.config import ControllerConfig
 from quartfaas.control.placement import PLACERS, get_placer
 from quartfaas.control.policy import Policy
 from quartfaas.errors import SimulationError, SpecError
+from quartfaas.sim.choices import INFRAS, policy_names
 from quartfaas.sim.cluster import ClusterSpec, GpuSharing, GpuType, StartDelays
 from quartfaas.sim.experiments.workloads import peak_rate
 from quartfaas.sim.gpu_accounting import static_peak_fit
@@ -28,24 +29,11 @@ from quartfaas.sim.placement import (
     RayDefaultPlacer,
 )
 
-POLICIES = ("quart", "openfaas-ce", "openfaas-pro", "knative", "hpa", "ray", "uniform", "static")
-
-
-ABLATIONS = (
-    "quart-no-smoother", "quart-no-cache", "quart-no-compensator", "quart-no-prewarm",
-    "quart-corrector",
-)  # fmt: skip
-
-
 # sim/placement.py's own: model anti-affinity (first two), platform defaults (last two)
 SIM_PLACERS = ("first-fit", "cache-first", "least-allocated", "ray-default")
 
 
 STATIC_TARGET_UTILISATION = 0.7
-
-
-def policy_names() -> list[str]:
-    return [*POLICIES, *ABLATIONS]
 
 
 def placement_names() -> list[str]:
@@ -110,29 +98,6 @@ class PolicySetup:
     placer: str = "quart"  # the placer it runs on (infrastructure, see INFRAS)
     fork: bool = True  # host-memory hits start by fork (False: they pay the cold tier)
     infra: str = "cache"
-
-
-@dataclass(frozen=True, slots=True)
-class Infra:
-    """Infrastructure a policy runs on, independent of the policy (issue #11 item 2)."""
-
-    name: str
-    placer: str
-    fork: bool  # the parameter cache's fork tier
-    prewarm: bool  # Quart's cache pre-warm (sim/cache_planner.py)
-    about: str
-
-
-INFRAS = {
-    "cache": Infra("cache", "quart", True, True,
-                   "Quart's cache-aware placer, fork tier and cache pre-warm"),
-    "fork": Infra("fork", "least-allocated", True, False,
-                  "Kubernetes least-allocated placement with a host-memory fork tier"),
-    "k8s": Infra("k8s", "least-allocated", False, False,
-                 "Kubernetes least-allocated placement, every start loads its weights"),
-    "ray": Infra("ray", "ray-default", False, False,
-                 "Ray's default (hybrid) scheduling, every start loads its weights"),
-}  # fmt: skip
 
 
 def default_infra(base: str) -> str:

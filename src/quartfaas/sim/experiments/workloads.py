@@ -18,9 +18,6 @@ from quartfaas.sim.speed import SpeedModel
 from quartfaas.workload import Workload
 from quartfaas.workload.traces import NAMED_TRACES
 
-MAX_VISITS = 50_000_000
-
-
 # How long a run takes, measured (not assumed): ``python benchmarks/sim_speed.py`` on the
 # shared 2-vCPU development machine, 2026-12-02, bert-21b-me-21 at 300 req/s, 1M requests:
 # engine 3.18 CPU s for 21.0M visits (0.151 us a visit); the closed loop with the full
