@@ -23,13 +23,13 @@ def test_building_the_command_line_imports_nothing_heavy() -> None:
 
 
 def test_simulate_help_lists_the_simulator_s_names() -> None:
-    from typer.testing import CliRunner
+    import typer.main
 
     from quartfaas.cli import app
     from quartfaas.sim import experiments as ex
 
-    got = CliRunner().invoke(app, ["simulate", "--help"], env={"COLUMNS": "400"})
-    assert got.exit_code == 0, got.output
-    assert ", ".join(ex.policy_names()) in got.output
-    assert "+" + "|+".join(ex.INFRAS) in got.output
-    assert f"{ex.MAX_VISITS}" in got.output
+    group = typer.main.get_command(app)
+    params = {p.name: p for p in group.commands["simulate"].params}  # type: ignore[attr-defined]
+    assert ", ".join(ex.policy_names()) in params["policies"].help
+    assert "+" + "|+".join(ex.INFRAS) in params["policies"].help
+    assert params["max_visits"].default == ex.MAX_VISITS
