@@ -19,10 +19,10 @@ each round's ticks (every 10) the same fixed work that uses none of quartfaas's 
 median took at most ``1 + --host-tolerance`` (15%) times the fastest round's of the run.
 The full Quart tick passes if its median over all its ticks is within the limit, or else
 if its median over the ticks of the full-speed rounds is (at least 3 such rounds; fewer:
-no verdict, run again); otherwise the run exits 1. Why: in slow phases of this 2-vCPU host the reference
-work takes up to ~2x its time, as the tick does (README, the controller tick's row); one
-such phase lasting most of a run made its median 6.25 ms while its first rounds ticked in
-3.8-4.0 ms. Rows:
+no verdict, run again); otherwise the run exits 1. Why: in slow phases of this 2-vCPU
+host the reference work takes up to ~2x its time, as the tick does (README, the
+controller tick's row); one such phase lasting most of a run made its median 6.25 ms
+while its first rounds ticked in 3.8-4.0 ms. Rows:
 
 * ``quart`` (the default predictor, ``auto``): predictor, forecast, joint planner with
   feedback and hysteresis, guards, smoother, CPU compensator - the figure that counts;
