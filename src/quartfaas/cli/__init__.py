@@ -15,8 +15,9 @@ Every command turns a ``QuartfaasError`` into a one-line message and exit status
 
 A command imports what it runs inside its function (the runtime, the spec models, the
 simulator), so ``quartfaas --help`` and the client commands start without the control
-code, numba or the simulator: 0.15-0.18 s here against 0.66-0.86 s when ``simulate.py``
-imported the simulator to list its names (``sim/choices.py`` has them now);
+code, numba or the simulator: ``--help`` in 0.13-0.15 s on this 2-vCPU host against
+0.65-0.93 s when ``simulate.py`` imported the simulator to list its names (2026-12-05, six
+runs each, interleaved; ``sim/choices.py`` has the names now);
 ``tests/unit/test_cli_imports.py`` keeps it so.
 """
 
