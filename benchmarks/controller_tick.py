@@ -454,9 +454,9 @@ def _rounds(rows: list[_Row], warmup: int, repeats: int, rounds: int, gap_s: flo
     reference time, ms: the median of ``host_reference`` timed between the round's ticks
     (every ``HOST_EVERY`` ticks; once after them in a round of fewer), so it covers the
     seconds the round's ticks took. Not timed just after the gap's sleep: there it times
-    the host waking (the same work ran 1.6-1.9x slower for the first 20-40 ms after a 3 s
-    sleep here), and a sample after the round's ticks alone missed phases that ended
-    within a round."""
+    the host waking (this host runs the first tens of ms after a sleep slower:
+    ``--after-idle``), and a sample after the round's ticks alone missed phases that
+    ended within a round."""
     for row in rows:
         row.run(warmup, timed=False)
     host_reference()  # its first call pays for numpy's FFT plan
