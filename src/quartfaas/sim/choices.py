@@ -2,7 +2,8 @@
 
 ``quartfaas simulate --help`` lists the policies and infrastructures; importing
 ``sim/experiments`` for that (the control code, numba, the engine) made every ``quartfaas``
-command start in ~0.7 s instead of ~0.3 s. ``sim/experiments/setups.py`` builds the
+command start slowly (``--help`` in 0.65-0.93 s against 0.13-0.15 s without it:
+``cli/__init__.py``). ``sim/experiments/setups.py`` builds the
 policies and infrastructures named here; ``sim/experiments/workloads.py`` enforces
 ``MAX_VISITS``. Standard library only.
 """

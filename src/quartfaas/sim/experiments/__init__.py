@@ -22,7 +22,7 @@ Choices stated once, here:
 - **static** is peak provisioning: per stage ``peak_replicas`` (control/baselines) for the
   workload's highest 1-second arrival rate at 70 % utilisation, with service times on the
   cluster's slowest GPU; the replicas are deployed before the run (no start delays).
-- **infrastructure** is a factor apart from the policy (``setups.INFRAS``): a policy name
+- **infrastructure** is a factor apart from the policy (``choices.INFRAS``): a policy name
   takes ``+cache`` (Quart's cache-aware placer, the fork tier and the cache pre-warm),
   ``+fork`` (Kubernetes placement with a fork tier), ``+k8s`` (Kubernetes least-allocated
   placement, every start loads its weights) or ``+ray`` (Ray's default scheduling). By

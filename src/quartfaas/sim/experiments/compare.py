@@ -132,7 +132,7 @@ def compare_policies(
 ) -> Comparison:
     """One row per policy (p50/p99, SLO attainment, GPU-seconds, scale events, start tiers).
 
-    Each ``POLICY[+INFRA]`` runs on its infrastructure (``setups.INFRAS``; by default its
+    Each ``POLICY[+INFRA]`` runs on its infrastructure (``choices.INFRAS``; by default its
     platform's); ``placement`` overrides the placer of every policy.
     """
     names = parse_policies(policies)
